@@ -1,0 +1,3 @@
+from sabun.cli import main
+
+main()

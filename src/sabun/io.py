@@ -1,0 +1,123 @@
+"""Atomic, non-clobbering file output and safe reading of tensor files.
+
+Every output sabun writes goes through `atomic_output`: it is written to a temporary sibling and
+renamed into place only once complete, so an interrupted or failed command never leaves a partial
+file, and an existing output is never replaced unless the caller asked for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from sabun.errors import SabunError
+
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
+def check_writable(path: Path, overwrite: bool) -> None:
+    """Raise before any work is done if `path` exists and may not be replaced."""
+    if path.exists() and not overwrite:
+        raise SabunError(f"{path}: already exists; choose another output path or pass --overwrite")
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, overwrite: bool = False, directory: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; move it onto `path` when the block succeeds.
+
+    Args:
+        path: the final output (a file, or a folder if `directory`).
+        overwrite: replace an existing output; otherwise an existing one is an error.
+        directory: the output is a folder (e.g. a diffusers model).
+    """
+    path = Path(path)
+    check_writable(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if directory:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+        if directory:
+            if path.exists():
+                old = path.with_name(f".{path.name}.old-{os.getpid()}")
+                path.rename(old)
+                tmp.rename(path)
+                shutil.rmtree(old)
+            else:
+                tmp.rename(path)
+        else:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+
+
+def require_file(path: str | os.PathLike, what: str = "file") -> Path:
+    """Return `path` as a Path, or raise a SabunError if it does not exist or is not a file."""
+    path = Path(path)
+    if not path.exists():
+        raise SabunError(f"{path}: no such {what}; check the path")
+    if path.is_dir():
+        raise SabunError(f"{path}: is a folder, expected a {what}")
+    return path
+
+
+def load_tensors(path: str | os.PathLike, allow_pickle: bool = False, what: str = "file") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a tensor file: safetensors always; pickle formats only when `allow_pickle`.
+
+    Returns (tensors, metadata). Pickles are loaded with `weights_only=True` even when allowed, and
+    carry no metadata.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    path = require_file(path, what)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise SabunError(
+                f"{path}: is a pickle ({path.suffix}), which can run code when loaded; convert it to "
+                ".safetensors, or pass --allow-pickle if you trust its source"
+            )
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a failed pickle load can raise nearly anything
+            raise SabunError(f"{path}: could not be read as a weights-only pickle ({type(e).__name__}: {e})") from None
+        if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+            obj = obj["state_dict"]
+        if not isinstance(obj, dict):
+            raise SabunError(f"{path}: holds a {type(obj).__name__}, not a dictionary of tensors")
+        return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}, {}
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise SabunError(
+            f"{path}: is not a readable safetensors file ({e}); it may be truncated or corrupt: download or "
+            "write it again"
+        ) from None
+    return tensors, metadata
+
+
+def save_tensors(
+    tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None, overwrite: bool = False
+) -> Path:
+    """Write a safetensors file atomically; refuse to replace an existing file unless `overwrite`."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        save_file(contiguous, str(tmp), metadata=metadata)
+    return path

@@ -1,0 +1,236 @@
+"""The method's LoRA arithmetic as functions on tensors: merge, combine, resize, extract.
+
+All sums are formed in fp32 (SVDs in fp64) and cast back only when written into a model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from sabun.errors import SabunError
+from sabun.lora.fit import require_fit
+from sabun.lora.svd import SVD, dense_svd, factored_svd
+from sabun.lora.targets import LoRATarget
+from sabun.lora.weights import LoRA, LoRAWeight
+
+
+@dataclass
+class Weighted:
+    """A LoRA with the multiplier it is applied at."""
+
+    lora: LoRA
+    multiplier: float = 1.0
+    source: str = "LoRA"  # file name, for messages and provenance
+
+
+@dataclass
+class ApproximationReport:
+    """Relative Frobenius error of a low-rank step, per layer and overall."""
+
+    per_layer: dict[str, float] = field(default_factory=dict)
+    ranks: dict[str, int] = field(default_factory=dict)
+    discarded_energy: float = 0.0
+    total_energy: float = 0.0
+
+    def add(self, name: str, svd: SVD) -> None:
+        self.per_layer[name] = svd.relative_error
+        self.ranks[name] = svd.S.numel()
+        self.discarded_energy += max(svd.total_energy - svd.kept_energy, 0.0)
+        self.total_energy += svd.total_energy
+
+    @property
+    def overall(self) -> float:
+        """||dW - dW_approx||_F / ||dW||_F over all layers together."""
+        return (self.discarded_energy / self.total_energy) ** 0.5 if self.total_energy > 0 else 0.0
+
+
+# --- merge --------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def merge_into_model(targets: dict[str, LoRATarget], loras: Sequence[Weighted]) -> int:
+    """Add each LoRA's weight change into the model: W += m * up @ down * alpha / rank, in fp32.
+
+    Every LoRA is checked against the model before any weight is touched, so a LoRA that does not
+    fit leaves the model unchanged. Returns the number of layers changed.
+    """
+    for item in loras:
+        require_fit(item.lora, targets, item.source)
+    changed = set()
+    for item in loras:
+        for name, weight in item.lora.weights.items():
+            layer = targets[name].module.weight
+            merged = layer.float() + item.multiplier * weight.delta().to(layer.device).reshape(layer.shape)
+            layer.copy_(merged.to(layer.dtype))
+            changed.add(name)
+    return len(changed)
+
+
+# --- combine ------------------------------------------------------------------------------------
+
+
+def stacked_factors(loras: Sequence[Weighted], name: str) -> tuple[torch.Tensor, torch.Tensor, tuple[int, ...]]:
+    """(A, B, weight_shape) with sum_i m_i dW_i = A @ B for layer `name`; A (out, sum r), B (sum r, in)."""
+    ups, downs, shape = [], [], None
+    for item in loras:
+        weight = item.lora.weights.get(name)
+        if weight is None:
+            continue
+        if shape is None:
+            shape = weight.weight_shape
+        elif weight.weight_shape != shape and weight.down.reshape(weight.rank, -1).shape[1] != downs[0].shape[1]:
+            raise SabunError(f"{item.source}: layer {name} has shape {weight.weight_shape}, others {shape}; they are for different models")
+        up2d, down2d = weight.factors()
+        ups.append(up2d * item.multiplier)
+        downs.append(down2d)
+    return torch.cat(ups, dim=1), torch.cat(downs, dim=0), shape
+
+
+def layer_names(loras: Sequence[Weighted]) -> list[str]:
+    names: dict[str, None] = {}
+    for item in loras:
+        names.update(dict.fromkeys(item.lora.weights))
+    return list(names)
+
+
+def combine_svd(loras: Sequence[Weighted], rank: int | None = None, conv_rank: int | None = None, energy: float | None = None) -> tuple[LoRA, ApproximationReport]:
+    """The weighted sum of weight changes, re-factored by an exact SVD and truncated.
+
+    Args:
+        rank: keep this rank per Linear/1x1 layer (None: the full rank of the sum, i.e. exact).
+        conv_rank: the same for 3x3 convs (default: `rank`).
+        energy: instead of a fixed rank, keep the smallest rank holding this share of sum(S^2).
+    Returns the new LoRA (alpha = rank, scale 1) and the per-layer relative errors.
+    """
+    report = ApproximationReport()
+    weights = {}
+    for name in layer_names(loras):
+        A, B, shape = stacked_factors(loras, name)
+        is_conv = len(shape) == 4 and shape[2:] != (1, 1)
+        keep = (conv_rank or rank) if is_conv else rank
+        if energy is not None:
+            svd = factored_svd(A, B, energy=energy)
+        else:
+            svd = factored_svd(A, B, rank=keep or A.shape[1])  # no rank given: exact
+        report.add(name, svd)
+        up2d, down2d = svd.factors()
+        weights[name] = LoRAWeight.from_factors(up2d, down2d, shape)
+    return LoRA(weights, combined_metadata(loras, "svd")), report
+
+
+def combine_concat(loras: Sequence[Weighted]) -> LoRA:
+    """The weighted sum kept exactly by stacking along the rank.
+
+    Each part's scale m_i * alpha_i / r_i is folded into its `up`, and the result gets alpha equal
+    to its total rank (scale 1), so the sum of weight changes is exact. Simply concatenating the
+    tensors and keeping the first alpha, as some tools do, changes the strength.
+    """
+    weights = {}
+    for name in layer_names(loras):
+        A, B, shape = stacked_factors(loras, name)
+        weights[name] = LoRAWeight.from_factors(A, B, shape)
+    return LoRA(weights, combined_metadata(loras, "concat"))
+
+
+def combined_metadata(loras: Sequence[Weighted], how: str) -> dict[str, str]:
+    import json
+
+    parts = [{"source": item.source, "multiplier": item.multiplier} for item in loras]
+    meta = {"sabun_combined_from": json.dumps(parts), "sabun_combine_method": how}
+    versions = {item.lora.metadata.get("ss_base_model_version") for item in loras} - {None}
+    if len(versions) == 1:
+        meta["ss_base_model_version"] = versions.pop()
+    return meta
+
+
+# --- resize -------------------------------------------------------------------------------------
+
+
+def resize_lora(lora: LoRA, rank: int | None = None, energy: float | None = None) -> tuple[LoRA, ApproximationReport]:
+    """Lower each layer's rank by an exact SVD of its weight change (the best rank-k approximation).
+
+    Keeps each layer's alpha / rank ratio, so training settings stay meaningful if it is trained on.
+    """
+    if (rank is None) == (energy is None):
+        raise SabunError("resize: give exactly one of --rank or --energy")
+    if energy is not None and not 0 < energy <= 1:
+        raise SabunError(f"resize: --energy must be in (0, 1], got {energy}")
+    report = ApproximationReport()
+    weights = {}
+    for name, weight in lora.weights.items():
+        up2d, down2d = weight.factors()
+        svd = factored_svd(up2d, down2d, rank=rank, energy=energy)
+        report.add(name, svd)
+        new_up, new_down = svd.factors()
+        new_rank = new_down.shape[0]
+        weights[name] = LoRAWeight.from_factors(new_up, new_down, weight.weight_shape, alpha=new_rank * weight.scale)
+    metadata = dict(lora.metadata)
+    metadata["sabun_resized"] = f"rank={rank}" if rank is not None else f"energy={energy}"
+    return LoRA(weights, metadata), report
+
+
+# --- extract ------------------------------------------------------------------------------------
+
+
+@dataclass
+class ExtractionReport(ApproximationReport):
+    """What differed between the two models, per component, and what the LoRA could hold."""
+
+    component_norms: dict[str, float] = field(default_factory=dict)  # ||dW||_F over target layers
+    identical_layers: int = 0  # target layers with no difference (no LoRA written)
+    skipped_conv_layers: int = 0  # 3x3 convs that differ but were left out (no conv rank)
+    skipped_conv_norm: float = 0.0
+    left_out_components: list[str] = field(default_factory=list)  # by request (--unet-only)
+
+
+@torch.no_grad()
+def extract_lora(
+    original: dict[str, LoRATarget],
+    tuned: dict[str, LoRATarget],
+    rank: int,
+    conv_rank: int | None = None,
+    unet_only: bool = False,
+    method: str = "full",
+) -> tuple[LoRA, ExtractionReport]:
+    """A LoRA approximating (tuned - original) on every LoRA target, by per-layer SVD.
+
+    Every component's difference is measured and reported; text-encoder layers are included
+    unless `unet_only`, however small their difference (tools that drop them below a threshold
+    silently lose what was learned there).
+    """
+    if set(original) != set(tuned):
+        missing = sorted(set(original) ^ set(tuned))[:1]
+        raise SabunError(f"the two models have different layers (e.g. {missing[0]}); extract needs two models of one architecture")
+    report = ExtractionReport()
+    energy: dict[str, float] = {}
+    weights = {}
+    for name, target in original.items():
+        w0, w1 = target.module.weight, tuned[name].module.weight
+        if w0.shape != w1.shape:
+            raise SabunError(f"layer {name} has shape {tuple(w0.shape)} in the original and {tuple(w1.shape)} in the tuned model; extract needs one architecture")
+        dW = w1.float() - w0.float()
+        sq = float((dW.double() ** 2).sum())
+        energy[target.component] = energy.get(target.component, 0.0) + sq
+        if sq == 0:
+            report.identical_layers += 1
+            continue
+        if unet_only and target.component != "unet":
+            continue
+        if target.conv3x3 and not conv_rank:
+            report.skipped_conv_layers += 1
+            report.skipped_conv_norm = (report.skipped_conv_norm**2 + sq) ** 0.5
+            continue
+        keep = conv_rank if target.conv3x3 else rank
+        svd = dense_svd(dW.reshape(dW.shape[0], -1), rank=keep, method=method)
+        report.add(name, svd)
+        up2d, down2d = svd.factors()
+        weights[name] = LoRAWeight.from_factors(up2d, down2d, tuple(dW.shape))
+    report.component_norms = {c: e**0.5 for c, e in energy.items()}
+    if unet_only:
+        report.left_out_components = [c for c in energy if c != "unet"]
+    if not weights:
+        raise SabunError("the two models are identical on every LoRA layer; there is nothing to extract")
+    return LoRA(weights, {"sabun_extracted": f"rank={rank}, conv_rank={conv_rank}, method={method}"}), report
