@@ -19,6 +19,9 @@ app = typer.Typer(
 # --- toy world commands (sabun render toy, sabun caption) ---
 # --- end toy world commands ---
 
+# --- train command (sabun train) ---
+# --- end train command ---
+
 
 def main() -> None:
     """Entry point: run the app; input errors become one line on stderr and exit status 2."""

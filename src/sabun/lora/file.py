@@ -84,7 +84,7 @@ def tensors_hash(tensors: dict[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for key in sorted(tensors):
         h.update(key.encode())
-        h.update(tensors[key].detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
+        h.update(tensors[key].detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -102,8 +102,8 @@ def standard_metadata(lora: LoRA, family: str = "sd1", model_name: str = "") -> 
     `ss_network_dim` / `ss_network_alpha` are the common rank and alpha, or `Dynamic` when layers
     differ (as sd-scripts' resize writes); conv ranks go into `ss_network_args`.
     """
-    linear = [w for w in lora.weights.values() if w.down.dim() == 2 or w.down.shape[2:] == (1, 1)]
-    conv = [w for w in lora.weights.values() if w not in linear]
+    linear = [w for w in lora.weights.values() if not w.conv3x3]
+    conv = [w for w in lora.weights.values() if w.conv3x3]
 
     def common(values):
         values = set(values)

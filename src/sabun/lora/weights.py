@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 
-@dataclass
+@dataclass(eq=False)
 class LoRAWeight:
     """The LoRA of one layer."""
 
@@ -31,6 +31,11 @@ class LoRAWeight:
     @property
     def scale(self) -> float:
         return self.alpha / self.rank
+
+    @property
+    def conv3x3(self) -> bool:
+        """True for a conv with a kernel larger than 1x1 (takes the conv rank)."""
+        return self.down.dim() == 4 and tuple(self.down.shape[2:]) != (1, 1)
 
     @property
     def weight_shape(self) -> tuple[int, ...]:
