@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
+from typing import Annotated
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
 from sabun.errors import SabunError
 
@@ -21,6 +25,140 @@ app = typer.Typer(
 
 # --- train command (sabun train) ---
 # --- end train command ---
+
+# --- LoRA core commands (sabun merge, sabun lora ...) ---
+
+lora_app = typer.Typer(help="LoRA arithmetic: combine, extract, resize, inspect.", no_args_is_help=True)
+app.add_typer(lora_app, name="lora")
+console = Console()
+
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+AllowPickle = Annotated[bool, typer.Option("--allow-pickle", help="Allow .ckpt/.pt pickles (loaded weights-only). Only for files you trust.")]
+
+
+def print_approximation(report, title: str) -> None:
+    table = Table(title=title, show_lines=False)
+    table.add_column("layer")
+    table.add_column("rank", justify="right")
+    table.add_column("rel. error", justify="right")
+    for name, err in report.per_layer.items():
+        table.add_row(name, str(report.ranks[name]), f"{err:.2e}")
+    console.print(table)
+    console.print(f"overall relative error ||dW - dW_k|| / ||dW||: {report.overall:.3e} over {len(report.per_layer)} layers")
+
+
+@app.command("merge")
+def merge_cmd(
+    model: Annotated[str, typer.Option("--model", "-m", help="`tiny`, or a diffusers folder.")],
+    lora: Annotated[list[str], typer.Option("--lora", "-l", help="PATH[:MULTIPLIER], repeatable; multiplier defaults to 1.0.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output model folder (diffusers layout).")],
+    overwrite: Overwrite = False,
+    allow_pickle: AllowPickle = False,
+) -> None:
+    """Merge LoRAs into a model's weights (fp32, W += m * up@down * alpha/rank) and save the model."""
+    from sabun.lora.commands import merge
+
+    changed = merge(model, lora, out, overwrite=overwrite, allow_pickle=allow_pickle)
+    console.print(f"merged {len(lora)} LoRA(s) into {changed} layers -> {out}")
+
+
+@lora_app.command("combine")
+def combine_cmd(
+    loras: Annotated[list[str], typer.Argument(help="PATH[:MULTIPLIER] ... e.g. a.safetensors:1 b.safetensors:-1")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output LoRA (.safetensors).")],
+    rank: Annotated[int | None, typer.Option(help="Rank per layer after SVD (default: exact, the sum of ranks).")] = None,
+    conv_rank: Annotated[int | None, typer.Option(help="Rank for 3x3 conv layers (default: --rank).")] = None,
+    energy: Annotated[float | None, typer.Option(help="Instead of --rank: keep this share of the spectrum's energy, e.g. 0.99.")] = None,
+    concat: Annotated[bool, typer.Option("--concat", help="Stack along the rank instead of SVD: exact, ranks add up.")] = False,
+    overwrite: Overwrite = False,
+    allow_pickle: AllowPickle = False,
+) -> None:
+    """Weighted sum of LoRAs' weight changes, exact (--concat or no rank) or compressed by SVD."""
+    from sabun.lora.commands import combine
+
+    report = combine(loras, out, rank, conv_rank, energy, concat, overwrite, allow_pickle)
+    if report is not None:
+        print_approximation(report, "combine: SVD truncation error per layer")
+    console.print(f"wrote {out}")
+
+
+@lora_app.command("extract")
+def extract_cmd(
+    original: Annotated[str, typer.Option("--original", help="The model before tuning (`tiny` or a folder).")],
+    tuned: Annotated[str, typer.Option("--tuned", help="The tuned model, same architecture.")],
+    rank: Annotated[int, typer.Option(help="Rank for Linear and 1x1 layers.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output LoRA (.safetensors).")],
+    conv_rank: Annotated[int | None, typer.Option(help="Rank for 3x3 conv layers (default: leave them out, reported).")] = None,
+    unet_only: Annotated[bool, typer.Option("--unet-only", help="Leave the text encoder out (its difference is still reported).")] = False,
+    method: Annotated[str, typer.Option(help="SVD: `full` (exact) or `randomized` (faster on large layers).")] = "full",
+    overwrite: Overwrite = False,
+    allow_pickle: AllowPickle = False,
+) -> None:
+    """Extract a LoRA from the difference of two models (tuned - original) by per-layer SVD."""
+    from sabun.lora.commands import extract
+
+    report = extract(original, tuned, out, rank, conv_rank, unet_only, method, overwrite, allow_pickle)
+    print_approximation(report, "extract: per-layer error")
+    for component, norm in report.component_norms.items():
+        left = " (left out: --unet-only)" if component in report.left_out_components else ""
+        console.print(f"difference norm, {component}: {norm:.4e}{left}")
+    if report.identical_layers:
+        console.print(f"{report.identical_layers} layers identical in both models (nothing to extract there)")
+    if report.skipped_conv_layers:
+        console.print(f"{report.skipped_conv_layers} 3x3 conv layers differ (norm {report.skipped_conv_norm:.3e}) but were left out; pass --conv-rank to include them")
+    console.print(f"wrote {out}")
+
+
+@lora_app.command("resize")
+def resize_cmd(
+    lora: Annotated[str, typer.Argument(help="LoRA file to resize.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output LoRA (.safetensors).")],
+    rank: Annotated[int | None, typer.Option(help="New rank per layer (never higher than the current one).")] = None,
+    energy: Annotated[float | None, typer.Option(help="Instead of --rank: keep this share of each layer's energy, e.g. 0.99.")] = None,
+    overwrite: Overwrite = False,
+    allow_pickle: AllowPickle = False,
+) -> None:
+    """Lower a LoRA's rank by SVD (the best approximation at that rank) and report the error."""
+    from sabun.lora.commands import resize
+
+    report = resize(lora, out, rank, energy, overwrite, allow_pickle)
+    print_approximation(report, "resize: per-layer error")
+    console.print(f"wrote {out}")
+
+
+@lora_app.command("info")
+def info_cmd(
+    lora: Annotated[str, typer.Argument(help="LoRA file.")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help="Check that every layer fits this model.")] = None,
+    allow_pickle: AllowPickle = False,
+) -> None:
+    """Layers, ranks, alphas and weight-change norms per block, metadata, and fit to a model."""
+    from sabun.lora.commands import info
+
+    blocks, metadata, fit = info(lora, model, allow_pickle)
+    table = Table(title=f"{lora}")
+    for col in ("block", "layers", "rank", "alpha", "||dW||"):
+        table.add_column(col, justify="left" if col == "block" else "right")
+    fmt = lambda values: ",".join(f"{v:g}" for v in sorted(values))  # noqa: E731
+    for b in blocks:
+        table.add_row(b.block, str(b.layers), fmt(b.ranks), fmt(b.alphas), f"{b.delta_norm:.4g}")
+    console.print(table)
+    console.print(f"{sum(b.layers for b in blocks)} layers")
+    for key in sorted(metadata):
+        value = metadata[key] if len(metadata[key]) <= 120 else metadata[key][:117] + "..."
+        console.print(f"  {key} = {value}", markup=False, highlight=False)
+    if fit is not None:
+        status = "fits" if fit.ok else "does NOT fit"
+        console.print(f"model {model}: {status}: {len(fit.matched)} layers match, {len(fit.not_in_model)} not in the model, "
+                      f"{len(fit.shape_mismatch)} shape mismatches, {fit.targets_without_lora} model layers without LoRA")
+        for name in fit.not_in_model[:10]:
+            console.print(f"  not in model: {name}", markup=False)
+        for name, model_shape, lora_shape in fit.shape_mismatch[:10]:
+            console.print(f"  shape mismatch: {name}: model {model_shape}, LoRA {lora_shape}", markup=False)
+        if not fit.ok:
+            raise typer.Exit(1)
+
+# --- end LoRA core commands ---
 
 
 def main() -> None:

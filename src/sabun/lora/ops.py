@@ -5,7 +5,7 @@ All sums are formed in fp32 (SVDs in fp64) and cast back only when written into 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -38,7 +38,7 @@ class ApproximationReport:
     def add(self, name: str, svd: SVD) -> None:
         self.per_layer[name] = svd.relative_error
         self.ranks[name] = svd.S.numel()
-        self.discarded_energy += max(svd.total_energy - svd.kept_energy, 0.0)
+        self.discarded_energy += svd.discarded_energy
         self.total_energy += svd.total_energy
 
     @property
@@ -194,12 +194,13 @@ def extract_lora(
     conv_rank: int | None = None,
     unet_only: bool = False,
     method: str = "full",
+    progress: Callable[[Iterable], Iterable] = iter,
 ) -> tuple[LoRA, ExtractionReport]:
     """A LoRA approximating (tuned - original) on every LoRA target, by per-layer SVD.
 
     Every component's difference is measured and reported; text-encoder layers are included
     unless `unet_only`, however small their difference (tools that drop them below a threshold
-    silently lose what was learned there).
+    silently lose what was learned there). `progress` wraps the loop over layers (e.g. tqdm).
     """
     if set(original) != set(tuned):
         missing = sorted(set(original) ^ set(tuned))[:1]
@@ -207,7 +208,7 @@ def extract_lora(
     report = ExtractionReport()
     energy: dict[str, float] = {}
     weights = {}
-    for name, target in original.items():
+    for name, target in progress(original.items()):
         w0, w1 = target.module.weight, tuned[name].module.weight
         if w0.shape != w1.shape:
             raise SabunError(f"layer {name} has shape {tuple(w0.shape)} in the original and {tuple(w1.shape)} in the tuned model; extract needs one architecture")

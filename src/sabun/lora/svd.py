@@ -22,16 +22,14 @@ class SVD:
     S: torch.Tensor  # (k,)
     Vh: torch.Tensor  # (k, in)
     total_energy: float  # ||dW||_F^2
-
-    @property
-    def kept_energy(self) -> float:
-        return float((self.S.double() ** 2).sum())
+    discarded_energy: float  # ||dW - U diag(S) Vh||_F^2
 
     @property
     def relative_error(self) -> float:
+        """||dW - dW_k||_F / ||dW||_F (0 when exact)."""
         if self.total_energy <= 0:
             return 0.0
-        return max(self.total_energy - self.kept_energy, 0.0) ** 0.5 / self.total_energy**0.5
+        return (self.discarded_energy / self.total_energy) ** 0.5
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(up2d, down2d) with the singular values split evenly between them."""
@@ -52,9 +50,16 @@ def choose_rank(S: torch.Tensor, rank: int | None = None, energy: float | None =
     return max(1, int(torch.searchsorted(cumulative, energy * total).item()) + 1)
 
 
-def truncate(U, S, Vh, total_energy: float, rank: int | None, energy: float | None) -> SVD:
+def truncate(U, S, Vh, total_energy: float, rank: int | None, energy: float | None, full_spectrum: bool = True) -> SVD:
+    """Keep the leading singular triplets. With the full spectrum the discarded energy is the sum
+    of the tail's S^2 (accurate to fp64); otherwise it is total - kept, clamped at 0."""
     k = min(choose_rank(S, rank, energy), S.numel())
-    return SVD(U[:, :k], S[:k], Vh[:k], total_energy)
+    S64 = S.double()
+    if full_spectrum:
+        discarded = float((S64[k:] ** 2).sum())
+    else:
+        discarded = max(total_energy - float((S64[:k] ** 2).sum()), 0.0)
+    return SVD(U[:, :k], S[:k], Vh[:k], total_energy, discarded)
 
 
 def factored_svd(A: torch.Tensor, B: torch.Tensor, rank: int | None = None, energy: float | None = None) -> SVD:
@@ -66,7 +71,7 @@ def factored_svd(A: torch.Tensor, B: torch.Tensor, rank: int | None = None, ener
     U, Vh = Qa @ Uc, Vhc @ Qb.T
     total = float((S**2).sum())
     out = truncate(U, S, Vh, total, rank, energy)
-    return SVD(out.U.float(), out.S.float(), out.Vh.float(), total)
+    return SVD(out.U.float(), out.S.float(), out.Vh.float(), total, out.discarded_energy)
 
 
 def dense_svd(dW: torch.Tensor, rank: int | None = None, energy: float | None = None, method: str = "full", oversample: int = 8, power_iterations: int = 2) -> SVD:
@@ -80,7 +85,7 @@ def dense_svd(dW: torch.Tensor, rank: int | None = None, energy: float | None = 
     total = float((dW.double() ** 2).sum())
     if method == "randomized" and rank is not None and rank + oversample < min(dW.shape):
         U, S, V = torch.svd_lowrank(dW, q=rank + oversample, niter=power_iterations)
-        return truncate(U, S, V.T, total, rank, None)
+        return truncate(U, S, V.T, total, rank, None, full_spectrum=False)
     if method not in ("full", "randomized"):
         raise ValueError(f"unknown SVD method {method!r}; use 'full' or 'randomized'")
     U, S, Vh = torch.linalg.svd(dW, full_matrices=False)

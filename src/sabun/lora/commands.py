@@ -1,0 +1,114 @@
+"""The library functions behind `sabun merge` and `sabun lora ...`: load, compute, write, report."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from sabun.errors import SabunError
+from sabun.io import check_writable
+from sabun.lora.file import load_lora, save_lora
+from sabun.lora.fit import FitReport, check_fit
+from sabun.lora.info import BlockSummary, summarize
+from sabun.lora.ops import ApproximationReport, ExtractionReport, Weighted, combine_concat, combine_svd, extract_lora, merge_into_model, resize_lora
+from sabun.lora.targets import pipeline_targets
+from sabun.models.load import load_pipeline, save_pipeline
+
+
+def parse_weighted(spec: str) -> tuple[str, float]:
+    """`path[:multiplier]` -> (path, multiplier); the multiplier defaults to 1.0."""
+    path, sep, tail = spec.rpartition(":")
+    if sep:
+        try:
+            return path, float(tail)
+        except ValueError:
+            pass
+    return spec, 1.0
+
+
+def load_weighted(specs: Sequence[str], allow_pickle: bool = False) -> list[Weighted]:
+    if not specs:
+        raise SabunError("no LoRA given; pass one or more PATH[:MULTIPLIER]")
+    out = []
+    for spec in specs:
+        path, multiplier = parse_weighted(spec)
+        out.append(Weighted(load_lora(path, allow_pickle=allow_pickle), multiplier, os.path.basename(path)))
+    return out
+
+
+def merge(model: str, loras: Sequence[str], out: str | os.PathLike, overwrite: bool = False, allow_pickle: bool = False) -> int:
+    """Merge LoRAs into a model and save it; returns the number of layers changed."""
+    check_writable(Path(out), overwrite)
+    weighted = load_weighted(loras, allow_pickle)
+    pipe = load_pipeline(model, allow_pickle=allow_pickle)
+    changed = merge_into_model(pipeline_targets(pipe, conv=True), weighted)
+    save_pipeline(pipe, out, overwrite=overwrite)
+    return changed
+
+
+def combine(
+    loras: Sequence[str],
+    out: str | os.PathLike,
+    rank: int | None = None,
+    conv_rank: int | None = None,
+    energy: float | None = None,
+    concat: bool = False,
+    overwrite: bool = False,
+    allow_pickle: bool = False,
+) -> ApproximationReport | None:
+    """Write the weighted sum of LoRAs; returns the SVD error report (None for --concat, which is exact)."""
+    if concat and (rank or conv_rank or energy):
+        raise SabunError("combine: --concat keeps every rank exactly; do not give --rank/--conv-rank/--energy with it")
+    check_writable(Path(out), overwrite)
+    weighted = load_weighted(loras, allow_pickle)
+    if concat:
+        lora, report = combine_concat(weighted), None
+    else:
+        lora, report = combine_svd(weighted, rank=rank, conv_rank=conv_rank, energy=energy)
+    save_lora(lora, out, overwrite=overwrite)
+    return report
+
+
+def resize(lora_path: str, out: str | os.PathLike, rank: int | None = None, energy: float | None = None, overwrite: bool = False, allow_pickle: bool = False) -> ApproximationReport:
+    check_writable(Path(out), overwrite)
+    lora, report = resize_lora(load_lora(lora_path, allow_pickle), rank=rank, energy=energy)
+    save_lora(lora, out, overwrite=overwrite)
+    return report
+
+
+def extract(
+    original: str,
+    tuned: str,
+    out: str | os.PathLike,
+    rank: int,
+    conv_rank: int | None = None,
+    unet_only: bool = False,
+    method: str = "full",
+    overwrite: bool = False,
+    allow_pickle: bool = False,
+) -> ExtractionReport:
+    """Extract a LoRA from the difference tuned - original and write it."""
+    check_writable(Path(out), overwrite)
+    if rank < 1 or (conv_rank is not None and conv_rank < 1):
+        raise SabunError("extract: --rank and --conv-rank must be >= 1")
+    m0 = load_pipeline(original, allow_pickle=allow_pickle)
+    m1 = load_pipeline(tuned, allow_pickle=allow_pickle)
+    from tqdm import tqdm
+
+    targets0, targets1 = pipeline_targets(m0, conv=True), pipeline_targets(m1, conv=True)
+    bar = lambda items: tqdm(items, total=len(targets0), desc="extract", unit="layer", leave=False)  # noqa: E731
+    lora, report = extract_lora(targets0, targets1, rank, conv_rank, unet_only, method, progress=bar)
+    lora.metadata["sabun_extracted_from"] = json.dumps({"original": str(original), "tuned": str(tuned)})
+    save_lora(lora, out, overwrite=overwrite)
+    return report
+
+
+def info(lora_path: str, model: str | None = None, allow_pickle: bool = False) -> tuple[list[BlockSummary], dict[str, str], FitReport | None]:
+    """Per-block summary and metadata of a LoRA, and how it fits `model` if given."""
+    lora = load_lora(lora_path, allow_pickle)
+    fit = None
+    if model is not None:
+        fit = check_fit(lora, pipeline_targets(load_pipeline(model, allow_pickle=allow_pickle), conv=True))
+    return summarize(lora), lora.metadata, fit

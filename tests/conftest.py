@@ -1,0 +1,50 @@
+"""Shared fixtures: the tiny SD1-style pipeline and LoRAs with random, non-zero weights."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from sabun.lora.network import LoRANetwork
+from sabun.lora.targets import pipeline_targets
+from sabun.models.tiny import build_tiny_pipeline
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe_session():
+    return build_tiny_pipeline(seed=0)
+
+
+@pytest.fixture
+def tiny_pipe(tiny_pipe_session):
+    """A fresh copy per test, so tests that merge into weights do not leak into others."""
+    return copy.deepcopy(tiny_pipe_session)
+
+
+def random_lora(pipe, rank: int = 4, alpha: float = 1.0, conv_rank: int | None = None, conv_alpha: float | None = None, seed: int = 0, std: float = 0.05):
+    """A LoRA on `pipe` whose up and down are both random (a trained-looking LoRA, not a zero one)."""
+    targets = pipeline_targets(pipe, conv=conv_rank is not None)
+    torch.manual_seed(seed)
+    network = LoRANetwork.create(targets, rank=rank, alpha=alpha, conv_rank=conv_rank, conv_alpha=conv_alpha)
+    with torch.no_grad():
+        for p in network.parameters():
+            p.normal_(0.0, std)
+    return network.to_lora()
+
+
+@pytest.fixture
+def make_lora():
+    return random_lora
+
+
+def unet_and_text_outputs(pipe, prompt: str = "1girl, red hair", seed: int = 0):
+    """U-Net noise prediction and text embedding for a fixed latent, timestep and prompt."""
+    generator = torch.Generator().manual_seed(seed)
+    latents = torch.randn(1, 4, pipe.unet.config.sample_size, pipe.unet.config.sample_size, generator=generator)
+    ids = pipe.tokenizer([prompt], padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+    with torch.no_grad():
+        text = pipe.text_encoder(ids)[0]
+        noise = pipe.unet(latents, torch.tensor([500]), text).sample
+    return noise, text
