@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import copy
+import os
+
+# Nothing in sabun may reach a model hub; make any accidental attempt fail loudly.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 import pytest
 import torch
