@@ -21,6 +21,62 @@ app = typer.Typer(
 )
 
 # --- toy world commands (sabun render toy, sabun caption) ---
+
+render_app = typer.Typer(help="Render data sets.", no_args_is_help=True)
+app.add_typer(render_app, name="render")
+
+
+@render_app.command("toy")
+def render_toy_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Output folder: NAME.png, NAME.json (metadata), NAME.txt (full caption).")],
+    style: Annotated[str, typer.Option("--style", help="anime or 3d.")] = "anime",
+    character: Annotated[str | None, typer.Option("--character", help="A preset (target, red_long, green_medium, blue_short, white_ponytail, black_twintails) or a character .toml.")] = None,
+    random: Annotated[bool, typer.Option("--random", help="A new random character per image (never with the signature ribbon); needs --count.")] = False,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="With --random: never draw this character's look (hair colour, hairstyle, eyes). Default: target.")] = None,
+    count: Annotated[int | None, typer.Option("--count", help="Number of images, shots drawn from the lists below; default: every combination once.")] = None,
+    views: Annotated[list[str] | None, typer.Option("--views", help="front, side, behind or all; repeat or comma-separate. Default: front,behind.")] = None,
+    zooms: Annotated[list[str] | None, typer.Option("--zooms", help="portrait, upper-body, cowboy-shot, full-body or all. Default: all.")] = None,
+    poses: Annotated[list[str] | None, typer.Option("--poses", help="arms-at-sides, arms-up, hands-on-hips, arms-behind-back or all. Default: arms-at-sides.")] = None,
+    backgrounds: Annotated[list[str] | None, typer.Option("--backgrounds", help="white, grey, blue, pink, yellow, green, outdoor, indoor or all. Default: white.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed: the same options always write the same files.")] = 0,
+    size: Annotated[int, typer.Option("--size", help="Image side in pixels.")] = 64,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing files.")] = False,
+) -> None:
+    """Render toy-world characters in the anime or 3d style, with metadata and captions."""
+    from sabun.toyworld.commands import RenderToyConfig, expand_choices, render_toy
+    from sabun.toyworld.geometry import POSES
+    from sabun.toyworld.render import BACKGROUNDS, VIEWS, ZOOMS
+
+    defaults = RenderToyConfig.__dataclass_fields__
+    config = RenderToyConfig(
+        out=out,
+        style=style,
+        character=character,
+        random=random,
+        exclude=tuple(exclude) if exclude else defaults["exclude"].default,
+        count=count,
+        views=expand_choices(views, VIEWS, "views") if views else defaults["views"].default,
+        zooms=expand_choices(zooms, ZOOMS, "zooms") if zooms else defaults["zooms"].default,
+        poses=expand_choices(poses, POSES, "poses") if poses else defaults["poses"].default,
+        backgrounds=expand_choices(backgrounds, BACKGROUNDS, "backgrounds") if backgrounds else defaults["backgrounds"].default,
+        seed=seed,
+        size=size,
+        overwrite=overwrite,
+    )
+    print(f"wrote {len(render_toy(config))} images (.png, .json, .txt) to {out}")
+
+
+@app.command("caption")
+def caption_cmd(
+    folder: Annotated[Path, typer.Argument(help="A folder written by `sabun render toy`.")],
+    policy: Annotated[str, typer.Option("--policy", help="full, stepping-stone or character (see docs/toyworld.md).")] = "full",
+) -> None:
+    """Rewrite every NAME.txt caption from its NAME.json render metadata under a caption policy."""
+    from sabun.toyworld.commands import caption_folder
+
+    print(f"wrote {len(caption_folder(folder, policy))} {policy} captions in {folder}")
+
+
 # --- end toy world commands ---
 
 # --- train command (sabun train) ---

@@ -1,0 +1,115 @@
+"""Colours of the toy world: parsing, CIE L*a*b*, and booru colour names by nearest colour.
+
+Booru tags name colours coarsely (`blonde hair`, `blue eyes`), while a character's colour is any RGB.
+The name is the palette entry nearest in CIE L*a*b* (CIE76 distance), because L*a*b* distances follow
+perceived differences far better than RGB ones: a honey blonde is nearer `blonde` than `orange` or
+`brown` there, as a person would say.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sabun.errors import SabunError
+
+RGB = tuple[int, int, int]
+
+# Anchors are typical anime colours for each tag, not colorimetric definitions.
+HAIR_COLOURS: dict[str, RGB] = {
+    "blonde": (250, 222, 120),
+    "orange": (240, 130, 40),
+    "red": (205, 35, 40),
+    "pink": (245, 150, 190),
+    "purple": (135, 75, 190),
+    "blue": (45, 85, 205),
+    "aqua": (80, 205, 210),
+    "green": (55, 155, 65),
+    "brown": (115, 70, 40),
+    "black": (30, 28, 36),
+    "grey": (150, 150, 158),
+    "white": (240, 240, 246),
+}
+
+EYE_COLOURS: dict[str, RGB] = {
+    "blue": (40, 100, 220),
+    "aqua": (60, 200, 210),
+    "green": (40, 160, 70),
+    "yellow": (235, 200, 40),
+    "orange": (240, 130, 30),
+    "red": (205, 30, 40),
+    "pink": (240, 120, 180),
+    "purple": (140, 60, 200),
+    "brown": (120, 70, 35),
+    "grey": (140, 140, 150),
+    "black": (25, 25, 30),
+}
+
+# Clothes, ribbons and solid backgrounds.
+THING_COLOURS: dict[str, RGB] = {
+    "red": (210, 40, 50),
+    "orange": (240, 140, 40),
+    "yellow": (240, 215, 60),
+    "green": (60, 160, 70),
+    "blue": (50, 95, 210),
+    "purple": (135, 70, 190),
+    "pink": (245, 150, 190),
+    "brown": (120, 75, 45),
+    "black": (30, 30, 35),
+    "grey": (150, 150, 155),
+    "white": (245, 245, 248),
+}
+
+_XYZ_FROM_LINEAR = np.array(
+    [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]]
+)
+_D65_WHITE = np.array([0.95047, 1.0, 1.08883])
+
+
+def srgb_to_lab(rgb: RGB | np.ndarray) -> np.ndarray:
+    """CIE L*a*b* (D65) of 8-bit sRGB colours; accepts shape (..., 3), returns float64 (..., 3)."""
+    c = np.asarray(rgb, dtype=np.float64) / 255.0
+    linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    xyz = linear @ _XYZ_FROM_LINEAR.T / _D65_WHITE
+    eps = (6 / 29) ** 3
+    f = np.where(xyz > eps, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], axis=-1)
+
+
+def delta_e(a: RGB, b: RGB) -> float:
+    """CIE76 colour difference (Euclidean distance in L*a*b*) between two sRGB colours."""
+    return float(np.linalg.norm(srgb_to_lab(a) - srgb_to_lab(b)))
+
+
+def nearest_name(rgb: RGB, palette: dict[str, RGB]) -> str:
+    """The palette name whose anchor is nearest to `rgb` in L*a*b*."""
+    names = list(palette)
+    distances = np.linalg.norm(srgb_to_lab(np.array([palette[n] for n in names])) - srgb_to_lab(rgb), axis=-1)
+    return names[int(np.argmin(distances))]
+
+
+def to_hex(rgb: RGB) -> str:
+    """`#rrggbb` for an RGB triple."""
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
+
+
+def parse_colour(value: object, palette: dict[str, RGB], what: str) -> RGB:
+    """Read a colour given as `#rrggbb`, `[r, g, b]` (0-255) or a palette name.
+
+    `what` names the field in the error, which lists the accepted forms and names.
+    """
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in palette:
+            return palette[text]
+        if len(text) == 7 and text.startswith("#"):
+            try:
+                return (int(text[1:3], 16), int(text[3:5], 16), int(text[5:7], 16))
+            except ValueError:
+                pass
+    elif isinstance(value, (list, tuple)) and len(value) == 3:
+        if all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in value):
+            return (value[0], value[1], value[2])
+    raise SabunError(
+        f"{what} = {value!r} is not a colour; give '#rrggbb', [r, g, b] with 0-255 integers, "
+        f"or one of: {', '.join(palette)}"
+    )

@@ -1,0 +1,191 @@
+"""The toy world's two commands as library functions: render a data set, rewrite its captions.
+
+`sabun render toy` and `sabun caption` only parse their options and call `render_toy` and
+`caption_folder`.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from sabun import __version__
+from sabun.errors import SabunError
+from sabun.io import atomic_output, check_writable
+from sabun.toyworld.captions import POLICIES, caption, full_caption
+from sabun.toyworld.character import CharacterSpec, load_character, random_character
+from sabun.toyworld.geometry import POSES
+from sabun.toyworld.render import BACKGROUNDS, STYLES, VIEWS, ZOOMS, Shot, render
+
+METADATA_FORMAT = "sabun.toyworld/1"
+
+
+def expand_choices(values: list[str], valid: tuple[str, ...], what: str) -> tuple[str, ...]:
+    """Option values as given on the command line: repeated and/or comma separated, `all` for all.
+
+    Raises a SabunError listing the valid values for an unknown one.
+    """
+    items = [v.strip() for value in values for v in value.split(",") if v.strip()]
+    if "all" in items:
+        return valid
+    for item in items:
+        if item not in valid:
+            raise SabunError(f"--{what} {item!r} is not valid; choose from: {', '.join(valid)} (or all)")
+    return tuple(dict.fromkeys(items))
+
+
+@dataclass(frozen=True)
+class RenderToyConfig:
+    """What `sabun render toy` renders."""
+
+    out: Path
+    """Folder that receives NAME.png, NAME.json and NAME.txt per image."""
+    style: str
+    """One of STYLES."""
+    character: str | None = None
+    """Preset name or TOML path; None with `random`."""
+    random: bool = False
+    """Each image gets a new random character (pretraining data); needs `count`."""
+    exclude: tuple[str, ...] = ("target",)
+    """With `random`: presets or TOML paths whose look (hair colour, hairstyle, eyes) never appears."""
+    count: int | None = None
+    """Number of images, each with a shot drawn from the lists; None renders every combination once."""
+    views: tuple[str, ...] = ("front", "behind")
+    """Views to use (the seed's stepping-stone renders: front and behind)."""
+    zooms: tuple[str, ...] = ZOOMS
+    """Zoom levels to use."""
+    poses: tuple[str, ...] = ("arms-at-sides",)
+    """Poses to use."""
+    backgrounds: tuple[str, ...] = ("white",)
+    """Backgrounds to use."""
+    seed: int = 0
+    """Seed of everything random; the same config always writes the same files."""
+    size: int = 64
+    """Image side in pixels."""
+    overwrite: bool = False
+    """Replace existing files instead of refusing."""
+
+    def __post_init__(self) -> None:
+        if self.style not in STYLES:
+            raise SabunError(f"--style {self.style!r} is not valid; choose one of: {', '.join(STYLES)}")
+        if self.random == (self.character is not None):
+            raise SabunError("give either --character PRESET|SPEC.toml or --random, not both or neither")
+        if self.random and self.count is None:
+            raise SabunError("--random needs --count N: how many random characters to render")
+        if self.count is not None and self.count < 1:
+            raise SabunError(f"--count {self.count} must be at least 1")
+        if not 16 <= self.size <= 1024:
+            raise SabunError(f"--size {self.size} is out of range; use 16 to 1024 pixels")
+        for what, values, valid in (
+            ("views", self.views, VIEWS),
+            ("zooms", self.zooms, ZOOMS),
+            ("poses", self.poses, POSES),
+            ("backgrounds", self.backgrounds, BACKGROUNDS),
+        ):
+            unknown = [v for v in values if v not in valid]
+            if not values or unknown:
+                raise SabunError(f"--{what} {', '.join(unknown) or '(empty)'} is not valid; choose from: {', '.join(valid)}")
+
+
+def _jobs(config: RenderToyConfig) -> list[tuple[str, CharacterSpec, Shot, int]]:
+    """(file name, character, shot, image seed) of every image, in order.
+
+    Image i draws from its own generator seeded by (seed, i), so an image does not depend on how
+    many others are rendered.
+    """
+    fixed = None if config.random else load_character(config.character)
+    excluded = tuple(load_character(e) for e in config.exclude) if config.random else ()
+    prefix = "random" if config.random else fixed.name
+    lists = (config.views, config.zooms, config.poses, config.backgrounds)
+    every = [Shot(*combo) for combo in itertools.product(*lists)] if config.count is None else None
+    jobs = []
+    for i in range(len(every) if every is not None else config.count):
+        rng = np.random.default_rng([config.seed, i])
+        shot = every[i] if every is not None else Shot(*(str(rng.choice(choices)) for choices in lists))
+        spec = random_character(rng, name=f"random-{i:05d}", exclude=excluded) if config.random else fixed
+        jobs.append((f"{prefix}_{config.style}_{i:05d}", spec, shot, int(rng.integers(2**31))))
+    return jobs
+
+
+def metadata(name: str, spec: CharacterSpec, shot: Shot, style: str, size: int, seed: int) -> dict:
+    """The `.json` written next to an image: every attribute needed to caption or re-render it."""
+    return {
+        "format": METADATA_FORMAT,
+        "name": name,
+        "character": spec.to_dict(),
+        "style": style,
+        "view": shot.view,
+        "zoom": shot.zoom,
+        "pose": shot.pose,
+        "background": shot.background,
+        "size": size,
+        "seed": seed,
+        "sabun_version": __version__,
+    }
+
+
+def _png_bytes(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def _write_bytes(path: Path, data: bytes, overwrite: bool) -> None:
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        tmp.write_bytes(data)
+
+
+def render_toy(config: RenderToyConfig) -> list[Path]:
+    """Render the images of `config` into `config.out`; returns the PNG paths.
+
+    Every target file is checked before anything is drawn, so a refused overwrite leaves the
+    folder untouched.
+    """
+    jobs = list(_jobs(config))
+    for name, *_ in jobs:
+        for suffix in (".png", ".json", ".txt"):
+            check_writable(config.out / f"{name}{suffix}", config.overwrite)
+    config.out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, spec, shot, seed in jobs:
+        pixels = render(spec, shot, config.style, size=config.size, seed=seed)
+        meta = metadata(name, spec, shot, config.style, config.size, seed)
+        png = config.out / f"{name}.png"
+        _write_bytes(png, _png_bytes(pixels), config.overwrite)
+        _write_bytes(config.out / f"{name}.json", (json.dumps(meta, indent=2) + "\n").encode(), config.overwrite)
+        _write_bytes(config.out / f"{name}.txt", (full_caption(meta) + "\n").encode(), config.overwrite)
+        written.append(png)
+    return written
+
+
+def caption_folder(folder: Path, policy: str) -> list[Path]:
+    """Rewrite NAME.txt from NAME.json for every render in `folder` under `policy`; returns the .txt paths."""
+    if policy not in POLICIES:
+        raise SabunError(f"--policy {policy!r} is not valid; choose one of: {', '.join(POLICIES)}")
+    if not folder.is_dir():
+        raise SabunError(f"{folder}: no such folder; give the folder that `sabun render toy` wrote")
+    sources = sorted(folder.glob("*.json"))
+    if not sources:
+        raise SabunError(f"{folder}: holds no .json render metadata; render with `sabun render toy` first")
+    captions = {}
+    for source in sources:
+        try:
+            meta = json.loads(source.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise SabunError(f"{source}: is not valid JSON ({e}); re-render it") from None
+        if not isinstance(meta, dict) or meta.get("format") != METADATA_FORMAT:
+            raise SabunError(f"{source}: is not toy-world render metadata (format {METADATA_FORMAT}); move it out of {folder}")
+        try:
+            captions[source.with_suffix(".txt")] = caption(meta, policy)
+        except SabunError as e:
+            raise SabunError(f"{source}: {e}") from None
+    # Captions are computed for every file before any is written: a bad file changes nothing.
+    for path, text in captions.items():
+        _write_bytes(path, (text + "\n").encode(), overwrite=True)
+    return list(captions)
