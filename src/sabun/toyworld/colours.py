@@ -8,6 +8,8 @@ perceived differences far better than RGB ones: a honey blonde is nearer `blonde
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from sabun.errors import SabunError
@@ -80,11 +82,15 @@ def delta_e(a: RGB, b: RGB) -> float:
     return float(np.linalg.norm(srgb_to_lab(a) - srgb_to_lab(b)))
 
 
+@functools.lru_cache(maxsize=16)
+def _palette_lab(items: tuple[tuple[str, RGB], ...]) -> tuple[tuple[str, ...], np.ndarray]:
+    return tuple(name for name, _ in items), srgb_to_lab(np.array([rgb for _, rgb in items]))
+
+
 def nearest_name(rgb: RGB, palette: dict[str, RGB]) -> str:
     """The palette name whose anchor is nearest to `rgb` in L*a*b*."""
-    names = list(palette)
-    distances = np.linalg.norm(srgb_to_lab(np.array([palette[n] for n in names])) - srgb_to_lab(rgb), axis=-1)
-    return names[int(np.argmin(distances))]
+    names, anchors = _palette_lab(tuple(palette.items()))
+    return names[int(np.argmin(np.linalg.norm(anchors - srgb_to_lab(rgb), axis=-1)))]
 
 
 def to_hex(rgb: RGB) -> str:

@@ -78,9 +78,9 @@ class Build:
 
 
 BUILDS: dict[str, Build] = {
-    "slim": Build(shoulder=0.42, chest=0.31, breast=0.08, waist=0.2, hips=0.3, thigh=0.14, calf=0.085, arm=0.064),
-    "average": Build(shoulder=0.47, chest=0.37, breast=0.125, waist=0.26, hips=0.41, thigh=0.18, calf=0.105, arm=0.078),
-    "curvy": Build(shoulder=0.49, chest=0.4, breast=0.18, waist=0.27, hips=0.54, thigh=0.23, calf=0.125, arm=0.09),
+    "slim": Build(shoulder=0.42, chest=0.31, breast=0.08, waist=0.2, hips=0.3, thigh=0.15, calf=0.1, arm=0.068),
+    "average": Build(shoulder=0.47, chest=0.37, breast=0.125, waist=0.26, hips=0.41, thigh=0.19, calf=0.115, arm=0.08),
+    "curvy": Build(shoulder=0.49, chest=0.4, breast=0.18, waist=0.27, hips=0.54, thigh=0.24, calf=0.13, arm=0.09),
 }
 
 
@@ -130,11 +130,13 @@ def _face() -> list[Primitive]:
 def _body(build: Build, outfit: str) -> list[Primitive]:
     """Head, neck, torso and legs (arms depend on the pose)."""
     b = build
-    hip_x = b.hips * 0.48
+    # Thighs nearly touch and the legs narrow to the ankles: at 64 px thin, apart legs would be
+    # little more than their outlines.
+    hip_x = b.hips * 0.44
     leg = [
-        Capsule((hip_x, 3.15, 0.0), (hip_x * 0.78, 1.72, 0.03), b.thigh, b.calf, "thigh"),
-        Capsule((hip_x * 0.78, 1.72, 0.03), (hip_x * 0.62, 0.22, -0.02), b.calf, b.calf * 0.55, "shin"),
-        Capsule((hip_x * 0.62, 0.12, -0.03), (hip_x * 0.66, 0.07, 0.26), 0.07, 0.06, "foot"),
+        Capsule((hip_x, 3.15, 0.0), (hip_x * 0.72, 1.72, 0.03), b.thigh, b.calf, "thigh"),
+        Capsule((hip_x * 0.72, 1.72, 0.03), (hip_x * 0.56, 0.22, -0.02), b.calf, b.calf * 0.6, "shin"),
+        Capsule((hip_x * 0.56, 0.12, -0.03), (hip_x * 0.6, 0.07, 0.26), 0.075, 0.065, "foot"),
     ]
     breast_z = 0.11 + b.breast * 0.35
     torso: list[Primitive] = [
@@ -226,7 +228,7 @@ def _hair(hairstyle: str, ribbon: bool) -> list[Primitive]:
         hair += _symmetric([Capsule((0.4, cy + 0.1, 0.1), (0.4, cy - 0.3, 0.13), 0.08, 0.045, "hair")])
         bows = [(0.4, cy + 0.42, 0.0)]
     elif hairstyle == "medium":
-        hair += [Ellipsoid((0.0, cy - 0.45, cz - 0.2), (0.5, 0.55, 0.3), "hair")]
+        hair += [Ellipsoid((0.0, cy - 0.4, cz - 0.17), (0.47, 0.52, 0.27), "hair")]
         hair += _symmetric(_chain([(0.38, cy + 0.15, 0.12), (0.43, cy - 0.3, 0.14), (0.46, cy - 0.78, 0.1)], [0.1, 0.09, 0.055], "hair"))
         bows = [(0.4, cy + 0.42, 0.0)]
     elif hairstyle == "long":

@@ -1,23 +1,24 @@
 """Draw a toy character in the `anime` or `3d` style: one geometry, two shadings.
 
 The primitives are ray-cast as impostors (orthographic camera, per-pixel depth and normal) into a
-small G-buffer at `supersample` times the output size; the two styles differ only in how the
-G-buffer is shaded, so any difference between them is style, never shape. The result is reduced to
-the output size with a Lanczos filter, which keeps 1-pixel features (eyes, ribbon, outlines).
+G-buffer at `supersample` times the output size; the two styles differ only in how the G-buffer is
+shaded, so any difference between them is style, never shape. Each output pixel is then the mean of
+its supersample x supersample block (a box filter: the exact area coverage), which keeps features
+thinner than a pixel (eyes, ribbon, outlines) as partial tints instead of dropping or aliasing them.
+3x supersampling looks the same as 4x at 64 px and costs about 40% less.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from sabun.errors import SabunError
 from sabun.toyworld.character import CharacterSpec
-from sabun.toyworld.colours import RGB, THING_COLOURS
+from sabun.toyworld.colours import RGB
 from sabun.toyworld.geometry import POSES, Capsule, Ellipsoid, Primitive, character_primitives
 
 STYLES = ("anime", "3d")
@@ -35,8 +36,11 @@ FRAMES: dict[str, tuple[float, float]] = {
 }
 
 # Light from the upper left, in front of the character, fixed relative to the camera.
-LIGHT = np.array([-0.45, 0.65, 0.62]) / np.linalg.norm([-0.45, 0.65, 0.62])
-HALF_VECTOR = (LIGHT + [0, 0, 1]) / np.linalg.norm(LIGHT + [0, 0, 1])
+LIGHT = (np.array([-0.45, 0.65, 0.62]) / np.linalg.norm([-0.45, 0.65, 0.62])).astype(np.float32)
+HALF_VECTOR = ((LIGHT + [0, 0, 1]) / np.linalg.norm(LIGHT + [0, 0, 1])).astype(np.float32)
+# 3d diffuse light, with a fifth of it coming from the camera: surfaces facing the viewer stay
+# bright and the rim darkens (a cheap stand-in for ambient occlusion).
+_LIGHT_3D = (0.8 * LIGHT + 0.2 * np.array([0.0, 0.0, 1.0])).astype(np.float32)
 
 OUTLINE = (38, 26, 34)
 
@@ -50,12 +54,20 @@ OUTFIT_PARTS: dict[str, tuple[str, ...]] = {
     "swimsuit": ("torso", "breast", "waist", "hips"),
     "bodysuit": ("torso", "breast", "waist", "hips", "upper_arm", "forearm", "thigh", "shin"),
 }
-# Per material: 3d specular strength (hair gets the bright "angel ring" of 3D renders).
-_SPECULAR = np.array([0, 0.12, 0.5, 0.6, 0.6, 0, 0.2, 0.2, 0.25, 0.35], dtype=np.float32)
+
+
+def _per_material(values: dict[str, float], default: float) -> np.ndarray:
+    return np.array([values.get(m, default) for m in _MATERIALS], dtype=np.float32)
+
+
+# 3d specular strength (hair gets the bright "angel ring" of 3D renders).
+_SPECULAR = _per_material({"skin": 0.12, "hair": 0.5, "iris": 0.6, "pupil": 0.6, "lash": 0.2, "mouth": 0.2, "outfit": 0.25, "ribbon": 0.35}, 0.0)
+# 1 if the material is lit, 0 if it keeps its colour (eye highlights glow).
+_LIT = _per_material({"none": 0.0, "eye_highlight": 0.0}, 1.0)
 # Anime shadow tone: darker and a little cooler than the lit tone.
 _CEL_SHADOW = np.array([0.72, 0.68, 0.8], dtype=np.float32)
-# Per material: 1 if the material is lit, 0 if it keeps its colour (eye highlights glow).
-_LIT = np.array([1, 1, 1, 1, 1, 0, 1, 1, 1, 1], dtype=np.float32)
+_LIGHT_LEVELS = 64
+_SPEC_LEVELS = 16
 
 
 @dataclass(frozen=True)
@@ -145,7 +157,8 @@ class _GBuffer:
         px = self.coords[box[1]] - a[0]  # (w,)
         py = self.coords[box[0]] - a[1]  # (h,)
         t = (px * (dx * inv))[None, :] + (py * (dy * inv))[:, None]  # (h, w) position along the segment
-        np.clip(t, 0, 1, out=t)
+        np.maximum(t, 0.0, out=t)
+        np.minimum(t, 1.0, out=t)
         ex, ey = px[None, :] - t * dx, py[:, None] - t * dy  # offset from the nearest sphere's centre
         r = ra + t * (rb - ra)
         h = np.sqrt(r * r - ex * ex - ey * ey)  # NaN outside
@@ -153,11 +166,15 @@ class _GBuffer:
 
 
 def _part_materials(outfit: str) -> dict[str, int]:
+    """Material index of every body part for an outfit."""
     index = {m: i for i, m in enumerate(_MATERIALS)}
     parts = {p: index["skin"] for p in _SKIN_PARTS}
     parts.update({p: index[p] for p in ("hair", "iris", "pupil", "eye_highlight", "lash", "mouth", "ribbon")})
     parts.update({p: index["outfit"] for p in OUTFIT_PARTS[outfit]})
     return parts
+
+
+_PART_MATERIALS = {outfit: _part_materials(outfit) for outfit in OUTFIT_PARTS}
 
 
 def _palette(spec: CharacterSpec) -> np.ndarray:
@@ -180,13 +197,13 @@ def _palette(spec: CharacterSpec) -> np.ndarray:
 def rasterise(prims: list[Primitive], outfit: str, view: str, zoom: str, n: int, smallest: float = 1.0) -> _GBuffer:
     """Ray-cast the primitives, seen from `view` and framed by `zoom`, into an n x n G-buffer.
 
-    Primitives thinner than `smallest` pixels are skipped (at the default 4x supersampling, a
-    quarter of an output pixel), and so is the face seen from behind: neither could show, and
-    every primitive drawn costs time.
+    Primitives thinner than `smallest` pixels are skipped (`render` passes a quarter of an output
+    pixel), and so is the face seen from behind: neither could show, and every primitive drawn
+    costs time.
     """
     centre_y, half = FRAMES[zoom]
     k = n / (2 * half)  # pixels per character unit
-    materials = _part_materials(outfit)
+    materials = _PART_MATERIALS[outfit]
     g = _GBuffer(n, k)
 
     def pixel(p: tuple[float, float, float]) -> tuple[float, float, float]:
@@ -219,29 +236,23 @@ def _covered_box(g: _GBuffer, pad: int, align: int) -> tuple[slice, slice] | Non
     return span(rows[0], rows[-1]), span(cols[0], cols[-1])
 
 
-def _unit_normals(normal: np.ndarray) -> np.ndarray:
-    """Normalise (3, h, w) normals; background pixels (all zero) stay zero."""
-    length = np.sqrt((normal * normal).sum(axis=0))
-    return normal / np.maximum(length, 1e-12)
-
-
 def _outlines(material: np.ndarray, depth: np.ndarray, width: int, depth_step: float) -> np.ndarray:
-    """Pixels on a material boundary or a depth jump (a silhouette), about `width` pixels thick."""
-    finite = np.where(np.isfinite(depth), depth, -1e6)
+    """Outline pixels: on the far side of a material boundary or depth jump, `width` pixels thick.
+
+    Lines go on the far side (outside a silhouette, onto what lies behind an overlapping part), so
+    a limb only a few pixels wide keeps its own colour instead of turning into its outline.
+    """
+    far = np.where(np.isfinite(depth), depth, -1e6)  # the background is the farthest of all
     edge = np.zeros(material.shape, dtype=bool)
     for axis in (0, 1):
-        a = [slice(None), slice(None)]
-        b = [slice(None), slice(None)]
-        a[axis], b[axis] = slice(1, None), slice(None, -1)
-        jump = (material[tuple(a)] != material[tuple(b)]) | (np.abs(finite[tuple(a)] - finite[tuple(b)]) > depth_step)
-        edge[tuple(a)] |= jump
-        edge[tuple(b)] |= jump
-    # Both sides of a boundary are marked (2 px); growing once towards +x and +y makes 3 px.
-    for _ in range(width - 2):
-        grown = edge.copy()
-        grown[1:] |= edge[:-1]
-        grown[:, 1:] |= edge[:, :-1]
-        edge = grown
+        for shift in range(1, width + 1):
+            p = [slice(None), slice(None)]
+            q = [slice(None), slice(None)]
+            p[axis], q[axis] = slice(None, -shift), slice(shift, None)
+            p, q = tuple(p), tuple(q)
+            differ = (material[p] != material[q]) | (np.abs(far[p] - far[q]) > depth_step)
+            edge[p] |= differ & (far[p] < far[q])
+            edge[q] |= differ & (far[q] < far[p])
     return edge
 
 
@@ -255,7 +266,7 @@ def shade_anime(material: np.ndarray, normal: np.ndarray, depth: np.ndarray, pal
     # One table of every tone: 2 per material (lit, shadow), then the outline.
     tones = np.concatenate([np.stack([palette, palette * _CEL_SHADOW], axis=1).reshape(-1, 3), [OUTLINE]])
     tones = np.clip(tones + 0.5, 0, 255).astype(np.uint8)
-    shadowed = (np.tensordot(LIGHT.astype(np.float32), normal, axes=1) <= 0) & (_LIT[material] > 0)
+    shadowed = (np.einsum("i,ihw->hw", LIGHT, normal) <= 0) & (_LIT[material] > 0)
     tone = material.astype(np.intp) * 2 + shadowed
     edge = _outlines(material, depth, width=max(round(0.75 * supersample), 2), depth_step=0.12 * scale)
     tone[edge] = len(tones) - 1
@@ -274,7 +285,7 @@ def shade_3d(material: np.ndarray, normal: np.ndarray, palette: np.ndarray) -> t
     ndl = np.einsum("i,ihw->hw", _LIGHT_3D, normal)
     ndl *= inverse_length
     np.clip(ndl, 0, 1, out=ndl)
-    spec = np.einsum("i,ihw->hw", HALF_VECTOR.astype(np.float32), normal)
+    spec = np.einsum("i,ihw->hw", HALF_VECTOR, normal)
     spec *= inverse_length
     np.clip(spec, 0, 1, out=spec)
     spec *= spec
@@ -287,13 +298,6 @@ def shade_3d(material: np.ndarray, normal: np.ndarray, palette: np.ndarray) -> t
     index *= _SPEC_LEVELS
     index += (spec * (_SPEC_LEVELS - 1) + 0.5).astype(np.intp)
     return _3d_table(palette)[index], material > 0
-
-
-_LIGHT_LEVELS = 64
-_SPEC_LEVELS = 16
-# Diffuse light direction, with a fifth of the light coming from the camera: surfaces facing the
-# viewer stay bright, the rim darkens (a cheap stand-in for ambient occlusion).
-_LIGHT_3D = (0.8 * LIGHT + 0.2 * np.array([0.0, 0.0, 1.0])).astype(np.float32)
 
 
 def _3d_table(palette: np.ndarray) -> np.ndarray:
@@ -371,7 +375,7 @@ def background(name: str, n: int, rng: np.random.Generator) -> np.ndarray:
     raise SabunError(f"background {name!r} is not valid; choose one of: {', '.join(BACKGROUNDS)}")
 
 
-def render(spec: CharacterSpec, shot: Shot, style: str, size: int = 64, seed: int = 0, supersample: int = 4) -> np.ndarray:
+def render(spec: CharacterSpec, shot: Shot, style: str, size: int = 64, seed: int = 0, supersample: int = 3) -> np.ndarray:
     """Render `spec` as `shot` in `style`; returns uint8 (size, size, 3) RGB.
 
     The same (spec, shot, style, size, seed, supersample) always gives the same pixels.
