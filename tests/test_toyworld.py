@@ -255,6 +255,7 @@ def test_cli_end_to_end(tmp_path):
         (["render", "toy", "--character", "target", "--out", "{out}"], "already exists; choose another output path or pass --overwrite"),
         (["render", "toy", "--character", "target", "--views", "top", "--out", "{out}"], "--views 'top' is not valid; choose from: front, side, behind (or all)"),
         (["render", "toy", "--random", "--out", "{out}"], "--random needs --count N"),
+        (["render", "toy", "--character", "target", "--exclude", "red_long", "--out", "{out}/new"], "--exclude only applies to --random characters"),
         (["caption", "{out}", "--policy", "loose"], "--policy 'loose' is not valid; choose one of: full, stepping-stone, character"),
     ],
 )

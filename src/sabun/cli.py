@@ -47,21 +47,20 @@ def render_toy_cmd(
     from sabun.toyworld.geometry import POSES
     from sabun.toyworld.render import BACKGROUNDS, VIEWS, ZOOMS
 
-    defaults = RenderToyConfig.__dataclass_fields__
+    # lists left out keep RenderToyConfig's defaults (the seed's stepping-stone shots)
+    lists = {"views": (views, VIEWS), "zooms": (zooms, ZOOMS), "poses": (poses, POSES), "backgrounds": (backgrounds, BACKGROUNDS)}
+    chosen = {key: expand_choices(values, valid, key) for key, (values, valid) in lists.items() if values}
     config = RenderToyConfig(
         out=out,
         style=style,
         character=character,
         random=random,
-        exclude=tuple(exclude) if exclude else defaults["exclude"].default,
+        exclude=tuple(exclude) if exclude else None,
         count=count,
-        views=expand_choices(views, VIEWS, "views") if views else defaults["views"].default,
-        zooms=expand_choices(zooms, ZOOMS, "zooms") if zooms else defaults["zooms"].default,
-        poses=expand_choices(poses, POSES, "poses") if poses else defaults["poses"].default,
-        backgrounds=expand_choices(backgrounds, BACKGROUNDS, "backgrounds") if backgrounds else defaults["backgrounds"].default,
         seed=seed,
         size=size,
         overwrite=overwrite,
+        **chosen,
     )
     print(f"wrote {len(render_toy(config))} images (.png, .json, .txt) to {out}")
 

@@ -19,7 +19,7 @@ from sabun import __version__
 from sabun.errors import SabunError
 from sabun.io import atomic_output, check_writable
 from sabun.toyworld.captions import POLICIES, caption, full_caption
-from sabun.toyworld.character import CharacterSpec, load_character, random_character
+from sabun.toyworld.character import TARGET_PRESET, CharacterSpec, load_character, random_character
 from sabun.toyworld.geometry import POSES
 from sabun.toyworld.render import BACKGROUNDS, STYLES, VIEWS, ZOOMS, Shot, render
 
@@ -52,8 +52,8 @@ class RenderToyConfig:
     """Preset name or TOML path; None with `random`."""
     random: bool = False
     """Each image gets a new random character (pretraining data); needs `count`."""
-    exclude: tuple[str, ...] = ("target",)
-    """With `random`: presets or TOML paths whose look (hair colour, hairstyle, eyes) never appears."""
+    exclude: tuple[str, ...] | None = None
+    """With `random`: presets or TOML paths whose look (hair colour, hairstyle, eyes) never appears; None: the target."""
     count: int | None = None
     """Number of images, each with a shot drawn from the lists; None renders every combination once."""
     views: tuple[str, ...] = ("front", "behind")
@@ -78,6 +78,8 @@ class RenderToyConfig:
             raise SabunError("give either --character PRESET|SPEC.toml or --random, not both or neither")
         if self.random and self.count is None:
             raise SabunError("--random needs --count N: how many random characters to render")
+        if self.exclude is not None and not self.random:
+            raise SabunError("--exclude only applies to --random characters; drop it or add --random --count N")
         if self.count is not None and self.count < 1:
             raise SabunError(f"--count {self.count} must be at least 1")
         if not 16 <= self.size <= 1024:
@@ -100,7 +102,7 @@ def _jobs(config: RenderToyConfig) -> list[tuple[str, CharacterSpec, Shot, int]]
     many others are rendered.
     """
     fixed = None if config.random else load_character(config.character)
-    excluded = tuple(load_character(e) for e in config.exclude) if config.random else ()
+    excluded = tuple(load_character(e) for e in (config.exclude or (TARGET_PRESET,))) if config.random else ()
     prefix = "random" if config.random else fixed.name
     lists = (config.views, config.zooms, config.poses, config.backgrounds)
     every = [Shot(*combo) for combo in itertools.product(*lists)] if config.count is None else None

@@ -85,10 +85,12 @@ BUILDS: dict[str, Build] = {
 
 
 def _add(p: Vec3, q: Vec3) -> Vec3:
+    """Sum of two points."""
     return (p[0] + q[0], p[1] + q[1], p[2] + q[2])
 
 
 def _mirror(p: Vec3) -> Vec3:
+    """`p` mirrored across x = 0."""
     return (-p[0], p[1], p[2])
 
 
@@ -176,12 +178,14 @@ def _arm_joints(build: Build, pose: str) -> tuple[Vec3, Vec3, Vec3]:
 
 
 def _scaled(direction: Vec3, length: float) -> Vec3:
+    """`direction` rescaled to `length`."""
     d = np.asarray(direction, dtype=float)
     d = d / np.linalg.norm(d) * length
     return (float(d[0]), float(d[1]), float(d[2]))
 
 
 def _arms(build: Build, pose: str) -> list[Primitive]:
+    """Both arms, each an upper arm, a forearm and a hand."""
     shoulder, elbow, wrist = _arm_joints(build, pose)
     direction = np.subtract(wrist, elbow)
     fingertips = _add(wrist, _scaled(tuple(direction), 0.13))

@@ -19,7 +19,7 @@ from PIL import Image, ImageDraw
 from sabun.errors import SabunError
 from sabun.toyworld.character import CharacterSpec
 from sabun.toyworld.colours import RGB
-from sabun.toyworld.geometry import POSES, Capsule, Ellipsoid, Primitive, character_primitives
+from sabun.toyworld.geometry import POSES, Ellipsoid, Primitive, character_primitives
 
 STYLES = ("anime", "3d")
 VIEWS = ("front", "side", "behind")
