@@ -95,7 +95,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="PNG to write, e.g. docs/toyworld_contact_sheet.png")
     parser.add_argument("--size", type=int, default=64, help="image side of each render in pixels")
-    print(f"wrote {write_contact_sheet(parser.parse_args().out, parser.parse_args().size)}")
+    args = parser.parse_args()
+    print(f"wrote {write_contact_sheet(args.out, args.size)}")
 
 
 if __name__ == "__main__":
