@@ -1,0 +1,466 @@
+"""The training configuration: typed sections read from TOML, `--set` overrides, validation.
+
+A config file maps one to one onto `TrainConfig`: each `[section]` is a dataclass below, each key a
+field with a one-line doc. Unknown keys, wrong types and out-of-range values are errors that name
+the file and the field (`config.toml: network.rank: must be >= 1, got 0`). The resolved config
+(every default filled in) is saved next to the LoRA and inside every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sabun.errors import SabunError
+
+
+class ConfigError(SabunError):
+    """A bad config value; `path` is the dotted field name (`network.rank`, `datasets[0].path`)."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(f"{path}: {message}")
+        self.path, self.message = path, message
+
+
+def check(ok: bool, name: str, message: str) -> None:
+    """Raise a ConfigError for field `name` unless `ok` (used by the sections' `__post_init__`)."""
+    if not ok:
+        raise ConfigError(name, message)
+
+
+def one_of(value: str, name: str, choices: tuple[str, ...]) -> None:
+    check(value in choices, name, f"must be one of {', '.join(choices)}; got {value!r}")
+
+
+# --- sections -----------------------------------------------------------------------------------
+
+
+@dataclass
+class BaseWeight:
+    """A LoRA merged into the model (in fp32) before the new LoRA is created: the stepping-stone."""
+
+    path: str  # the LoRA file (.safetensors, kohya format)
+    multiplier: float = 1.0  # merged at this weight: W += multiplier * up @ down * alpha / rank
+
+
+@dataclass
+class ModelConfig:
+    path: str = "tiny"  # `tiny`, `toy`, a diffusers folder or a single-file checkpoint
+    base_weights: list[BaseWeight] = field(default_factory=list)  # stepping-stone LoRAs merged first
+    clip_skip: int = 1  # use the text encoder's n-th layer from the end (2 for most anime models)
+    allow_pickle: bool = False  # allow .ckpt/.pt files (loaded weights-only); only for files you trust
+
+    def __post_init__(self) -> None:
+        check(bool(self.path), "path", "is empty; give `tiny`, `toy` or a model path")
+        check(self.clip_skip >= 1, "clip_skip", f"must be >= 1, got {self.clip_skip}")
+
+
+@dataclass
+class DatasetConfig:
+    """One folder of images with `.txt` captions (or a kohya folder of `N_name` subfolders)."""
+
+    path: str  # the folder
+    repeats: int | None = None  # times each image is seen per epoch; default: N of an `N_name` folder, else 1
+    resolution: int | None = None  # training resolution for this folder; default: data.resolution
+    caption_extension: str = ".txt"  # caption file next to each image: NAME.png -> NAME.txt
+    default_caption: str | None = None  # caption for images without a caption file; default: `name` of `N_name`, else ""
+    shuffle_caption: bool = False  # shuffle the comma-separated tags at every step
+    keep_tokens: int = 0  # with shuffle_caption: keep this many leading tags in place
+    caption_separator: str = ","  # separates tags for shuffling and tag counts
+    flip: bool = False  # randomly mirror images left-right (both orientations are cached)
+
+    def __post_init__(self) -> None:
+        check(bool(self.path), "path", "is empty; give a folder of images")
+        check(self.repeats is None or self.repeats >= 1, "repeats", f"must be >= 1, got {self.repeats}")
+        check(self.resolution is None or self.resolution >= 8, "resolution", f"must be >= 8, got {self.resolution}")
+        check(self.keep_tokens >= 0, "keep_tokens", f"must be >= 0, got {self.keep_tokens}")
+        check(bool(self.caption_separator), "caption_separator", "is empty")
+
+
+@dataclass
+class DataConfig:
+    """How images become training batches (shared by all datasets)."""
+
+    resolution: int = 512  # side of the square training area in pixels; buckets keep this area
+    batch_size: int = 1  # images per step per process
+    buckets: bool = True  # aspect-ratio buckets; off: every image is resized and centre-cropped to a square
+    min_bucket: int | None = None  # smallest bucket side in pixels; default: resolution / 2
+    max_bucket: int | None = None  # largest bucket side in pixels; default: resolution * 2
+    bucket_step: int = 64  # bucket sides are multiples of this (a multiple of the model's pixel stride)
+    min_image_size: int | None = None  # images with a shorter side below this are errors; default: resolution / 2
+    skip_bad_images: bool = False  # skip unreadable, empty or too small images with a warning instead of stopping
+    cache_latents: str = "memory"  # `memory`, `disk` or `none`: encode every image with the VAE once, up front
+    cache_dir: str | None = None  # folder for `disk` latents; default: OUTPUT_DIR/latent_cache
+    cache_text_embeddings: bool = True  # cache prompt embeddings when the text encoder is frozen and captions fixed
+
+    def __post_init__(self) -> None:
+        check(self.resolution >= 8, "resolution", f"must be >= 8, got {self.resolution}")
+        check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        check(self.bucket_step >= 1, "bucket_step", f"must be >= 1, got {self.bucket_step}")
+        check(self.min_bucket is None or self.min_bucket >= 1, "min_bucket", f"must be >= 1, got {self.min_bucket}")
+        check(self.max_bucket is None or self.max_bucket >= (self.min_bucket or 1), "max_bucket", f"must be >= min_bucket, got {self.max_bucket}")
+        check(self.min_image_size is None or self.min_image_size >= 1, "min_image_size", f"must be >= 1, got {self.min_image_size}")
+        one_of(self.cache_latents, "cache_latents", ("memory", "disk", "none"))
+
+
+@dataclass
+class NetworkConfig:
+    """The LoRA being trained."""
+
+    rank: int = 16  # rank (dim) of Linear and 1x1 conv layers
+    alpha: float = 8.0  # scale = alpha / rank
+    conv_rank: int | None = None  # rank of 3x3 convs (LoCon); default: no conv LoRA
+    conv_alpha: float | None = None  # alpha of 3x3 convs; default: conv_rank
+    train_unet: bool = True  # train a U-Net LoRA
+    train_text_encoder: bool = True  # train a text-encoder LoRA
+
+    def __post_init__(self) -> None:
+        check(self.rank >= 1, "rank", f"must be >= 1, got {self.rank}")
+        check(self.alpha > 0, "alpha", f"must be > 0, got {self.alpha}")
+        check(self.conv_rank is None or self.conv_rank >= 1, "conv_rank", f"must be >= 1, got {self.conv_rank}")
+        check(self.train_unet or self.train_text_encoder, "train_unet", "and train_text_encoder are both false; nothing to train")
+
+
+@dataclass
+class OptimizerConfig:
+    type: str = "adamw"  # `adamw`, `adafactor` (torch.optim.Adafactor) or `sgd` (with momentum)
+    learning_rate: float = 1e-4  # U-Net LoRA learning rate (and the text encoder's unless set)
+    text_encoder_lr: float | None = None  # text-encoder LoRA learning rate; default: learning_rate
+    weight_decay: float = 0.01  # decoupled weight decay (AdamW, Adafactor), L2 for SGD
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW's moment decay rates
+    eps: float = 1e-8  # AdamW's epsilon
+    momentum: float = 0.9  # SGD's momentum
+    max_grad_norm: float = 1.0  # clip the gradient norm to this; 0 = no clipping
+
+    def __post_init__(self) -> None:
+        one_of(self.type, "type", ("adamw", "adafactor", "sgd"))
+        check(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
+        check(self.text_encoder_lr is None or self.text_encoder_lr >= 0, "text_encoder_lr", f"must be >= 0, got {self.text_encoder_lr}")
+        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", f"must be two numbers in [0, 1), got {self.betas}")
+        check(self.max_grad_norm >= 0, "max_grad_norm", f"must be >= 0, got {self.max_grad_norm}")
+
+
+@dataclass
+class ScheduleConfig:
+    """The learning-rate schedule, stepped once per optimiser step."""
+
+    type: str = "constant"  # `constant`, `linear` (to 0) or `cosine` (to 0)
+    warmup_steps: int = 0  # linear warm-up from 0 over this many steps
+
+    def __post_init__(self) -> None:
+        one_of(self.type, "type", ("constant", "linear", "cosine"))
+        check(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+
+
+@dataclass
+class TrainingConfig:
+    max_steps: int | None = None  # optimiser steps; default: as many as `epochs` take
+    epochs: int = 1  # passes over the data (with repeats), when max_steps is not set
+    gradient_accumulation: int = 1  # batches per optimiser step
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, slower
+    mixed_precision: str = "no"  # `no` (fp32), `fp16` (GPU) or `bf16`; LoRA weights stay fp32
+    seed: int = 0  # seeds the LoRA's initial weights, data order, noise and timesteps
+    min_snr_gamma: float | None = None  # min-SNR loss weighting (Hang et al. 2023); 5 is usual; default off
+    noise_offset: float = 0.0  # add this much per-channel constant noise (brighter darks / darker lights)
+    device: str = "auto"  # `auto` (GPU when there is one) or `cpu`
+
+    def __post_init__(self) -> None:
+        check(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be >= 1, got {self.max_steps}")
+        check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
+        check(self.gradient_accumulation >= 1, "gradient_accumulation", f"must be >= 1, got {self.gradient_accumulation}")
+        one_of(self.mixed_precision, "mixed_precision", ("no", "fp16", "bf16"))
+        check(self.min_snr_gamma is None or self.min_snr_gamma > 0, "min_snr_gamma", f"must be > 0, got {self.min_snr_gamma}")
+        check(self.noise_offset >= 0, "noise_offset", f"must be >= 0, got {self.noise_offset}")
+        one_of(self.device, "device", ("auto", "cpu"))
+
+
+@dataclass
+class SamplingConfig:
+    """Sample grids during training: the training model and the plain model with the new LoRA."""
+
+    every_n_steps: int = 0  # write a grid every N steps and at the end; 0 = never
+    at_start: bool = False  # also write one before the first step (the models without any training)
+    prompts: list[str] = field(default_factory=lambda: ["1girl"])  # one row per prompt and seed
+    seeds: list[int] = field(default_factory=lambda: [0])  # noise seeds, the same at every sample step
+    negative_prompt: str = ""  # for classifier-free guidance
+    multipliers: list[float] = field(default_factory=lambda: [1.0])  # new LoRA's weights on the plain model, one column each
+    steps: int = 12  # inference steps (the model's scheduler)
+    guidance_scale: float = 7.0  # classifier-free guidance scale
+    width: int | None = None  # image width; default: data.resolution
+    height: int | None = None  # image height; default: data.resolution
+
+    def __post_init__(self) -> None:
+        check(self.every_n_steps >= 0, "every_n_steps", f"must be >= 0, got {self.every_n_steps}")
+        check(self.every_n_steps == 0 or (self.prompts and self.seeds), "prompts", "and seeds must not be empty when sampling")
+        check(bool(self.multipliers), "multipliers", "is empty; list at least one weight, e.g. [1.0]")
+        check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
+
+
+@dataclass
+class ValidationConfig:
+    """Loss on held-out images with fixed noise and timesteps, so values are comparable over time."""
+
+    split: float = 0.0  # share of images (not repeats) held out of training, chosen under the seed
+    every_n_steps: int = 0  # compute it every N steps and at the end; 0 = only at the end (if split > 0)
+    timesteps: int = 4  # evaluate each image at this many evenly spaced timesteps
+
+    def __post_init__(self) -> None:
+        check(0 <= self.split < 1, "split", f"must be in [0, 1), got {self.split}")
+        check(self.every_n_steps >= 0, "every_n_steps", f"must be >= 0, got {self.every_n_steps}")
+        check(self.timesteps >= 1, "timesteps", f"must be >= 1, got {self.timesteps}")
+
+
+@dataclass
+class CheckpointConfig:
+    every_n_steps: int = 0  # write a resumable checkpoint every N steps; 0 = only on Ctrl-C
+    keep_last: int = 2  # keep this many newest checkpoints; 0 = keep all
+
+    def __post_init__(self) -> None:
+        check(self.every_n_steps >= 0, "every_n_steps", f"must be >= 0, got {self.every_n_steps}")
+        check(self.keep_last >= 0, "keep_last", f"must be >= 0, got {self.keep_last}")
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "output"  # folder for the LoRA, its config, checkpoints, samples and logs
+    name: str = "lora"  # the LoRA is written as DIR/NAME.safetensors, its config as DIR/NAME.toml
+    dtype: str = "fp32"  # precision of the saved LoRA: `fp32`, `fp16` or `bf16` (checkpoints are always fp32)
+    comment: str = ""  # stored as ss_training_comment
+    tensorboard: bool = True  # write TensorBoard logs to DIR/logs/NAME
+    progress_bar: bool = True  # show a progress bar
+
+    def __post_init__(self) -> None:
+        check(bool(self.name) and "/" not in self.name, "name", f"must be a file name without folders, got {self.name!r}")
+        one_of(self.dtype, "dtype", ("fp32", "fp16", "bf16"))
+
+
+@dataclass
+class TrainConfig:
+    """Everything `sabun train` needs. Sections map to TOML tables; `datasets` is `[[datasets]]`."""
+
+    datasets: list[DatasetConfig]  # image folders; at least one
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def __post_init__(self) -> None:
+        check(bool(self.datasets), "datasets", "is empty; add at least one [[datasets]] table with a path")
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.output.dir)
+
+    @property
+    def lora_path(self) -> Path:
+        return self.output_dir / f"{self.output.name}.safetensors"
+
+    @property
+    def config_path(self) -> Path:
+        return self.output_dir / f"{self.output.name}.toml"
+
+
+# --- reading: dict -> dataclasses ---------------------------------------------------------------
+
+
+def from_dict(cls: type, data: Any, path: str = "") -> Any:
+    """Build dataclass `cls` from a TOML table, checking keys and types; errors name the field."""
+    if not isinstance(data, dict):
+        raise ConfigError(path or cls.__name__, f"must be a table, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        where = f"{path}.{key}" if path else key
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"did you mean `{close[0]}`? " if close else ""
+            raise ConfigError(where, f"unknown field; {hint}known: {', '.join(names)}")
+        kwargs[key] = convert(hints[key], value, where)
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ConfigError(f"{path}.{missing[0]}" if path else missing[0], "is required")
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:  # raised by this section's __post_init__, which knows only its own names
+        if not path:
+            raise
+        raise ConfigError(f"{path}.{e.path}", e.message) from None
+
+
+def convert(tp: Any, value: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp` (int, float, str, bool, list[X], X | None, dataclass)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        return convert(options[0], value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(where, f"must be a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(where, f"must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(where, f"must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(where, f"must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(where, f"must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {tp} at {where}")
+
+
+# --- --set overrides ----------------------------------------------------------------------------
+
+
+def field_type(path: list[str], where: str) -> Any:
+    """The annotation of the field at `path` (e.g. ['datasets', '0', 'repeats'] -> int | None)."""
+    tp: Any = TrainConfig
+    for i, part in enumerate(path):
+        origin = typing.get_origin(tp)
+        if origin in (typing.Union, types.UnionType):
+            tp = [a for a in typing.get_args(tp) if a is not type(None)][0]
+            origin = typing.get_origin(tp)
+        if origin is list:
+            if not part.isdigit():
+                raise ConfigError(where, f"`{part}` must be a list index (e.g. datasets.0.path)")
+            (tp,) = typing.get_args(tp)
+        elif dataclasses.is_dataclass(tp):
+            hints = typing.get_type_hints(tp)
+            if part not in hints:
+                close = difflib.get_close_matches(part, list(hints), n=1)
+                hint = f"did you mean `{close[0]}`? " if close else ""
+                raise ConfigError(".".join(path[: i + 1]), f"unknown field; {hint}known: {', '.join(hints)}")
+            tp = hints[part]
+        else:
+            raise ConfigError(where, f"`{'.'.join(path[:i])}` is not a table")
+    return tp
+
+
+def parse_value(tp: Any, text: str) -> Any:
+    """A `--set` value: strings are taken as written; everything else is read as a TOML value."""
+    options = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) in (typing.Union, types.UnionType) else [tp]
+    if options == [str]:
+        return text
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text  # left for `convert` to reject with the field's name
+
+
+def apply_override(raw: dict, assignment: str) -> None:
+    """Apply one `key.path=value` to the raw config table, in place."""
+    key, sep, text = assignment.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise SabunError(f"--set {assignment}: expected KEY=VALUE, e.g. --set network.rank=8")
+    parts = key.split(".")
+    value = parse_value(field_type(parts, key), text.strip())
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            index = int(part)
+            if index >= len(node):
+                raise ConfigError(".".join(parts[: i + 1]), f"there are only {len(node)} entries")
+            node = node[index]
+        else:
+            node = node.setdefault(part, [] if typing.get_origin(field_type(parts[: i + 1], key)) is list else {})
+    last = parts[-1]
+    if isinstance(node, list):
+        index = int(last)
+        if index >= len(node):
+            raise ConfigError(key, f"there are only {len(node)} entries")
+        node[index] = value
+    else:
+        node[last] = value
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Read a training config from TOML, apply `--set` overrides, and validate it.
+
+    Relative paths in the file (datasets, base weights, output dir, a model folder) are resolved
+    against the file's folder, so a config works from any working directory.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SabunError(f"{path}: no such config file")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise SabunError(f"{path}: is not valid TOML ({e})") from None
+    try:
+        for assignment in overrides:
+            apply_override(raw, assignment)
+        config = from_dict(TrainConfig, raw)
+    except ConfigError as e:
+        raise SabunError(f"{path}: {e}") from None
+    return resolve_paths(config, path.parent)
+
+
+def resolve_paths(config: TrainConfig, root: Path) -> TrainConfig:
+    """Make relative file paths absolute against `root` (builtin model names are left alone)."""
+
+    def rel(p: str | None) -> str | None:
+        return p if p is None or Path(p).is_absolute() else str((root / p).resolve())
+
+    from sabun.models.load import BUILTIN
+
+    if config.model.path not in BUILTIN and config.model.path != "toy":
+        config.model.path = rel(config.model.path)
+    for weight in config.model.base_weights:
+        weight.path = rel(weight.path)
+    for dataset in config.datasets:
+        dataset.path = rel(dataset.path)
+    config.data.cache_dir = rel(config.data.cache_dir)
+    config.output.dir = rel(config.output.dir)
+    return config
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+
+def to_dict(config: Any) -> dict:
+    """The config as a TOML-ready table (None values, which TOML cannot hold, are left out)."""
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if v is not None}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+
+    return strip(dataclasses.asdict(config))
+
+
+def to_toml(config: TrainConfig) -> str:
+    import tomli_w
+
+    return tomli_w.dumps(to_dict(config))
+
+
+def config_from_toml(text: str) -> TrainConfig:
+    """Read back a config written by `to_toml` (as stored in checkpoints)."""
+    return from_dict(TrainConfig, tomllib.loads(text))

@@ -1,0 +1,135 @@
+"""The model side of training: loading, the stepping-stone merge, the plain weights, text encoding.
+
+The stepping-stone LoRAs (`model.base_weights`) are merged into the model in fp32 before the new
+LoRA is created, so the new LoRA learns only what the merged model still gets wrong. The original
+weights of every layer the merge changed are kept aside, so the *plain* model can be swapped back
+in exactly (no un-merge rounding) to show what the new LoRA does where it will be used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sabun.errors import SabunError
+from sabun.lora.file import file_sha256, load_lora
+from sabun.lora.ops import Weighted, merge_into_model
+from sabun.lora.targets import LoRATarget
+
+
+def check_supported(pipe, source: str) -> None:
+    """The trainer handles SD 1.x / 2.x pipelines (one CLIP text encoder)."""
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        raise SabunError(f"{source}: is an SDXL model; training SDXL LoRAs is not supported yet (SD 1.x / 2.x only)")
+    if getattr(pipe, "unet", None) is None or getattr(pipe, "text_encoder", None) is None:
+        raise SabunError(f"{source}: has no U-Net or text encoder; give a Stable Diffusion 1.x / 2.x model")
+
+
+def model_family(pipe) -> str:
+    """`sd1` or `sd2` (SD 2.x has a 1024-wide OpenCLIP text encoder)."""
+    return "sd2" if pipe.text_encoder.config.hidden_size == 1024 else "sd1"
+
+
+def pixel_stride(pipe) -> int:
+    """Image sides must be multiples of this: the VAE's factor times the U-Net's total downsampling."""
+    return pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+
+
+@dataclass
+class SteppingStone:
+    """A merged base-weights LoRA, as recorded in the output's metadata."""
+
+    path: str
+    sha256: str
+    multiplier: float
+    layers: int
+
+
+class PlainWeights:
+    """The original weights of the layers the stepping-stone merge changed.
+
+    `swapped()` exchanges the tensors behind those parameters (no copy, no rounding), so the plain
+    model is exactly the loaded one and the merged model comes back bit for bit afterwards.
+    """
+
+    def __init__(self, targets: dict[str, LoRATarget], names: set[str]):
+        self.layers = {name: targets[name].module for name in sorted(names)}
+        self.stored = {name: layer.weight.data.clone() for name, layer in self.layers.items()}
+
+    def __bool__(self) -> bool:
+        return bool(self.layers)
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> None:
+        self.stored = {name: w.to(device, dtype) for name, w in self.stored.items()}
+
+    def swap(self) -> None:
+        for name, layer in self.layers.items():
+            layer.weight.data, self.stored[name] = self.stored[name], layer.weight.data
+
+    @contextlib.contextmanager
+    def swapped(self) -> Iterator[None]:
+        """The plain model inside the block, the merged one outside."""
+        self.swap()
+        try:
+            yield
+        finally:
+            self.swap()
+
+
+def merge_stepping_stones(targets: dict[str, LoRATarget], base_weights, allow_pickle: bool) -> tuple[PlainWeights, list[SteppingStone]]:
+    """Merge `base_weights` (list of `BaseWeight`) into the model in fp32; keep the plain weights.
+
+    Raises a SabunError naming the file if a LoRA cannot be read or does not fit the model.
+    """
+    loaded = []
+    for weight in base_weights:
+        path = Path(weight.path)
+        lora = load_lora(path, allow_pickle=allow_pickle)
+        loaded.append((weight, lora, file_sha256(path)))
+    names = {name for _, lora, _ in loaded for name in lora.weights}
+    plain = PlainWeights(targets, {n for n in names if n in targets})
+    merge_into_model(targets, [Weighted(lora, weight.multiplier, f"model.base_weights: {weight.path}") for weight, lora, _ in loaded])
+    stones = [SteppingStone(str(w.path), sha, w.multiplier, len(lora.weights)) for w, lora, sha in loaded]
+    return plain, stones
+
+
+def stones_metadata(stones: list[SteppingStone]) -> str:
+    return json.dumps([{"path": s.path, "sha256": s.sha256, "multiplier": s.multiplier} for s in stones])
+
+
+def freeze(*modules: nn.Module) -> None:
+    for module in modules:
+        module.requires_grad_(False)
+
+
+# --- text ---------------------------------------------------------------------------------------
+
+
+def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
+    """(B, 77) token ids, padded and truncated to the tokenizer's length as SD does."""
+    return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+
+
+def encode_ids(text_encoder, ids: torch.Tensor, clip_skip: int = 1) -> torch.Tensor:
+    """(B, 77) ids -> (B, 77, D) embeddings; clip_skip n takes the n-th layer from the end.
+
+    With clip_skip > 1 the earlier layer's output goes through the final layer norm, as
+    AUTOMATIC1111 and sd-scripts do, so LoRAs trained here behave the same there.
+    """
+    ids = ids.to(text_encoder.device)
+    if clip_skip == 1:
+        return text_encoder(ids)[0]
+    hidden = text_encoder(ids, output_hidden_states=True).hidden_states[-clip_skip]
+    return getattr(text_encoder, "text_model", text_encoder).final_layer_norm(hidden)
+
+
+def long_captions(tokenizer, captions: list[str]) -> int:
+    """How many captions exceed the text encoder's length (they are truncated, as in every SD UI)."""
+    limit = tokenizer.model_max_length - 2  # start and end tokens
+    return sum(len(tokenizer(c, add_special_tokens=False).input_ids) > limit for c in set(captions))
