@@ -79,6 +79,29 @@ def caption_cmd(
 # --- end toy world commands ---
 
 # --- train command (sabun train) ---
+
+
+@app.command("train")
+def train_cmd(
+    config: Annotated[Path, typer.Argument(help="Training config (TOML); see docs/training.md.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config value: KEY=VALUE, e.g. network.rank=8; repeatable.")] = None,
+    resume: Annotated[str | None, typer.Option("--resume", help="Continue from a checkpoint folder, or `latest`.", is_flag=False, flag_value="latest")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output and drop an earlier run's checkpoints.")] = False,
+) -> None:
+    """Train one LoRA (stepping-stone base_weights are merged into the model first)."""
+    from sabun.train import load_config, train
+
+    try:
+        result = train(load_config(config, set_ or []), resume=resume, overwrite=overwrite)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise typer.Exit(130) from None
+    if result.interrupted:
+        print(f"stopped at step {result.step}; checkpoint: {result.checkpoint}\ncontinue with: sabun train {config} --resume", file=sys.stderr)
+        raise typer.Exit(130)
+    print(f"wrote {result.lora_path} ({result.step} steps, final loss {result.losses[-1] if result.losses else float('nan'):.4f}); config: {result.config_path}")
+
+
 # --- end train command ---
 
 # --- LoRA core commands (sabun merge, sabun lora ...) ---
