@@ -112,6 +112,26 @@ console = Console()
 
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
 AllowPickle = Annotated[bool, typer.Option("--allow-pickle", help="Allow .ckpt/.pt pickles (loaded weights-only). Only for files you trust.")]
+PredictionType = Annotated[
+    str | None,
+    typer.Option(
+        "--prediction-type",
+        help="epsilon or v_prediction. Default: what the model states (a v_pred key, metadata, a diffusers scheduler); "
+        "SD 2.x files that do not say are tested with one U-Net call; otherwise epsilon.",
+    ),
+]
+
+
+def show_model_log() -> None:
+    """Print what the model loaders detect (family, prediction type) on stderr, as `sabun: ...` lines."""
+    import logging
+
+    logger = logging.getLogger("sabun.models")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("sabun: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 def print_approximation(report, title: str) -> None:
@@ -127,16 +147,18 @@ def print_approximation(report, title: str) -> None:
 
 @app.command("merge")
 def merge_cmd(
-    model: Annotated[str, typer.Option("--model", "-m", help="`tiny`, or a diffusers folder.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="`tiny`, a single-file SD 1.x/2.x/SDXL .safetensors checkpoint, or a diffusers folder.")],
     lora: Annotated[list[str], typer.Option("--lora", "-l", help="PATH[:MULTIPLIER], repeatable; multiplier defaults to 1.0.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output model folder (diffusers layout).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output: NAME.safetensors for one file in the original layout (as A1111/ComfyUI use), else a diffusers folder.")],
     overwrite: Overwrite = False,
     allow_pickle: AllowPickle = False,
+    prediction_type: PredictionType = None,
 ) -> None:
     """Merge LoRAs into a model's weights (fp32, W += m * up@down * alpha/rank) and save the model."""
     from sabun.lora.commands import merge
 
-    changed = merge(model, lora, out, overwrite=overwrite, allow_pickle=allow_pickle)
+    show_model_log()
+    changed = merge(model, lora, out, overwrite=overwrite, allow_pickle=allow_pickle, prediction_type=prediction_type)
     console.print(f"merged {len(lora)} LoRA(s) into {changed} layers -> {out}")
 
 
@@ -162,7 +184,7 @@ def combine_cmd(
 
 @lora_app.command("extract")
 def extract_cmd(
-    original: Annotated[str, typer.Option("--original", help="The model before tuning (`tiny` or a folder).")],
+    original: Annotated[str, typer.Option("--original", help="The model before tuning (`tiny`, a .safetensors checkpoint or a diffusers folder).")],
     tuned: Annotated[str, typer.Option("--tuned", help="The tuned model, same architecture.")],
     rank: Annotated[int, typer.Option(help="Rank for Linear and 1x1 layers.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output LoRA (.safetensors).")],
@@ -171,11 +193,13 @@ def extract_cmd(
     method: Annotated[str, typer.Option(help="SVD: `full` (exact) or `randomized` (faster on large layers).")] = "full",
     overwrite: Overwrite = False,
     allow_pickle: AllowPickle = False,
+    prediction_type: PredictionType = None,
 ) -> None:
     """Extract a LoRA from the difference of two models (tuned - original) by per-layer SVD."""
     from sabun.lora.commands import extract
 
-    report = extract(original, tuned, out, rank, conv_rank, unet_only, method, overwrite, allow_pickle)
+    show_model_log()
+    report = extract(original, tuned, out, rank, conv_rank, unet_only, method, overwrite, allow_pickle, prediction_type)
     print_approximation(report, "extract: per-layer error")
     for component, norm in report.component_norms.items():
         left = " (left out: --unet-only)" if component in report.left_out_components else ""
@@ -213,6 +237,7 @@ def info_cmd(
     """Layers, ranks, alphas and weight-change norms per block, metadata, and fit to a model."""
     from sabun.lora.commands import info
 
+    show_model_log()
     blocks, metadata, fit = info(lora, model, allow_pickle)
     table = Table(title=f"{lora}")
     for col in ("block", "layers", "rank", "alpha", "||dW||"):

@@ -14,6 +14,7 @@ from sabun.lora.fit import FitReport, check_fit
 from sabun.lora.info import BlockSummary, summarize
 from sabun.lora.ops import ApproximationReport, ExtractionReport, Weighted, combine_concat, combine_svd, extract_lora, merge_into_model, resize_lora
 from sabun.lora.targets import pipeline_targets
+from sabun.models.families import TITLES, base_model_version, pipeline_family
 from sabun.models.load import load_pipeline, save_pipeline
 
 
@@ -38,11 +39,17 @@ def load_weighted(specs: Sequence[str], allow_pickle: bool = False) -> list[Weig
     return out
 
 
-def merge(model: str, loras: Sequence[str], out: str | os.PathLike, overwrite: bool = False, allow_pickle: bool = False) -> int:
-    """Merge LoRAs into a model and save it; returns the number of layers changed."""
+def merge(
+    model: str, loras: Sequence[str], out: str | os.PathLike, overwrite: bool = False, allow_pickle: bool = False, prediction_type: str | None = None
+) -> int:
+    """Merge LoRAs into a model and save it (a `.safetensors` name: one file in the original layout;
+    otherwise a diffusers folder); returns the number of layers changed.
+
+    `prediction_type` overrides the model's (it is written into the output).
+    """
     check_writable(Path(out), overwrite)
     weighted = load_weighted(loras, allow_pickle)
-    pipe = load_pipeline(model, allow_pickle=allow_pickle)
+    pipe = load_pipeline(model, allow_pickle=allow_pickle, prediction_type=prediction_type)
     changed = merge_into_model(pipeline_targets(pipe, conv=True), weighted)
     save_pipeline(pipe, out, overwrite=overwrite)
     return changed
@@ -88,20 +95,30 @@ def extract(
     method: str = "full",
     overwrite: bool = False,
     allow_pickle: bool = False,
+    prediction_type: str | None = None,
 ) -> ExtractionReport:
-    """Extract a LoRA from the difference tuned - original and write it."""
+    """Extract a LoRA from the difference tuned - original and write it.
+
+    The LoRA's `ss_base_model_version` names the original's family and prediction type
+    (`prediction_type` overrides the detected one) as sd-scripts does.
+    """
     check_writable(Path(out), overwrite)
     if rank < 1 or (conv_rank is not None and conv_rank < 1):
         raise SabunError("extract: --rank and --conv-rank must be >= 1")
-    m0 = load_pipeline(original, allow_pickle=allow_pickle)
-    m1 = load_pipeline(tuned, allow_pickle=allow_pickle)
+    m0 = load_pipeline(original, allow_pickle=allow_pickle, prediction_type=prediction_type)
+    m1 = load_pipeline(tuned, allow_pickle=allow_pickle, prediction_type=prediction_type)
+    family0, family1 = pipeline_family(m0), pipeline_family(m1)
+    if family0 != family1:
+        raise SabunError(f"{tuned}: is {TITLES[family1]} but {original} is {TITLES[family0]}; extract needs two models of one architecture")
     from tqdm import tqdm
 
     targets0, targets1 = pipeline_targets(m0, conv=True), pipeline_targets(m1, conv=True)
     bar = lambda items: tqdm(items, total=len(targets0), desc="extract", unit="layer", leave=False)  # noqa: E731
     lora, report = extract_lora(targets0, targets1, rank, conv_rank, unet_only, method, progress=bar)
     lora.metadata["sabun_extracted_from"] = json.dumps({"original": str(original), "tuned": str(tuned)})
-    save_lora(lora, out, overwrite=overwrite)
+    lora.metadata["ss_base_model_version"] = base_model_version(family0, m0.scheduler.config.prediction_type)
+    lora.metadata["ss_sd_model_name"] = Path(original).name
+    save_lora(lora, out, overwrite=overwrite, family=family0)
     return report
 
 

@@ -9,7 +9,9 @@ The choice follows kohya-ss/sd-scripts, the format every UI reads:
 
 A layer's kohya name is its component prefix (`lora_unet`, `lora_te`, or `lora_te1`/`lora_te2`
 for SDXL) joined to its module path with every `.` replaced by `_`, e.g.
-`lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q`.
+`lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q`. The module path is
+diffusers' own, except in SDXL's U-Net, which kohya names by the original (SGM) layout:
+`lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k` (see `sdxl_names`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from torch import nn
+
+from sabun.lora.sdxl_names import kohya_unet_path
 
 UNET_BLOCKS = ("Transformer2DModel",)
 UNET_CONV_BLOCKS = ("ResnetBlock2D", "Downsample2D", "Upsample2D")
@@ -64,13 +68,14 @@ def find_targets(components: dict[str, nn.Module], conv: bool = False) -> dict[s
         # kohya names CLIP layers from `text_model.`; transformers 5 dropped that level in
         # CLIPTextModel, so it is put back to keep the names every tool expects.
         root_path = "text_model." if prefix != "lora_unet" and not hasattr(root, "text_model") else ""
+        kohya_path = kohya_unet_path(root) if prefix == "lora_unet" else (lambda p: p)
         for block_path, block in root.named_modules():
             if type(block).__name__ not in blocks:
                 continue
             for child_path, child in block.named_modules():
                 if not isinstance(child, (nn.Linear, nn.Conv2d)):
                     continue
-                path = root_path + (f"{block_path}.{child_path}" if block_path else child_path)
+                path = kohya_path(root_path + (f"{block_path}.{child_path}" if block_path else child_path))
                 name = f"{prefix}_{path.replace('.', '_')}"
                 conv3x3 = isinstance(child, nn.Conv2d) and tuple(child.kernel_size) != (1, 1)
                 targets[name] = LoRATarget(name, child, conv3x3)

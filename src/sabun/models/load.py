@@ -1,8 +1,9 @@
 """Loading and saving whole models from local paths, with no network.
 
-A model spec is `tiny` (the random test model built from config), or a path to a diffusers
-folder (one with `model_index.json`). Single-file checkpoints in the original layout are
-recognised and refused with a clear message until their loader lands.
+A model spec is `tiny` (the random test model built from config), a path to a diffusers folder
+(one with `model_index.json`), or a single-file SD 1.x / 2.x / SDXL base checkpoint in the original
+layout (`.safetensors`; `.ckpt` pickles only when allowed), read by `sabun.models.single_file`.
+A model's family (`sd1`, `sd2`, `sdxl`) is detected, never asked for: see `sabun.models.families`.
 """
 
 from __future__ import annotations
@@ -16,8 +17,14 @@ from sabun.io import atomic_output
 BUILTIN = ("tiny",)
 
 
-def load_pipeline(spec: str | os.PathLike, allow_pickle: bool = False):
-    """Load a Stable Diffusion pipeline from `spec` (see module docstring) on the CPU, in fp32."""
+def load_pipeline(spec: str | os.PathLike, allow_pickle: bool = False, prediction_type: str | None = None):
+    """Load a Stable Diffusion pipeline from `spec` (see module docstring) on the CPU, in fp32.
+
+    Args:
+        allow_pickle: allow `.ckpt`/`.pt` checkpoints (read weights-only); only for trusted files.
+        prediction_type: `epsilon` or `v_prediction` to override what the model says or what is
+            detected (see `sabun.models.families`); None keeps it.
+    """
     spec = str(spec)
     if spec == "tiny":
         from sabun.models.tiny import build_tiny_pipeline
@@ -27,11 +34,30 @@ def load_pipeline(spec: str | os.PathLike, allow_pickle: bool = False):
     if not path.exists():
         raise SabunError(f"{path}: no such model; give a diffusers folder or one of: {', '.join(BUILTIN)}")
     if path.is_dir():
-        return load_diffusers_folder(path)
+        return with_prediction_type(load_diffusers_folder(path), prediction_type)
     suffix = path.suffix.lower()
     if suffix in (".ckpt", ".pt", ".pth") and not allow_pickle:
         raise SabunError(f"{path}: is a pickle checkpoint, which can run code when loaded; convert it to .safetensors, or pass --allow-pickle if you trust its source")
-    raise SabunError(f"{path}: single-file checkpoints are not supported yet; convert it to a diffusers folder")
+    if suffix not in (".safetensors", ".ckpt", ".pt", ".pth"):
+        raise SabunError(f"{path}: is neither a .safetensors checkpoint nor a diffusers folder; give one of those, or one of: {', '.join(BUILTIN)}")
+    from sabun.models.single_file import load_single_file
+
+    return load_single_file(path, allow_pickle=allow_pickle, prediction_type=prediction_type)
+
+
+def with_prediction_type(pipe, prediction_type: str | None):
+    """`pipe` with its scheduler switched to `prediction_type` (None: unchanged), logged."""
+    import logging
+
+    from sabun.models.families import TITLES, pipeline_family, resolve_prediction_type
+
+    family = pipeline_family(pipe)
+    stated = pipe.scheduler.config.get("prediction_type")
+    prediction, reason = resolve_prediction_type(family, prediction_type, stated if prediction_type is None else None)
+    if prediction != stated:
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=prediction)
+    logging.getLogger("sabun.models").info("%s model, prediction type %s (%s)", TITLES[family], prediction, "as requested" if prediction_type else "from its scheduler config")
+    return pipe
 
 
 def load_diffusers_folder(path: Path):
@@ -48,10 +74,15 @@ def load_diffusers_folder(path: Path):
 
 
 def save_pipeline(pipe, out: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Save a pipeline as a diffusers folder (safetensors weights), atomically."""
+    """Save a pipeline, atomically: a `.safetensors` name writes one file in the original layout of
+    the model's family (`sabun.models.single_file`), any other name a diffusers folder."""
     out = Path(out)
-    if out.suffix in (".safetensors", ".ckpt"):
-        raise SabunError(f"{out}: writing single-file checkpoints is not supported yet; give a folder name")
+    if out.suffix.lower() == ".safetensors":
+        from sabun.models.single_file import save_single_file
+
+        return save_single_file(pipe, out, overwrite=overwrite)
+    if out.suffix.lower() in (".ckpt", ".pt", ".pth"):
+        raise SabunError(f"{out}: sabun writes checkpoints as .safetensors, never as pickles; use a name ending in .safetensors, or a folder name")
     with atomic_output(out, overwrite=overwrite, directory=True) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
     return out
