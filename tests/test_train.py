@@ -239,7 +239,7 @@ def sabun(*args: str, cwd: Path, **kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "sabun", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
-def wait_for_checkpoint(workdir: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+def wait_for_checkpoint(workdir: Path, process: subprocess.Popen, timeout: float = 400) -> None:
     deadline = time.time() + timeout
     while not list_checkpoints(workdir / "out", "test"):
         if process.poll() is not None:

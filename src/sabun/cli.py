@@ -20,6 +20,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+AllowPickle = Annotated[bool, typer.Option("--allow-pickle", help="Allow .ckpt/.pt pickles (loaded weights-only). Only for files you trust.")]
+
 # --- toy world commands (sabun render toy, sabun caption) ---
 
 render_app = typer.Typer(help="Render data sets.", no_args_is_help=True)
@@ -76,6 +79,27 @@ def caption_cmd(
     print(f"wrote {len(caption_folder(folder, policy))} {policy} captions in {folder}")
 
 
+toyworld_app = typer.Typer(help="The embedded toy model: pretraining.", no_args_is_help=True)
+app.add_typer(toyworld_app, name="toyworld")
+
+
+@toyworld_app.command("pretrain")
+def toyworld_pretrain_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Run folder; re-running with the same settings resumes where it stopped.")],
+    images: Annotated[int, typer.Option(help="Rendered training images.")] = 16000,
+    vae_steps: Annotated[int, typer.Option(help="VAE optimiser steps.")] = 800,
+    steps: Annotated[int, typer.Option(help="U-Net + text encoder optimiser steps.")] = 3000,
+    batch: Annotated[int, typer.Option(help="Diffusion batch size.")] = 32,
+    three_d_share: Annotated[float, typer.Option(help="Share of 3d-style renders, tagged `3d`.")] = 0.08,
+    seed: Annotated[int, typer.Option(help="Seed for data, initial weights and training order.")] = 0,
+) -> None:
+    """Pretrain the toy model from scratch on rendered toy-world images (see docs/toy_model.md)."""
+    from sabun.toyworld.pretrain import PretrainConfig, pretrain
+
+    config = PretrainConfig(images=images, vae_steps=vae_steps, steps=steps, batch=batch, three_d_share=three_d_share, seed=seed)
+    model_dir = pretrain(out, config)
+    typer.echo(f"toy model written to {model_dir}")
+
 # --- end toy world commands ---
 
 # --- train command (sabun train) ---
@@ -104,14 +128,50 @@ def train_cmd(
 
 # --- end train command ---
 
+# --- generate command (sabun generate) ---
+
+
+@app.command("generate")
+def generate_cmd(
+    model: Annotated[str, typer.Option("--model", "-m", help="`toy`, a single-file SD checkpoint, or a diffusers folder.")],
+    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="Prompt; repeat for more rows.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output image (.png): one image, or a grid when there are several.")],
+    lora: Annotated[list[str] | None, typer.Option("--lora", "-l", help="PATH[:WEIGHT], repeatable.")] = None,
+    grid_weights: Annotated[str | None, typer.Option("--grid-weights", help="Columns of LoRA weights, e.g. 0,0.5,1 (each scales every --lora's weight).")] = None,
+    count: Annotated[int, typer.Option("--count", "-n", help="Images per prompt (seeds SEED, SEED+1, ...).")] = 1,
+    seed: Annotated[int, typer.Option(help="First seed.")] = 0,
+    steps: Annotated[int, typer.Option(help="Sampling steps (DDIM).")] = 25,
+    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 5.0,
+    negative: Annotated[str, typer.Option(help="Negative prompt.")] = "",
+    overwrite: Overwrite = False,
+    allow_pickle: AllowPickle = False,
+) -> None:
+    """Generate images, optionally with LoRAs at several weights side by side."""
+    from tqdm import tqdm
+
+    from sabun.generate import Sampler, generate_command
+    from sabun.lora.commands import parse_weighted
+
+    weights = None
+    if grid_weights:
+        try:
+            weights = [float(w) for w in grid_weights.split(",")]
+        except ValueError:
+            raise SabunError(f"--grid-weights {grid_weights!r}: give numbers separated by commas, e.g. 0,0.5,1") from None
+    loras = [parse_weighted(spec) for spec in lora or []]
+    total = len(prompt) * count * len(weights or [1])
+    with tqdm(total=total, desc="generate", unit="img", disable=total < 8) as bar:
+        path = generate_command(model, prompt, out, loras, weights, count, seed, Sampler(steps=steps, guidance=guidance, negative=negative), overwrite, allow_pickle, progress=bar.update)
+    typer.echo(f"wrote {path}")
+
+# --- end generate command ---
+
 # --- LoRA core commands (sabun merge, sabun lora ...) ---
 
 lora_app = typer.Typer(help="LoRA arithmetic: combine, extract, resize, inspect.", no_args_is_help=True)
 app.add_typer(lora_app, name="lora")
 console = Console()
 
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
-AllowPickle = Annotated[bool, typer.Option("--allow-pickle", help="Allow .ckpt/.pt pickles (loaded weights-only). Only for files you trust.")]
 PredictionType = Annotated[
     str | None,
     typer.Option(

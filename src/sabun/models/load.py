@@ -1,6 +1,7 @@
 """Loading and saving whole models from local paths, with no network.
 
-A model spec is `tiny` (the random test model built from config), a path to a diffusers folder
+A model spec is `toy` (the shipped toy model, pretrained on the toy world), `tiny` (the random
+test model built from config), a path to a diffusers folder
 (one with `model_index.json`), or a single-file SD 1.x / 2.x / SDXL base checkpoint in the original
 layout (`.safetensors`; `.ckpt` pickles only when allowed), read by `sabun.models.single_file`.
 A model's family (`sd1`, `sd2`, `sdxl`) is detected, never asked for: see `sabun.models.families`.
@@ -14,7 +15,7 @@ from pathlib import Path
 from sabun.errors import SabunError
 from sabun.io import atomic_output
 
-BUILTIN = ("tiny",)
+BUILTIN = ("toy", "tiny")
 
 
 def load_pipeline(spec: str | os.PathLike, allow_pickle: bool = False, prediction_type: str | None = None):
@@ -30,6 +31,13 @@ def load_pipeline(spec: str | os.PathLike, allow_pickle: bool = False, predictio
         from sabun.models.tiny import build_tiny_pipeline
 
         return build_tiny_pipeline()
+    if spec == "toy":
+        from sabun.toyworld.model import shipped_model_dir
+
+        folder = shipped_model_dir()
+        if not (folder / "model_index.json").exists():
+            raise SabunError(f"{folder}: the toy model's weights are missing from this install; reinstall sabun, or make them with `sabun toyworld pretrain --out DIR` and pass --model DIR/model")
+        return load_diffusers_folder(folder)
     path = Path(spec)
     if not path.exists():
         raise SabunError(f"{path}: no such model; give a diffusers folder or one of: {', '.join(BUILTIN)}")
@@ -62,7 +70,11 @@ def with_prediction_type(pipe, prediction_type: str | None):
 
 def load_diffusers_folder(path: Path):
     from diffusers import DiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
 
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
     if not (path / "model_index.json").exists():
         raise SabunError(f"{path}: is a folder without model_index.json, so not a diffusers model; give a diffusers folder")
     try:

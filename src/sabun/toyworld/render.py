@@ -380,6 +380,15 @@ def render(spec: CharacterSpec, shot: Shot, style: str, size: int = 64, seed: in
 
     The same (spec, shot, style, size, seed, supersample) always gives the same pixels.
     """
+    return render_with_coverage(spec, shot, style, size, seed, supersample)[0]
+
+
+def render_with_coverage(spec: CharacterSpec, shot: Shot, style: str, size: int = 64, seed: int = 0, supersample: int = 3) -> tuple[np.ndarray, dict[str, float]]:
+    """`render`, plus the visible area of each material in output pixels (`iris`, `ribbon`, ...).
+
+    The evaluator's labels use it: an attribute hidden in a shot (eyes from behind, a bow behind the
+    head) is not asked of it.
+    """
     if style not in STYLES:
         raise SabunError(f"style {style!r} is not valid; choose one of: {', '.join(STYLES)}")
     n = size * supersample
@@ -398,4 +407,6 @@ def render(spec: CharacterSpec, shot: Shot, style: str, size: int = 64, seed: in
             colour, covered = shade_3d(material, normal, palette)
         np.copyto(img[box], colour, where=covered[..., None])
     # A box filter over each supersample x supersample block: the area coverage of every pixel.
-    return np.asarray(Image.fromarray(img, "RGB").reduce(supersample))
+    counts = np.bincount(g.material.ravel(), minlength=len(_MATERIALS)) / supersample**2
+    coverage = {m: float(c) for m, c in zip(_MATERIALS, counts) if m != "none"}
+    return np.asarray(Image.fromarray(img, "RGB").reduce(supersample)), coverage

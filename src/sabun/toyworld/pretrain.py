@@ -1,0 +1,310 @@
+"""Pretraining the toy model, reproducibly, in resumable stages.
+
+    sabun toyworld pretrain --out runs/toy
+
+Stages, each writing its result into OUT and skipped when that result exists:
+1. `data`: render random characters (never the signature ribbon, never the target's look) in
+   random shots; `three_d_share` of them in the `3d` style, tagged `3d`, as real anime models see a
+   few 3D renders. Full booru captions.
+2. `vae`: train the AutoencoderKL on the images (L1 + a small KL term).
+3. `latents`: encode every image once; set the VAE's scaling factor to 1 / std(latents).
+4. `diffusion`: train U-Net and text encoder together on the latents (epsilon objective, SD's
+   noise schedule, min-SNR weighting, tag dropout and shuffling, 10% empty captions for
+   classifier-free guidance), keeping an EMA of the weights; checkpoints every few hundred steps,
+   resumed automatically.
+5. `export`: write the pipeline (EMA weights) as a diffusers folder, OUT/model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from sabun.errors import SabunError
+from sabun.io import atomic_output
+from sabun.toyworld import captions
+from sabun.toyworld.character import load_preset, random_character
+from sabun.toyworld.commands import metadata
+from sabun.toyworld.geometry import POSES
+from sabun.toyworld.model import IMAGE_SIZE, build_toy_pipeline
+from sabun.toyworld.render import BACKGROUNDS, VIEWS, ZOOMS, Shot, render
+
+STAGES = ("data", "vae", "latents", "diffusion", "export")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Everything that determines the pretrained toy model."""
+
+    images: int = 16000  # rendered training images
+    three_d_share: float = 0.08  # share of `3d`-style renders (tagged `3d`)
+    seed: int = 0  # one seed for data, initial weights and training order
+    vae_steps: int = 800  # VAE optimiser steps
+    vae_batch: int = 32
+    vae_crop: int = 32  # the VAE trains on random crops (it is convolutional; 4x cheaper than 64 px)
+    vae_lr: float = 1e-3
+    kl_weight: float = 1e-6  # small: the latent must keep colour exactly, not be a good prior
+    steps: int = 3000  # U-Net + text encoder optimiser steps
+    batch: int = 32
+    lr: float = 5e-4  # peak learning rate, cosine decay after warm-up
+    warmup: int = 200
+    min_snr_gamma: float = 5.0
+    tag_dropout: float = 0.15  # each tag but `1girl`/`solo`/`3d` is dropped with this probability
+    caption_dropout: float = 0.1  # empty caption, for classifier-free guidance
+    ema_decay: float = 0.999
+    checkpoint_every: int = 250
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.three_d_share <= 0.5:
+            raise ValueError("three_d_share must be in [0, 0.5]")
+        if self.images < self.batch:
+            raise ValueError("images must be at least one batch")
+
+
+# --- stage 1: data ------------------------------------------------------------------------------
+
+
+def render_dataset(config: PretrainConfig) -> tuple[np.ndarray, list[dict]]:
+    """(images uint8 (N, 64, 64, 3), metadata per image), deterministic for the seed."""
+    rng = np.random.default_rng(config.seed)
+    excluded = (load_preset("target"),)
+    images = np.empty((config.images, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    metas = []
+    for i in tqdm(range(config.images), desc="render", unit="img"):
+        spec = random_character(rng, name=f"pretrain-{i:05d}", exclude=excluded)
+        shot = Shot(view=str(rng.choice(VIEWS)), zoom=str(rng.choice(ZOOMS)), pose=str(rng.choice(POSES)), background=str(rng.choice(BACKGROUNDS)))
+        style = "3d" if rng.random() < config.three_d_share else "anime"
+        seed = int(rng.integers(2**31))
+        images[i] = render(spec, shot, style, size=IMAGE_SIZE, seed=seed)
+        metas.append(metadata(spec.name, spec, shot, style, IMAGE_SIZE, seed))
+    return images, metas
+
+
+def training_caption(meta: dict, rng: random.Random, config: PretrainConfig) -> str:
+    """A booru caption with tags dropped and shuffled, as anime fine-tunes are trained."""
+    if rng.random() < config.caption_dropout:
+        return ""
+    all_tags = [tag for _, tag in captions.tags(meta)]
+    fixed = [t for t in all_tags if t in ("1girl", "solo")]
+    rest = [t for t in all_tags if t not in fixed and (t == "3d" or rng.random() >= config.tag_dropout)]
+    rng.shuffle(rest)
+    return ", ".join(fixed + rest)
+
+
+# --- stage 2 and 3: VAE and latents -------------------------------------------------------------
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def warmup_cosine(step: int, total: int, warmup: int) -> float:
+    """Learning-rate factor: linear warm-up, then cosine decay to 5% of the peak."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def train_vae(vae, images: np.ndarray, config: PretrainConfig) -> list[float]:
+    generator = torch.Generator().manual_seed(config.seed)
+    optimiser = torch.optim.AdamW(vae.parameters(), lr=config.vae_lr, weight_decay=0.0)
+    warmup = max(1, config.vae_steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: warmup_cosine(step, config.vae_steps, warmup))
+    losses = []
+    vae.train()
+    bar = tqdm(range(config.vae_steps), desc="vae", unit="step")
+    for _ in bar:
+        idx = torch.randint(len(images), (config.vae_batch,), generator=generator)
+        top, left = (int(v) for v in torch.randint(IMAGE_SIZE - config.vae_crop + 1, (2,), generator=generator))
+        x = to_tensor(images[idx.numpy(), top : top + config.vae_crop, left : left + config.vae_crop])
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=generator)).sample
+        loss = F.l1_loss(recon, x) + 0.5 * F.mse_loss(recon, x) + config.kl_weight * posterior.kl().mean()
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+    vae.eval()
+    return losses
+
+
+@torch.no_grad()
+def encode_latents(vae, images: np.ndarray, batch: int = 256) -> torch.Tensor:
+    """Posterior means of every image, unscaled, (N, 4, 16, 16)."""
+    out = [vae.encode(to_tensor(images[i : i + batch])).latent_dist.mean for i in tqdm(range(0, len(images), batch), desc="encode", unit="batch")]
+    return torch.cat(out)
+
+
+# --- stage 4: diffusion -------------------------------------------------------------------------
+
+
+def min_snr_weights(timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, gamma: float) -> torch.Tensor:
+    """min(SNR, gamma) / SNR per sample, for the epsilon objective (Hang et al. 2023)."""
+    snr = alphas_cumprod[timesteps] / (1 - alphas_cumprod[timesteps])
+    return torch.clamp(snr, max=gamma) / snr
+
+
+class DiffusionTrainer:
+    """U-Net + text encoder training state: weights, EMA, optimiser, step, RNGs."""
+
+    def __init__(self, pipe, latents: torch.Tensor, metas: list[dict], config: PretrainConfig):
+        self.pipe, self.latents, self.metas, self.config = pipe, latents, metas, config
+        self.params = list(pipe.unet.parameters()) + list(pipe.text_encoder.parameters())
+        self.ema = [p.detach().clone() for p in self.params]
+        self.optimiser = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=1e-2)
+        self.alphas_cumprod = pipe.scheduler.alphas_cumprod
+        self.step = 0
+        self.generator = torch.Generator().manual_seed(config.seed + 1)
+        self.caption_rng = random.Random(config.seed + 2)
+        self.losses: list[float] = []
+
+    def state(self) -> dict:
+        return {
+            "unet": self.pipe.unet.state_dict(),
+            "text_encoder": self.pipe.text_encoder.state_dict(),
+            "ema": self.ema,
+            "optimiser": self.optimiser.state_dict(),
+            "step": self.step,
+            "generator": self.generator.get_state(),
+            "caption_rng": self.caption_rng.getstate(),
+            "losses": self.losses,
+        }
+
+    def load(self, state: dict) -> None:
+        self.pipe.unet.load_state_dict(state["unet"])
+        self.pipe.text_encoder.load_state_dict(state["text_encoder"])
+        self.ema = state["ema"]
+        self.optimiser.load_state_dict(state["optimiser"])
+        self.step = state["step"]
+        self.generator.set_state(state["generator"])
+        self.caption_rng.setstate(state["caption_rng"])
+        self.losses = state["losses"]
+
+    def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
+        tokenizer = self.pipe.tokenizer
+        ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+        return self.pipe.text_encoder(ids)[0]
+
+    def train_step(self) -> float:
+        config = self.config
+        idx = torch.randint(len(self.latents), (config.batch,), generator=self.generator)
+        latents = self.latents[idx] * self.pipe.vae.config.scaling_factor
+        prompts = [training_caption(self.metas[i], self.caption_rng, config) for i in idx.tolist()]
+        noise = torch.randn(latents.shape, generator=self.generator)
+        timesteps = torch.randint(0, len(self.alphas_cumprod), (config.batch,), generator=self.generator)
+        noisy = self.pipe.scheduler.add_noise(latents, noise, timesteps)
+        prediction = self.pipe.unet(noisy, timesteps, self.encode_prompts(prompts)).sample
+        per_sample = F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3))
+        loss = (per_sample * min_snr_weights(timesteps, self.alphas_cumprod, config.min_snr_gamma)).mean()
+        for group in self.optimiser.param_groups:
+            group["lr"] = config.lr * warmup_cosine(self.step, config.steps, config.warmup)
+        self.optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.optimiser.step()
+        with torch.no_grad():
+            decay = min(config.ema_decay, (1 + self.step) / (10 + self.step))  # warm EMA start
+            for e, p in zip(self.ema, self.params):
+                e.lerp_(p.detach(), 1 - decay)
+        self.step += 1
+        self.losses.append(loss.item())
+        return loss.item()
+
+    def copy_ema_to_model(self) -> None:
+        with torch.no_grad():
+            for e, p in zip(self.ema, self.params):
+                p.copy_(e)
+
+
+# --- driver -------------------------------------------------------------------------------------
+
+
+def save_torch(obj, path: Path) -> None:
+    with atomic_output(path, overwrite=True) as tmp:
+        torch.save(obj, tmp)
+
+
+def pretrain(out: Path, config: PretrainConfig = PretrainConfig(), stages: tuple[str, ...] = STAGES) -> Path:
+    """Run the pretraining stages into `out`; returns the exported model folder `out/model`."""
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = out / "pretrain_config.json"
+    if config_path.exists() and json.loads(config_path.read_text()) != asdict(config):
+        raise SabunError(f"{out}: holds a pretraining run with another configuration; use a new --out or the same settings")
+    config_path.write_text(json.dumps(asdict(config), indent=2))
+    torch.manual_seed(config.seed)
+    pipe = build_toy_pipeline(seed=config.seed)
+    log = open(out / "pretrain_log.jsonl", "a")
+
+    def record(**fields) -> None:
+        log.write(json.dumps({"time": time.time(), **fields}) + "\n")
+        log.flush()
+
+    data_path = out / "data.npz"
+    if "data" in stages and not data_path.exists():
+        start = time.time()
+        images, metas = render_dataset(config)
+        with atomic_output(data_path, overwrite=True) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, images=images, metas=np.array(json.dumps(metas)))
+        record(stage="data", seconds=time.time() - start, images=len(images))
+    data = np.load(data_path)
+    images, metas = data["images"], json.loads(str(data["metas"]))
+
+    vae_path = out / "vae.pt"
+    if "vae" in stages and not vae_path.exists():
+        start = time.time()
+        losses = train_vae(pipe.vae, images, config)
+        save_torch(pipe.vae.state_dict(), vae_path)
+        record(stage="vae", seconds=time.time() - start, final_loss=float(np.mean(losses[-100:])))
+    pipe.vae.load_state_dict(torch.load(vae_path, weights_only=True))
+    pipe.vae.eval()
+
+    latents_path = out / "latents.pt"
+    if "latents" in stages and not latents_path.exists():
+        start = time.time()
+        save_torch(encode_latents(pipe.vae, images), latents_path)
+        record(stage="latents", seconds=time.time() - start)
+    latents = torch.load(latents_path, weights_only=True)
+    pipe.vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+
+    trainer = DiffusionTrainer(pipe, latents, metas, config)
+    checkpoint = out / "diffusion_checkpoint.pt"
+    if checkpoint.exists():
+        trainer.load(torch.load(checkpoint, weights_only=False))  # our own file, written above
+    if "diffusion" in stages and trainer.step < config.steps:
+        start = time.time()
+        pipe.unet.train()
+        pipe.text_encoder.train()
+        bar = tqdm(total=config.steps, initial=trainer.step, desc="diffusion", unit="step")
+        while trainer.step < config.steps:
+            trainer.train_step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(trainer.losses[-100:]):.4f}")
+            if trainer.step % config.checkpoint_every == 0 or trainer.step == config.steps:
+                save_torch(trainer.state(), checkpoint)
+                record(stage="diffusion", step=trainer.step, loss=float(np.mean(trainer.losses[-config.checkpoint_every :])), seconds=time.time() - start)
+        bar.close()
+
+    model_dir = out / "model"
+    if "export" in stages and trainer.step >= config.steps:
+        trainer.copy_ema_to_model()
+        pipe.unet.eval()
+        pipe.text_encoder.eval()
+        with atomic_output(model_dir, overwrite=True, directory=True) as tmp:
+            pipe.save_pretrained(tmp, safe_serialization=True)
+        record(stage="export", path=str(model_dir))
+    log.close()
+    return model_dir
