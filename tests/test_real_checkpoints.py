@@ -1,4 +1,4 @@
-"""Real checkpoints offline: SD 1.x / 2.x / SDXL single files in the original layout, SDXL kohya names.
+"""Real checkpoints offline: SD 1.x / 2.x / SDXL single files (original layout), SDXL kohya names, training.
 
 The models keep the real architectures' every block, layer and key name at reduced widths, with
 random weights, and are written as fp16 single files the way checkpoints are shipped. Where sabun
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -211,6 +212,115 @@ def test_base_model_versions_are_sd_scripts_own():
     assert base_model_version("sd2", "v_prediction") == "sd_v2_v"
 
 
+# --- training on single files ---------------------------------------------------------------------
+
+TRAIN_TOML = """
+[model]
+path = "{model}"
+{prediction_type}
+
+[[datasets]]
+path = "data"
+
+[data]
+resolution = 64
+bucket_step = 64
+
+[network]
+rank = 4
+alpha = 2
+
+[optimizer]
+learning_rate = 1e-2
+
+[training]
+max_steps = 2
+
+[output]
+dir = "out"
+name = "trained"
+progress_bar = false
+tensorboard = false
+"""
+
+
+def write_captioned_images(folder: Path, count: int = 2, size: int = 64) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    generator = torch.Generator().manual_seed(0)
+    for i in range(count):
+        # smooth colour fields: 4x4 random colours enlarged, as training images are not noise
+        colours = (torch.rand(4, 4, 3, generator=generator) * 255).to(torch.uint8).numpy()
+        Image.fromarray(colours).resize((size, size), Image.Resampling.BICUBIC).save(folder / f"img{i}.png")
+        (folder / f"img{i}.txt").write_text(f"1girl, red hair, picture {i}")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_training_conditions_on_the_text_as_the_pipeline_does(checkpoints, family):
+    """The trainer's text conditioning (SDXL: both encoders' penultimate states and the pooled text)
+    is exactly what the family's diffusers pipeline computes from the prompt."""
+    from sabun.train.model import TextEncoders
+
+    pipe = checkpoints(family).pipe
+    with torch.no_grad():
+        text, pooled = TextEncoders.of(pipe)([PROMPT])
+    assert_same_outputs([text] + ([pooled] if family == "sdxl" else []), checkpoints(family).expected[1:], atol=0)
+    assert (pooled is None) == (family != "sdxl")
+
+
+@pytest.mark.parametrize(
+    "family, prediction_type, version",
+    [("sd1", None, "sd_v1"), ("sd2", None, "sd_v2"), ("sd2", "v_prediction", "sd_v2_v"), ("sdxl", None, "sdxl_base_v1-0")],
+)
+def test_training_on_a_single_file_gives_a_lora_diffusers_applies_alike(checkpoints, family, prediction_type, version, tmp_path):
+    """`sabun train` on each family's single file (U-Net and text encoders, alpha != rank): the
+    LoRA it writes changes the model, and diffusers' `load_lora_weights` applies it as sabun does."""
+    from sabun.train import load_config, train
+
+    ckpt = checkpoints(family)
+    write_captioned_images(tmp_path / "data")
+    stated = f'prediction_type = "{prediction_type}"' if prediction_type else ""
+    (tmp_path / "train.toml").write_text(TRAIN_TOML.format(model=ckpt.path.as_posix(), prediction_type=stated))
+    result = train(load_config(tmp_path / "train.toml"))
+    assert result.step == 2 and all(torch.isfinite(torch.tensor(result.losses)))
+
+    lora = load_lora(result.lora_path)
+    assert lora.metadata["ss_base_model_version"] == version
+    assert lora.metadata["ss_v_parameterization"] == str(prediction_type == "v_prediction")
+    assert lora.metadata["ss_network_dim"] == "4" and lora.metadata["ss_network_alpha"] == "2"
+    components = {name.split("_")[1] for name in lora.weights}
+    assert components == ({"unet", "te1", "te2"} if family == "sdxl" else {"unet", "te"})
+    if family == "sdxl":  # kohya's SGM names, which every SDXL tool reads
+        unet_names = [n for n in lora.weights if n.startswith("lora_unet_")]
+        assert any(n.startswith("lora_unet_input_blocks_") for n in unet_names)
+        assert all(n.startswith(("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_")) for n in unet_names)
+
+    pipe = load_pipeline(ckpt.path)  # a fresh copy of the model the LoRA was trained on
+    network = LoRANetwork.from_lora(lora, pipeline_targets(pipe)).attach()
+    by_sabun = outputs(pipe)
+    network.detach()
+    pipe.load_lora_weights(str(result.lora_path), adapter_name="trained")
+    by_diffusers = outputs(pipe)
+    for got, before in zip(by_sabun, ckpt.expected):  # U-Net output, text conditioning (and SDXL's pooled text)
+        assert (got - before).abs().max() > 1e-3, "two training steps must change every output"
+    assert_same_outputs(by_diffusers, by_sabun, atol=1e-4)
+
+
+def test_sdxl_training_with_frozen_text_encoders_caches_the_pooled_text(checkpoints, tmp_path):
+    """U-Net only: the text (both encoders' hidden states and the pooled text) is encoded once and
+    cached; validation and sample grids run through SDXL's pipeline with that conditioning."""
+    from sabun.train import load_config, train
+
+    write_captioned_images(tmp_path / "data", count=3)
+    (tmp_path / "train.toml").write_text(TRAIN_TOML.format(model=checkpoints("sdxl").path.as_posix(), prediction_type=""))
+    overrides = ["network.train_text_encoder=false", "validation.split=0.4", "sampling.every_n_steps=2", "sampling.steps=2"]
+    result = train(load_config(tmp_path / "train.toml", overrides))
+    lora = load_lora(result.lora_path)
+    assert lora.weights and all(name.startswith("lora_unet_") for name in lora.weights)
+    assert math.isfinite(result.validation[2]) and [p.name for p in result.samples] == ["trained-step000002.png"]
+
+
 # --- merge and extract into / between single files ----------------------------------------------
 
 
@@ -406,3 +516,33 @@ def test_cli_merge_into_a_single_file(checkpoints, tmp_path):
     assert load_pipeline(out).scheduler.config.prediction_type == "v_prediction"
     bad = subprocess.run([sys.executable, "-m", "sabun", "merge", "--model", str(lora), "--lora", str(lora), "--out", str(tmp_path / "x.safetensors")], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "is a LoRA, not a model" in bad.stderr and not (tmp_path / "x.safetensors").exists()
+
+
+# --- full size (slow) ---------------------------------------------------------------------------
+
+SD15_LORA_LAYERS = {"unet": 192, "te": 72}  # what kohya's SD 1.5 LoRAs hold without conv layers
+
+
+@pytest.mark.slow
+def test_full_size_sd15_single_file_trains_one_step(tmp_path):
+    """The real SD 1.5 architecture (random weights; 1.07 G parameters, 4.3 GB in fp32), written as
+    an fp16 single file as SD 1.5 ships, loaded, trained one step at 256 px; the LoRA has SD 1.5's
+    layers and loads onto the model. Peak memory: `benchmarks/bench_memory_sd15.py`."""
+    from sabun.train import load_config, train
+
+    pipe = random_pipeline("sd1", reduced=False)
+    pipe.to(torch.float16)
+    path = save_pipeline(pipe, tmp_path / "sd15.safetensors")
+    del pipe
+    write_captioned_images(tmp_path / "data", count=1, size=256)
+    (tmp_path / "train.toml").write_text(TRAIN_TOML.format(model=path.as_posix(), prediction_type=""))
+    result = train(load_config(tmp_path / "train.toml", ["data.resolution=256", "training.max_steps=1"]))
+    assert result.step == 1 and math.isfinite(result.losses[0])
+
+    lora = load_lora(result.lora_path)
+    components = [name.split("_")[1] for name in lora.weights]
+    assert {c: components.count(c) for c in set(components)} == SD15_LORA_LAYERS
+    assert lora.metadata["ss_base_model_version"] == "sd_v1"
+    pipe = load_pipeline(path)
+    network = LoRANetwork.from_lora(lora, pipeline_targets(pipe))
+    assert len(list(network.children())) == sum(SD15_LORA_LAYERS.values())

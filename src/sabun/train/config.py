@@ -54,12 +54,15 @@ class BaseWeight:
 class ModelConfig:
     path: str = "tiny"  # `tiny`, `toy`, a diffusers folder or a single-file checkpoint
     base_weights: list[BaseWeight] = field(default_factory=list)  # stepping-stone LoRAs merged first
-    clip_skip: int = 1  # use the text encoder's n-th layer from the end (2 for most anime models)
+    clip_skip: int = 1  # use the text encoder's n-th layer from the end (2 for most anime SD 1.x models; SDXL counts from its penultimate)
     allow_pickle: bool = False  # allow .ckpt/.pt files (loaded weights-only); only for files you trust
+    prediction_type: str | None = None  # `epsilon` or `v_prediction` for a model file or folder; default: stated or detected
 
     def __post_init__(self) -> None:
         check(bool(self.path), "path", "is empty; give `tiny`, `toy` or a model path")
         check(self.clip_skip >= 1, "clip_skip", f"must be >= 1, got {self.clip_skip}")
+        if self.prediction_type is not None:
+            one_of(self.prediction_type, "prediction_type", ("epsilon", "v_prediction"))
 
 
 @dataclass

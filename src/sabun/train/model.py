@@ -24,16 +24,9 @@ from sabun.lora.targets import LoRATarget
 
 
 def check_supported(pipe, source: str) -> None:
-    """The trainer handles SD 1.x / 2.x pipelines (one CLIP text encoder)."""
-    if getattr(pipe, "text_encoder_2", None) is not None:
-        raise SabunError(f"{source}: is an SDXL model; training SDXL LoRAs is not supported yet (SD 1.x / 2.x only)")
+    """The trainer handles SD 1.x / 2.x (one CLIP text encoder) and SDXL base (two) pipelines."""
     if getattr(pipe, "unet", None) is None or getattr(pipe, "text_encoder", None) is None:
-        raise SabunError(f"{source}: has no U-Net or text encoder; give a Stable Diffusion 1.x / 2.x model")
-
-
-def model_family(pipe) -> str:
-    """`sd1` or `sd2` (SD 2.x has a 1024-wide OpenCLIP text encoder)."""
-    return "sd2" if pipe.text_encoder.config.hidden_size == 1024 else "sd1"
+        raise SabunError(f"{source}: has no U-Net or text encoder; give a Stable Diffusion 1.x / 2.x or SDXL base model")
 
 
 def pixel_stride(pipe) -> int:
@@ -127,6 +120,59 @@ def encode_ids(text_encoder, ids: torch.Tensor, clip_skip: int = 1) -> torch.Ten
         return text_encoder(ids)[0]
     hidden = text_encoder(ids, output_hidden_states=True).hidden_states[-clip_skip]
     return getattr(text_encoder, "text_model", text_encoder).final_layer_norm(hidden)
+
+
+class TextEncoders:
+    """Captions -> the U-Net's text conditioning, computed as each family's pipeline computes it.
+
+    SD 1.x / 2.x: one CLIP; its last hidden state, or with clip_skip n the n-th from the end
+    through the final layer norm: (B, 77, D), and no pooled text.
+    SDXL: two CLIPs; each one's penultimate hidden state (clip_skip n: the (n+1)-th from the end),
+    without the final layer norm, concatenated: (B, 77, 768 + 1280); and the second one's projected
+    pooled embedding (B, 1280), which the U-Net takes with the image size (`sdxl_time_ids`). This
+    is what diffusers' SDXL pipeline and sd-scripts' SDXL trainer compute.
+    """
+
+    def __init__(self, tokenizers: list, encoders: list[nn.Module], clip_skip: int = 1):
+        self.tokenizers, self.encoders, self.clip_skip = tokenizers, encoders, clip_skip
+
+    @classmethod
+    def of(cls, pipe, clip_skip: int = 1) -> TextEncoders:
+        if getattr(pipe, "text_encoder_2", None) is not None:
+            return cls([pipe.tokenizer, pipe.tokenizer_2], [pipe.text_encoder, pipe.text_encoder_2], clip_skip)
+        return cls([pipe.tokenizer], [pipe.text_encoder], clip_skip)
+
+    @property
+    def pooled(self) -> bool:
+        """Whether the U-Net also takes the pooled text (SDXL)."""
+        return len(self.encoders) == 2
+
+    def ids(self, captions: list[str]) -> torch.Tensor:
+        """(B, E, 77) token ids, one row per text encoder (each with its own tokenizer's padding)."""
+        return torch.stack([tokenize(tokenizer, captions) for tokenizer in self.tokenizers], dim=1)
+
+    def encode(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, E, 77) ids -> (conditioning (B, 77, D), pooled (B, P) or None)."""
+        if not self.pooled:
+            return encode_ids(self.encoders[0], ids[:, 0], self.clip_skip), None
+        hidden = []
+        for encoder, row in zip(self.encoders, ids.unbind(dim=1)):
+            out = encoder(row.to(encoder.device), output_hidden_states=True)
+            hidden.append(out.hidden_states[-1 - self.clip_skip])
+        return torch.cat(hidden, dim=-1), out.text_embeds  # the second encoder's projection
+
+    def __call__(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.encode(self.ids(captions))
+
+
+def sdxl_time_ids(height: int, width: int, batch: int) -> torch.Tensor:
+    """(B, 6) SDXL size conditioning: original size, crop top-left, target size, as (h, w) pairs.
+
+    Training says "an uncropped image of the bucket's size", which is what the pipeline passes
+    by default at inference (original = target = the output size, no crop), so the LoRA learns
+    under the conditioning it will be used with.
+    """
+    return torch.tensor([[height, width, 0, 0, height, width]], dtype=torch.float32).expand(batch, -1)
 
 
 def long_captions(tokenizer, captions: list[str]) -> int:

@@ -16,7 +16,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from sabun.lora.network import LoRANetwork
-from sabun.train.model import PlainWeights, encode_ids, tokenize
+from sabun.train.model import PlainWeights, TextEncoders
 
 LABEL_HEIGHT = 14
 MIN_CELL_WIDTH = 80  # pixels: room for a column label under the default font
@@ -33,10 +33,11 @@ def lora_multiplier(network: LoRANetwork, value: float):
 
 
 @torch.no_grad()
-def generate(pipe, prompt: str, negative: str, seed: int, config, width: int, height: int, clip_skip: int) -> Image.Image:
+def generate(pipe, prompt: str, negative: str, seed: int, config, width: int, height: int, text: TextEncoders) -> Image.Image:
     """One image through the pipeline, with prompts encoded the way training encodes them (clip skip)."""
-    embeds = encode_ids(pipe.text_encoder, tokenize(pipe.tokenizer, [prompt]), clip_skip)
-    negative_embeds = encode_ids(pipe.text_encoder, tokenize(pipe.tokenizer, [negative]), clip_skip)
+    embeds, pooled = text([prompt])
+    negative_embeds, negative_pooled = text([negative])
+    sdxl = {} if pooled is None else {"pooled_prompt_embeds": pooled, "negative_pooled_prompt_embeds": negative_pooled}
     generator = torch.Generator().manual_seed(seed)
     return pipe(
         prompt_embeds=embeds,
@@ -47,11 +48,12 @@ def generate(pipe, prompt: str, negative: str, seed: int, config, width: int, he
         guidance_scale=config.guidance_scale,
         generator=generator,
         output_type="pil",
+        **sdxl,
     ).images[0]
 
 
-def sample_grid(pipe, network: LoRANetwork, plain: PlainWeights, config, width: int, height: int, clip_skip: int) -> Image.Image:
-    """The grid for the current LoRA (`config` is a `SamplingConfig`)."""
+def sample_grid(pipe, network: LoRANetwork, plain: PlainWeights, config, width: int, height: int, text: TextEncoders) -> Image.Image:
+    """The grid for the current LoRA (`config` is a `SamplingConfig`; `text` encodes the prompts)."""
     columns: list[tuple[str, contextlib.AbstractContextManager, float]] = []
     if plain:
         columns.append(("train x1", contextlib.nullcontext(), 1.0))
@@ -62,7 +64,7 @@ def sample_grid(pipe, network: LoRANetwork, plain: PlainWeights, config, width: 
     for c, (_, model, multiplier) in enumerate(columns):
         with model, lora_multiplier(network, multiplier):
             for r, (prompt, seed) in enumerate(rows):
-                cells[(r, c)] = generate(pipe, prompt, config.negative_prompt, seed, config, width, height, clip_skip)
+                cells[(r, c)] = generate(pipe, prompt, config.negative_prompt, seed, config, width, height, text)
     return assemble_grid(cells, [label for label, _, _ in columns], len(rows), width, height)
 
 

@@ -36,21 +36,22 @@ from sabun.errors import SabunError
 from sabun.io import atomic_output, check_writable
 from sabun.lora.file import save_lora
 from sabun.lora.network import LoRANetwork
+from sabun.lora.sdxl_names import is_sdxl_unet
 from sabun.lora.targets import pipeline_targets
+from sabun.models.families import base_model_version, pipeline_family
 from sabun.train import checkpoint as ckpt
 from sabun.train.config import TrainConfig, config_from_toml, to_dict, to_toml
 from sabun.train.model import (
     PlainWeights,
     SteppingStone,
+    TextEncoders,
     check_supported,
-    encode_ids,
     freeze,
     long_captions,
     merge_stepping_stones,
-    model_family,
     pixel_stride,
+    sdxl_time_ids,
     stones_metadata,
-    tokenize,
 )
 from sabun.train.noise import compute_snr, diffusion_loss, draw_noise, draw_timesteps, training_target
 from sabun.train.optim import build_optimizer, build_schedule, parameter_groups
@@ -129,11 +130,12 @@ class Run:
 
         cfg = self.config
         self.owns_pipe = pipe is None
-        self.pipe = load_pipeline(cfg.model.path, allow_pickle=cfg.model.allow_pickle) if pipe is None else pipe
+        self.pipe = pipe if pipe is not None else load_pipeline(cfg.model.path, allow_pickle=cfg.model.allow_pickle, prediction_type=cfg.model.prediction_type)
         check_supported(self.pipe, cfg.model.path)
         self.pipe.set_progress_bar_config(disable=True)
-        self.unet, self.text_encoder, self.tokenizer = self.pipe.unet, self.pipe.text_encoder, self.pipe.tokenizer
-        freeze(self.unet, self.text_encoder, self.pipe.vae)
+        self.unet, self.tokenizer = self.pipe.unet, self.pipe.tokenizer
+        self.text = TextEncoders.of(self.pipe, cfg.model.clip_skip)
+        freeze(self.unet, self.pipe.vae, *self.text.encoders)
         self.targets = pipeline_targets(self.pipe, conv=cfg.network.conv_rank is not None)
         self.plain, self.stones = merge_stepping_stones(self.targets, cfg.model.base_weights, cfg.model.allow_pickle)
         self.noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
@@ -141,7 +143,7 @@ class Run:
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise SabunError(f"{cfg.model.path}: prediction_type {self.prediction_type!r} cannot be trained; supported: epsilon, v_prediction")
         self.weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.training.mixed_precision]
-        for module in (self.unet, self.text_encoder, self.pipe.vae):
+        for module in (self.unet, self.pipe.vae, *self.text.encoders):
             module.to(self.device)
             if self.weight_dtype != torch.float32:  # (diffusers warns about any dtype argument)
                 module.to(dtype=self.weight_dtype)
@@ -149,10 +151,12 @@ class Run:
         if cfg.training.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
             if self.train_text_encoder:
-                self.text_encoder.gradient_checkpointing_enable()
+                for encoder in self.text.encoders:
+                    encoder.gradient_checkpointing_enable()
         # CLIP has no dropout, but gradient checkpointing in transformers only runs in train mode
         self.unet.train(cfg.training.gradient_checkpointing)
-        self.text_encoder.train(cfg.training.gradient_checkpointing and self.train_text_encoder)
+        for encoder in self.text.encoders:
+            encoder.train(cfg.training.gradient_checkpointing and self.train_text_encoder)
 
     @property
     def train_text_encoder(self) -> bool:
@@ -188,23 +192,24 @@ class Run:
             # after the stepping-stone merge, so the cached embeddings are the merged model's
             captions = sorted({im.caption for im in self.all_images})
             with torch.no_grad():
-                self.text_cache = {c: self.encode_text([c])[0] for c in captions}
+                self.text_cache = {c: self.text([c]) for c in captions}
 
         # free what training will not touch again (only when the pipeline is ours to change)
         if self.owns_pipe and self.latents is not None and not cfg.sampling.every_n_steps:
             self.pipe.vae = None
         if self.owns_pipe and self.text_cache is not None and not cfg.sampling.every_n_steps:
-            self.pipe.text_encoder = self.text_encoder = None
-
-    def encode_text(self, captions: list[str]) -> torch.Tensor:
-        return encode_ids(self.text_encoder, tokenize(self.tokenizer, captions), self.config.model.clip_skip)
+            self.pipe.text_encoder = self.text = None
+            if getattr(self.pipe, "text_encoder_2", None) is not None:
+                self.pipe.text_encoder_2 = None
+            # the text encoders' layers are held here too; without these, their memory is freed
+            self.targets = {name: t for name, t in self.targets.items() if t.component == "unet"}
 
     # --- setup: network and optimiser -----------------------------------------------------------
 
     def build_network(self) -> None:
         """Create the LoRA (seeded), attach it, and wrap the objective, optimiser and schedule."""
         cfg, net = self.config, self.config.network
-        components = (["unet"] if net.train_unet else []) + (["te"] if self.train_text_encoder else [])
+        components = (["unet"] if net.train_unet else []) + (["te", "te1", "te2"] if self.train_text_encoder else [])
         torch.manual_seed(cfg.training.seed)
         self.network = LoRANetwork.create(self.targets, net.rank, net.alpha, net.conv_rank, net.conv_alpha, components)
         if not len(self.network._modules):
@@ -214,7 +219,7 @@ class Run:
         te_lr = cfg.optimizer.text_encoder_lr if cfg.optimizer.text_encoder_lr is not None else lr
         groups = parameter_groups(self.network, lr, te_lr)
         self.trainable = [p for g in groups for p in g["params"]]
-        objective = DiffusionObjective(self.network, self.unet, self.text_encoder, self.noise_scheduler, cfg.model.clip_skip, cfg.training.min_snr_gamma)
+        objective = DiffusionObjective(self.network, self.unet, self.text, self.noise_scheduler, self.pipe.vae_scale_factor, cfg.training.min_snr_gamma)
         optimizer = build_optimizer(cfg.optimizer, groups)
         self.schedule = build_schedule(optimizer, cfg.schedule, self.total_steps)
         # the schedule is stepped by hand: accelerate would step it once per process
@@ -307,7 +312,7 @@ class Run:
             latents = encode_pixels(self.pipe.vae, torch.stack([load_pixels(im, f) for im, f in zip(images, flips)]))
         noise = draw_noise(tuple(latents.shape), generator, cfg.training.noise_offset)
         timesteps = draw_timesteps(len(images), self.noise_scheduler.config.num_train_timesteps, generator)
-        batch = {"latents": latents, "noise": noise, "timesteps": timesteps, "text": self.text_input(captions)}
+        batch = {"latents": latents, "noise": noise, "timesteps": timesteps, **self.text_input(captions)}
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def caption(self, image: TrainImage, rng: random.Random) -> str:
@@ -316,14 +321,19 @@ class Run:
             return image.caption
         return shuffle_caption(image.caption, dataset.keep_tokens, dataset.caption_separator, rng)
 
-    def text_input(self, captions: list[str]) -> torch.Tensor:
-        """Token ids when the text encoder is trained (it runs inside the objective), else embeddings."""
+    def text_input(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        """The objective's text arguments: `text`, token ids when the text encoders are trained (they
+        run inside the objective), else the conditioning, then with SDXL's `pooled` text."""
         if self.train_text_encoder:
-            return tokenize(self.tokenizer, captions)
+            return {"text": self.text.ids(captions)}
         if self.text_cache is not None:
-            return torch.stack([self.text_cache[c] for c in captions])
-        with torch.no_grad():
-            return self.encode_text(captions)
+            encoded = [self.text_cache[c] for c in captions]
+            text = torch.cat([t for t, _ in encoded])
+            pooled = None if encoded[0][1] is None else torch.cat([p for _, p in encoded])
+        else:
+            with torch.no_grad():
+                text, pooled = self.text(captions)
+        return {"text": text} | ({} if pooled is None else {"pooled": pooled})
 
     def non_finite(self, step: int, value: float) -> SabunError:
         where = f"the last good checkpoint is kept at {self.last_checkpoint}; after fixing, continue with --resume {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet (set checkpoint.every_n_steps to keep one)"
@@ -345,9 +355,9 @@ class Run:
                 latent = encode_pixels(self.pipe.vae, load_pixels(image, False)[None])
             generator = torch.Generator().manual_seed(step_seed(cfg.training.seed, -1 - i, 0))
             noise = torch.randn((k, *latent.shape[1:]), generator=generator)
-            text = self.text_input([image.caption] * k)
+            text = {name: value.to(self.device) for name, value in self.text_input([image.caption] * k).items()}
             with self.accelerator.autocast():
-                loss = objective(latent.expand(k, -1, -1, -1).to(self.device), noise.to(self.device), timesteps.to(self.device), text.to(self.device))
+                loss = objective(latent.expand(k, -1, -1, -1).to(self.device), noise.to(self.device), timesteps.to(self.device), **text)
             losses.append(loss.item())
         value = float(np.mean(losses))
         if self.writer is not None:
@@ -361,7 +371,7 @@ class Run:
         if self.main:
             width = cfg.sampling.width or cfg.data.resolution
             height = cfg.sampling.height or cfg.data.resolution
-            grid = sample_grid(self.pipe, self.network, self.plain, cfg.sampling, width, height, cfg.model.clip_skip)
+            grid = sample_grid(self.pipe, self.network, self.plain, cfg.sampling, width, height, self.text)
             path = cfg.output_dir / "samples" / f"{cfg.output.name}-step{step:06d}.png"
             with atomic_output(path, overwrite=True) as tmp:
                 grid.save(tmp, format="PNG")
@@ -380,6 +390,7 @@ class Run:
             folders.setdefault(image.folder, []).append(image)
         separators = {im.folder: cfg.datasets[im.dataset].caption_separator for im in self.images}
         micro = step * cfg.training.gradient_accumulation
+        family = pipeline_family(self.pipe)
         meta = {
             "ss_output_name": cfg.output.name,
             "ss_sd_model_name": Path(cfg.model.path).name,
@@ -418,6 +429,8 @@ class Run:
             "ss_keep_tokens": str(max(d.keep_tokens for d in cfg.datasets)),
             "ss_flip_aug": str(any(d.flip for d in cfg.datasets)),
             "ss_v_parameterization": str(self.prediction_type == "v_prediction"),
+            "ss_base_model_version": base_model_version(family, self.prediction_type),
+            "ss_v2": str(family == "sd2"),
             "ss_tag_frequency": json.dumps({f: tag_frequency([im.caption for im in ims], separators[f]) for f, ims in folders.items()}),
             "ss_dataset_dirs": json.dumps({f: {"n_repeats": ims[0].repeats, "img_count": len(ims)} for f, ims in folders.items()}),
             "sabun_base_weights": stones_metadata(self.stones),
@@ -450,7 +463,7 @@ class Run:
         cfg = self.config
         if self.main:
             lora = self.network.to_lora(self.metadata(step))
-            save_lora(lora, cfg.lora_path, overwrite=True, dtype=DTYPES[cfg.output.dtype], family=model_family(self.pipe))
+            save_lora(lora, cfg.lora_path, overwrite=True, dtype=DTYPES[cfg.output.dtype], family=pipeline_family(self.pipe))
             with atomic_output(cfg.config_path, overwrite=True) as tmp:
                 tmp.write_text(to_toml(cfg), encoding="utf-8")
         self.accelerator.wait_for_everyone()
@@ -490,23 +503,31 @@ class DiffusionObjective(nn.Module):
     """The training loss of one batch.
 
     The LoRA network is its only registered submodule, so under DDP only the LoRA's parameters
-    are broadcast and have their gradients averaged; the frozen U-Net and text encoder are plain
+    are broadcast and have their gradients averaged; the frozen U-Net and text encoders are plain
     attributes that DDP never sees.
+
+    SDXL's U-Net also takes the pooled text and the image size (`added_cond_kwargs`); the size is
+    the latents' times the VAE's factor.
     """
 
-    def __init__(self, network: LoRANetwork, unet, text_encoder, scheduler, clip_skip: int, min_snr_gamma: float | None):
+    def __init__(self, network: LoRANetwork, unet, text: TextEncoders | None, scheduler, vae_scale_factor: int, min_snr_gamma: float | None):
         super().__init__()
         self.network = network
-        self.frozen = (unet, text_encoder)  # a tuple is not registered as submodules
-        self.scheduler, self.clip_skip, self.min_snr_gamma = scheduler, clip_skip, min_snr_gamma
+        self.frozen = (unet, text)  # a tuple is not registered as submodules
+        self.scheduler, self.vae_scale_factor, self.min_snr_gamma = scheduler, vae_scale_factor, min_snr_gamma
+        self.sdxl = is_sdxl_unet(unet)
         self.alphas_cumprod = scheduler.alphas_cumprod
 
-    def forward(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        unet, text_encoder = self.frozen
-        if text.dtype == torch.long:  # token ids: the text encoder (and its LoRA) runs in the graph
-            text = encode_ids(text_encoder, text, self.clip_skip)
+    def forward(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
+        unet, text_encoders = self.frozen
+        if text.dtype == torch.long:  # (B, E, 77) token ids: the text encoders (and their LoRA) run in the graph
+            text, pooled = text_encoders.encode(text)
         noisy = self.scheduler.add_noise(latents, noise, timesteps)  # (B, C, h, w)
-        prediction = unet(noisy.to(unet.dtype), timesteps, text.to(unet.dtype)).sample
+        added = None
+        if self.sdxl:
+            height, width = (side * self.vae_scale_factor for side in latents.shape[-2:])
+            added = {"text_embeds": pooled.to(unet.dtype), "time_ids": sdxl_time_ids(height, width, len(latents)).to(latents.device, unet.dtype)}
+        prediction = unet(noisy.to(unet.dtype), timesteps, text.to(unet.dtype), added_cond_kwargs=added).sample
         target = training_target(self.scheduler, latents, noise, timesteps)
         snr = compute_snr(self.alphas_cumprod, timesteps) if self.min_snr_gamma else None
         return diffusion_loss(prediction, target, snr, self.min_snr_gamma, self.scheduler.config.prediction_type)
