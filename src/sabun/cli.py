@@ -87,8 +87,8 @@ app.add_typer(toyworld_app, name="toyworld")
 def toyworld_pretrain_cmd(
     out: Annotated[Path, typer.Option("--out", help="Run folder; re-running with the same settings resumes where it stopped.")],
     images: Annotated[int, typer.Option(help="Rendered training images.")] = 16000,
-    vae_steps: Annotated[int, typer.Option(help="VAE optimiser steps.")] = 800,
-    steps: Annotated[int, typer.Option(help="U-Net + text encoder optimiser steps.")] = 3000,
+    vae_steps: Annotated[int, typer.Option(help="VAE optimiser steps.")] = 1500,
+    steps: Annotated[int, typer.Option(help="U-Net + text encoder optimiser steps.")] = 2500,
     batch: Annotated[int, typer.Option(help="Diffusion batch size.")] = 32,
     three_d_share: Annotated[float, typer.Option(help="Share of 3d-style renders, tagged `3d`.")] = 0.08,
     seed: Annotated[int, typer.Option(help="Seed for data, initial weights and training order.")] = 0,
@@ -99,6 +99,41 @@ def toyworld_pretrain_cmd(
     config = PretrainConfig(images=images, vae_steps=vae_steps, steps=steps, batch=batch, three_d_share=three_d_share, seed=seed)
     model_dir = pretrain(out, config)
     typer.echo(f"toy model written to {model_dir}")
+
+@toyworld_app.command("check")
+def toyworld_check_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Folder for check.json and a labelled sheet of generations.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="The toy model: `toy` or a pretraining run's model folder.")] = "toy",
+    count: Annotated[int, typer.Option(help="Generations from prompts with known attributes.")] = 240,
+    three_d_count: Annotated[int, typer.Option(help="Generations with the `3d` tag added.")] = 64,
+    steps: Annotated[int, typer.Option(help="Sampling steps.")] = 25,
+    guidance: Annotated[float, typer.Option(help="Guidance scale.")] = 5.0,
+    overwrite: Overwrite = False,
+) -> None:
+    """Measure how often the toy model draws what it is prompted, read by the toy evaluator."""
+    import json
+
+    from sabun.generate import Sampler
+    from sabun.toyworld.check import check_model
+
+    results = check_model(model, out, count, three_d_count, Sampler(steps=steps, guidance=guidance), overwrite=overwrite)
+    typer.echo(json.dumps(results, indent=2))
+
+@toyworld_app.command("train-evaluator")
+def toyworld_train_evaluator_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Folder for evaluator.safetensors, its config and its validation.")],
+    vae: Annotated[Path | None, typer.Option("--vae", help="The toy model's VAE for round-trips: a pretraining run's vae.pt or a diffusers vae folder.")] = None,
+    images: Annotated[int, typer.Option(help="Training renders.")] = 12000,
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 2500,
+    batch: Annotated[int, typer.Option(help="Batch size.")] = 32,
+) -> None:
+    """Train the toy evaluator on renders of both styles and their VAE round-trips."""
+    import json
+
+    from sabun.evaluate.toy_evaluator import EvaluatorConfig, load_vae, train_evaluator
+
+    report = train_evaluator(out, load_vae(vae) if vae else None, EvaluatorConfig(images=images, steps=steps, batch=batch))
+    typer.echo(json.dumps(report, indent=2))
 
 # --- end toy world commands ---
 
@@ -165,6 +200,32 @@ def generate_cmd(
     typer.echo(f"wrote {path}")
 
 # --- end generate command ---
+
+# --- demo command (sabun demo) ---
+
+
+@app.command("demo")
+def demo_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Folder for data, LoRAs, metrics.json and report.html; a re-run skips finished stages.")] = Path("sabun-demo"),
+    character: Annotated[str, typer.Option("--character", help="Target: a preset name or a character .toml.")] = "target",
+    steps: Annotated[int, typer.Option(help="Optimiser steps of each LoRA.")] = 300,
+    seeds: Annotated[int, typer.Option(help="Images per evaluation prompt.")] = 16,
+) -> None:
+    """The seed's experiment on the toy model: no plan vs a `3d` tag vs the stepping-stone, measured."""
+    from sabun.pipelines.demo import METRICS, DemoConfig, run_demo
+
+    console = Console()
+    report = run_demo(out, DemoConfig(character=character, steps=steps, seeds=seeds), log=lambda m: console.print(f"[dim]{m}[/dim]"))
+    table = Table(title=f"sabun demo: {character} (each LoRA alone on the plain toy model)")
+    table.add_column("metric")
+    for condition in report["conditions"]:
+        table.add_column(condition, justify="right")
+    for key, title, better in METRICS:
+        table.add_row(f"{title} ({better} is better)", *(f"{m[key]:.3f}" for m in report["conditions"].values()))
+    console.print(table)
+    console.print(f"report: {out / 'report.html'}   metrics: {out / 'metrics.json'}   ({report['seconds']:.0f} s)")
+
+# --- end demo command ---
 
 # --- LoRA core commands (sabun merge, sabun lora ...) ---
 

@@ -129,7 +129,7 @@ class ToyEvaluator:
         """The shipped evaluator, or one saved by `train_evaluator` at `path`."""
         path = Path(path) if path is not None else shipped_evaluator_path()
         if not path.exists():
-            raise SabunError(f"{path}: no toy evaluator there; train one with `python -m sabun.evaluate.toy_evaluator --out {path}`")
+            raise SabunError(f"{path}: no toy evaluator there; train one with `sabun toyworld train-evaluator --out {path.parent}`")
         config = json.loads((path.parent / "evaluator_config.json").read_text()) if (path.parent / "evaluator_config.json").exists() else {}
         net = EvaluatorNet(width=config.get("width", 48))
         net.load_state_dict(load_file(path))
@@ -169,8 +169,8 @@ class EvaluatorConfig:
     roundtrip_share: float = 0.5  # share passed through the toy VAE
     ribbon_share: float = 0.4  # share of characters with the signature ribbon
     three_d_share: float = 0.5
-    steps: int = 3000
-    batch: int = 64
+    steps: int = 2500
+    batch: int = 32
     lr: float = 2e-3
     width: int = 48
     seed: int = 1234
@@ -271,29 +271,14 @@ def train_evaluator(out: Path, vae=None, config: EvaluatorConfig = EvaluatorConf
     return report
 
 
-def main() -> None:
-    import argparse
-
+def load_vae(path: Path):
+    """The toy VAE from a pretraining run's `vae.pt` or a diffusers `vae` folder."""
     from diffusers import AutoencoderKL
 
-    parser = argparse.ArgumentParser(description="Train the toy evaluator (writes evaluator.safetensors and its validation).")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--vae", type=Path, help="The toy model's VAE, for round-trips: a diffusers folder (model/vae) or a pretraining run's vae.pt.")
-    parser.add_argument("--steps", type=int, default=EvaluatorConfig.steps)
-    parser.add_argument("--images", type=int, default=EvaluatorConfig.images)
-    args = parser.parse_args()
-    vae = None
-    if args.vae is not None and args.vae.suffix == ".pt":
+    if Path(path).suffix == ".pt":
         from sabun.toyworld.model import VAE_CONFIG
 
         vae = AutoencoderKL(**VAE_CONFIG)
-        vae.load_state_dict(torch.load(args.vae, weights_only=True))
-        vae.eval()
-    elif args.vae is not None:
-        vae = AutoencoderKL.from_pretrained(args.vae).eval()
-    report = train_evaluator(args.out, vae, EvaluatorConfig(steps=args.steps, images=args.images))
-    print(json.dumps(report, indent=2))
-
-
-if __name__ == "__main__":
-    main()
+        vae.load_state_dict(torch.load(path, weights_only=True))
+        return vae.eval()
+    return AutoencoderKL.from_pretrained(path).eval()

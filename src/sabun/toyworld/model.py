@@ -35,7 +35,7 @@ VAE_CONFIG = dict(
     up_block_types=("UpDecoderBlock2D",) * 3,
     layers_per_block=1,
     latent_channels=4,
-    norm_num_groups=32,
+    norm_num_groups=16,  # 2-4 channels per group: 32 groups on 32 channels would normalise colour away
     sample_size=IMAGE_SIZE,
 )
 

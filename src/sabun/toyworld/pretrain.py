@@ -48,12 +48,12 @@ class PretrainConfig:
     images: int = 16000  # rendered training images
     three_d_share: float = 0.08  # share of `3d`-style renders (tagged `3d`)
     seed: int = 0  # one seed for data, initial weights and training order
-    vae_steps: int = 800  # VAE optimiser steps
+    vae_steps: int = 1500  # VAE optimiser steps
     vae_batch: int = 32
     vae_crop: int = 32  # the VAE trains on random crops (it is convolutional; 4x cheaper than 64 px)
-    vae_lr: float = 1e-3
+    vae_lr: float = 2e-3
     kl_weight: float = 1e-6  # small: the latent must keep colour exactly, not be a good prior
-    steps: int = 3000  # U-Net + text encoder optimiser steps
+    steps: int = 2500  # U-Net + text encoder optimiser steps
     batch: int = 32
     lr: float = 5e-4  # peak learning rate, cosine decay after warm-up
     warmup: int = 200
