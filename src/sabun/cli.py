@@ -88,7 +88,7 @@ def toyworld_pretrain_cmd(
     out: Annotated[Path, typer.Option("--out", help="Run folder; re-running with the same settings resumes where it stopped.")],
     images: Annotated[int, typer.Option(help="Rendered training images.")] = 16000,
     vae_steps: Annotated[int, typer.Option(help="VAE optimiser steps.")] = 1500,
-    steps: Annotated[int, typer.Option(help="U-Net + text encoder optimiser steps.")] = 2500,
+    steps: Annotated[int, typer.Option(help="U-Net + text encoder optimiser steps.")] = 2000,
     batch: Annotated[int, typer.Option(help="Diffusion batch size.")] = 32,
     three_d_share: Annotated[float, typer.Option(help="Share of 3d-style renders, tagged `3d`.")] = 0.08,
     seed: Annotated[int, typer.Option(help="Seed for data, initial weights and training order.")] = 0,
@@ -124,7 +124,7 @@ def toyworld_train_evaluator_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder for evaluator.safetensors, its config and its validation.")],
     vae: Annotated[Path | None, typer.Option("--vae", help="The toy model's VAE for round-trips: a pretraining run's vae.pt or a diffusers vae folder.")] = None,
     images: Annotated[int, typer.Option(help="Training renders.")] = 12000,
-    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 2500,
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 4000,
     batch: Annotated[int, typer.Option(help="Batch size.")] = 32,
 ) -> None:
     """Train the toy evaluator on renders of both styles and their VAE round-trips."""
@@ -201,7 +201,7 @@ def generate_cmd(
 
 # --- end generate command ---
 
-# --- demo command (sabun demo) ---
+# --- demo and evaluate commands (sabun demo, sabun evaluate) ---
 
 
 @app.command("demo")
@@ -212,20 +212,50 @@ def demo_cmd(
     seeds: Annotated[int, typer.Option(help="Images per evaluation prompt.")] = 16,
 ) -> None:
     """The seed's experiment on the toy model: no plan vs a `3d` tag vs the stepping-stone, measured."""
-    from sabun.pipelines.demo import METRICS, DemoConfig, run_demo
+    from sabun.evaluate.report import METRICS
+    from sabun.pipelines.demo import DemoConfig, run_demo
 
     console = Console()
     report = run_demo(out, DemoConfig(character=character, steps=steps, seeds=seeds), log=lambda m: console.print(f"[dim]{m}[/dim]"))
-    table = Table(title=f"sabun demo: {character} (each LoRA alone on the plain toy model)")
+    print_metrics(console, f"sabun demo: {character} (each LoRA alone on the plain toy model)", report)
+    console.print(f"report: {out / 'report.html'}   metrics: {out / 'metrics.json'}   ({report['seconds']:.0f} s)")
+
+
+def print_metrics(console, title: str, report: dict) -> None:
+    from sabun.evaluate.report import METRICS
+
+    table = Table(title=title)
     table.add_column("metric")
     for condition in report["conditions"]:
         table.add_column(condition, justify="right")
-    for key, title, better in METRICS:
-        table.add_row(f"{title} ({better} is better)", *(f"{m[key]:.3f}" for m in report["conditions"].values()))
+    for key, name, better in METRICS:
+        table.add_row(f"{name} ({better} is better)", *(f"{m[key]:.3f}" for m in report["conditions"].values()))
     console.print(table)
-    console.print(f"report: {out / 'report.html'}   metrics: {out / 'metrics.json'}   ({report['seconds']:.0f} s)")
 
-# --- end demo command ---
+
+@app.command("evaluate")
+def evaluate_cmd(
+    lora: Annotated[list[str], typer.Option("--lora", "-l", help="PATH[:WEIGHT], repeatable; all are applied together.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for metrics.json and report.html.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="The toy model (`toy`) or a model folder of the toy architecture.")] = "toy",
+    character: Annotated[str, typer.Option("--character", help="The character the LoRA should draw: a preset or a character .toml.")] = "target",
+    weights: Annotated[str, typer.Option("--weights", help="Multipliers of the LoRAs to measure at, e.g. 0.5,1.")] = "0.5,1",
+    seeds: Annotated[int, typer.Option(help="Images per prompt.")] = 16,
+    overwrite: Overwrite = False,
+) -> None:
+    """Measure what LoRAs do on the toy model: 3D leakage, identity, flexibility, beside the plain model."""
+    from sabun.evaluate.commands import evaluate_loras
+    from sabun.lora.commands import parse_weighted
+
+    try:
+        scales = [float(w) for w in weights.split(",")]
+    except ValueError:
+        raise SabunError(f"--weights {weights!r}: give numbers separated by commas, e.g. 0.5,1") from None
+    report = evaluate_loras(model, [parse_weighted(spec) for spec in lora], scales, character, out, seeds, overwrite)
+    print_metrics(Console(), f"sabun evaluate: {character}", report)
+    typer.echo(f"report: {out / 'report.html'}   metrics: {out / 'metrics.json'}")
+
+# --- end demo and evaluate commands ---
 
 # --- LoRA core commands (sabun merge, sabun lora ...) ---
 

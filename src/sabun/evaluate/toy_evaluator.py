@@ -5,7 +5,7 @@ A small CNN with one head per attribute:
 - regression: the hair's base colour in CIE L*a*b* (the colour the character was made with, not
   the shaded pixels), from which the hair-colour tag is the nearest named colour.
 
-An attribute the shot hides is not asked: eyes need >= 4 visible iris pixels, the ribbon >= 3
+An attribute the shot hides is not asked: eyes need >= 10 visible iris pixels, the ribbon >= 3
 visible ribbon pixels, the pose must be in frame. At prediction time every head answers; the
 metrics decide which answers count (`labels` says which are defined for a known image).
 
@@ -45,7 +45,7 @@ CLASSES: dict[str, tuple[str, ...]] = {
     "zoom": ZOOMS,
     "ribbon": ("no", "yes"),
 }
-MIN_IRIS_PIXELS = 4.0
+MIN_IRIS_PIXELS = 10.0
 MIN_RIBBON_PIXELS = 3.0
 _LAB_SCALE = np.array([100.0, 128.0, 128.0], dtype=np.float32)
 
@@ -169,7 +169,7 @@ class EvaluatorConfig:
     roundtrip_share: float = 0.5  # share passed through the toy VAE
     ribbon_share: float = 0.4  # share of characters with the signature ribbon
     three_d_share: float = 0.5
-    steps: int = 2500
+    steps: int = 4000
     batch: int = 32
     lr: float = 2e-3
     width: int = 48
@@ -249,7 +249,7 @@ def train_evaluator(out: Path, vae=None, config: EvaluatorConfig = EvaluatorConf
         x = to_input(images[idx.numpy()])
         x = x + 0.03 * torch.randn(x.shape, generator=generator)  # generated images are never clean
         outputs = net(x)
-        loss = 5.0 * F.smooth_l1_loss(outputs["hair_lab"], hair_target[idx], beta=0.02)
+        loss = 20.0 * F.smooth_l1_loss(outputs["hair_lab"], hair_target[idx], beta=0.01)
         for name in CLASSES:
             loss = loss + F.cross_entropy(outputs[name], targets[name][idx], ignore_index=-1)
         optimiser.zero_grad(set_to_none=True)

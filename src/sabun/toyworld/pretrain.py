@@ -39,6 +39,7 @@ from sabun.toyworld.model import IMAGE_SIZE, build_toy_pipeline
 from sabun.toyworld.render import BACKGROUNDS, VIEWS, ZOOMS, Shot, render
 
 STAGES = ("data", "vae", "latents", "diffusion", "export")
+DATA_AND_VAE_FIELDS = ("images", "three_d_share", "seed", "vae_steps", "vae_batch", "vae_crop", "vae_lr", "kl_weight")
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class PretrainConfig:
     vae_crop: int = 32  # the VAE trains on random crops (it is convolutional; 4x cheaper than 64 px)
     vae_lr: float = 2e-3
     kl_weight: float = 1e-6  # small: the latent must keep colour exactly, not be a good prior
-    steps: int = 2500  # U-Net + text encoder optimiser steps
+    steps: int = 2000  # U-Net + text encoder optimiser steps
     batch: int = 32
     lr: float = 5e-4  # peak learning rate, cosine decay after warm-up
     warmup: int = 200
@@ -241,9 +242,16 @@ def pretrain(out: Path, config: PretrainConfig = PretrainConfig(), stages: tuple
     """Run the pretraining stages into `out`; returns the exported model folder `out/model`."""
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "pretrain_config.json"
-    if config_path.exists() and json.loads(config_path.read_text()) != asdict(config):
-        raise SabunError(f"{out}: holds a pretraining run with another configuration; use a new --out or the same settings")
-    config_path.write_text(json.dumps(asdict(config), indent=2))
+    if config_path.exists():
+        saved = json.loads(config_path.read_text())
+        # Finished stages must have been made with the same settings; diffusion settings may
+        # change until the diffusion stage has its first checkpoint.
+        fixed = DATA_AND_VAE_FIELDS if not (out / "diffusion_checkpoint.pt").exists() else tuple(asdict(config))
+        changed = [k for k in fixed if saved.get(k) != asdict(config)[k]]
+        if changed:
+            raise SabunError(f"{out}: holds a pretraining run made with other {', '.join(changed)}; use a new --out or the same settings")
+    with atomic_output(config_path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(asdict(config), indent=2))
     torch.manual_seed(config.seed)
     pipe = build_toy_pipeline(seed=config.seed)
     log = open(out / "pretrain_log.jsonl", "a")
