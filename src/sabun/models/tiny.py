@@ -81,6 +81,11 @@ def build_tiny_pipeline(seed: int = 0, sample_size: int = 32) -> StableDiffusion
             pad_token_id=tokenizer.pad_token_id,
         )
     )
+    return assemble_pipeline(vae, text_encoder, tokenizer, unet)
+
+
+def assemble_pipeline(vae, text_encoder, tokenizer, unet) -> StableDiffusionPipeline:
+    """An SD 1.x pipeline of these components with SD's noise schedule, DDIM sampling, no safety checker."""
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,

@@ -16,10 +16,10 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from sabun.models.tiny import sd15_scheduler_config
+from sabun.models.tiny import assemble_pipeline
 from sabun.models.tokenizer import build_clip_tokenizer
 from sabun.toyworld import captions
 from sabun.toyworld.colours import EYE_COLOURS, HAIR_COLOURS, THING_COLOURS
@@ -82,18 +82,7 @@ def build_toy_pipeline(seed: int = 0) -> StableDiffusionPipeline:
             **TEXT_CONFIG,
         )
     )
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=DDIMScheduler(**sd15_scheduler_config()),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    return assemble_pipeline(vae, text_encoder, tokenizer, unet)
 
 
 def shipped_model_dir() -> Path:
