@@ -1,0 +1,81 @@
+"""`sabun demo` end to end at a tiny size: every stage runs, the report renders, re-runs skip stages."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sabun.evaluate.metrics import Protocol
+from sabun.pipelines.demo import DemoConfig, run_demo
+from sabun.pipelines.stages import run_stage
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_stage_runs_once_then_skips_until_its_inputs_change(tmp_path):
+    calls = []
+
+    def build(path):
+        calls.append(path)
+        path.write_text("out")
+
+    assert run_stage(tmp_path, "a", {"x": 1}, build, log=lambda m: None)[1]
+    assert not run_stage(tmp_path, "a", {"x": 1}, build, log=lambda m: None)[1]
+    assert run_stage(tmp_path, "a", {"x": 2}, build, log=lambda m: None)[1]
+    assert len(calls) == 2
+
+    def fail(path):
+        path.write_text("half")
+        raise RuntimeError("stage failed")
+
+    with pytest.raises(RuntimeError):
+        run_stage(tmp_path, "b", {}, fail, log=lambda m: None)
+    assert not (tmp_path / "b.stage.json").exists()  # a failed stage is redone on the next run
+    assert run_stage(tmp_path, "b", {}, build, log=lambda m: None)[1]
+
+
+def test_demo_end_to_end_on_the_tiny_model(tmp_path):
+    messages = []
+    config = DemoConfig(model="tiny", steps=2, seeds=1, batch_size=4, sample_steps=3)
+    report = run_demo(tmp_path, config, log=messages.append)
+    conditions = report["conditions"]
+    assert list(conditions) == ["plain model", "no plan x1", "no plan x0.5", "3d tag x1", "stepping-stone x1"]
+    for metrics in conditions.values():
+        assert 0.0 <= metrics["3d_leakage"] <= 1.0 and metrics["hair_ciede2000"] >= 0.0
+        assert metrics["images"] == len(Protocol().prompts())
+    assert json.loads((tmp_path / "metrics.json").read_text())["conditions"] == json.loads(json.dumps(conditions))
+    page = (tmp_path / "report.html").read_text()
+    assert "<table>" in page and page.count("data:image/png;base64,") == len(conditions)
+    # the character LoRA on the stepping-stone records the stepping-stone it was trained on
+    from sabun.lora.file import load_lora
+
+    lora = load_lora(report["loras"]["character_on_stepping_stone"])
+    assert "stepping_stone.safetensors" in lora.metadata["sabun_base_weights"]
+
+    messages.clear()
+    run_demo(tmp_path, config, log=messages.append)
+    assert not any(m.startswith("training") for m in messages)
+    assert sum("up to date, skipped" in m for m in messages) == 7 + 4  # data stages + LoRAs
+
+
+def test_evaluate_reports_the_plain_model_beside_each_weight(tmp_path, tiny_pipe, make_lora):
+    from sabun.errors import SabunError
+    from sabun.evaluate.commands import evaluate_loras
+    from sabun.lora.file import save_lora
+
+    lora = tmp_path / "a.safetensors"
+    save_lora(make_lora(tiny_pipe, std=0.2), lora)
+    report = evaluate_loras("tiny", [(str(lora), 1.0)], [0.5, 1.0], "target", tmp_path / "eval", seeds=1)
+    assert list(report["conditions"]) == ["plain model", "LoRA x0.5", "LoRA x1"]
+    assert report["conditions"]["plain model"] != report["conditions"]["LoRA x1"]
+    assert (tmp_path / "eval" / "report.html").read_text().count("data:image/png;base64,") == 3
+    with pytest.raises(SabunError, match="already exists"):
+        evaluate_loras("tiny", [(str(lora), 1.0)], [1.0], "target", tmp_path / "eval", seeds=1)
