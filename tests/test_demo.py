@@ -44,26 +44,40 @@ def test_stage_runs_once_then_skips_until_its_inputs_change(tmp_path):
 
 def test_demo_end_to_end_on_the_tiny_model(tmp_path):
     messages = []
-    config = DemoConfig(model="tiny", steps=2, seeds=1, batch_size=4, sample_steps=3)
-    report = run_demo(tmp_path, config, log=messages.append)
-    conditions = report["conditions"]
-    assert list(conditions) == ["plain model", "no plan x1", "no plan x0.5", "3d tag x1", "stepping-stone x1"]
-    for metrics in conditions.values():
-        assert 0.0 <= metrics["3d_leakage"] <= 1.0 and metrics["hair_ciede2000"] >= 0.0
-        assert metrics["images"] == len(Protocol().prompts())
-    assert json.loads((tmp_path / "metrics.json").read_text())["conditions"] == json.loads(json.dumps(conditions))
-    page = (tmp_path / "report.html").read_text()
-    assert "<table>" in page and page.count("data:image/png;base64,") == len(conditions)
+    config = DemoConfig(characters=("target", "red_long"), model="tiny", steps=2, seeds=1, batch_size=4, sample_steps=3)
+    summary = run_demo(tmp_path, config, log=messages.append)
+    assert list(summary["targets"]) == ["target", "red_long"]
+    assert sum(m.startswith("training stepping_stone") for m in messages) == 1  # shared by the targets
+    for name, report in summary["targets"].items():
+        conditions = report["conditions"]
+        assert list(conditions) == ["plain model", "no plan x1", "no plan x0.5", "3d tag x1", "stepping-stone x1"]
+        for metrics in conditions.values():
+            assert 0.0 <= metrics["3d_leakage"] <= 1.0 and metrics["hair_ciede2000"] >= 0.0
+            assert metrics["images"] == len(Protocol().prompts())
+        assert json.loads((tmp_path / name / "metrics.json").read_text())["conditions"] == json.loads(json.dumps(conditions))
+        page = (tmp_path / name / "report.html").read_text()
+        assert "<table>" in page and page.count("data:image/png;base64,") == len(conditions)
+    assert json.loads((tmp_path / "metrics.json").read_text())["targets"]["red_long"]["character"]["name"] == "red_long"
     # the character LoRA on the stepping-stone records the stepping-stone it was trained on
     from sabun.lora.file import load_lora
 
-    lora = load_lora(report["loras"]["character_on_stepping_stone"])
+    lora = load_lora(summary["targets"]["target"]["loras"]["character_on_stepping_stone"])
     assert "stepping_stone.safetensors" in lora.metadata["sabun_base_weights"]
+    # the plain model's figures are the same for both targets' protocols where they do not depend on the target
+    plain = [r["conditions"]["plain model"]["3d_leakage"] for r in summary["targets"].values()]
+    assert plain[0] == plain[1]
 
     messages.clear()
-    run_demo(tmp_path, config, log=messages.append)
+    run_demo(tmp_path, DemoConfig(characters=("target",), model="tiny", steps=2, seeds=1, batch_size=4, sample_steps=3), log=messages.append)
     assert not any(m.startswith("training") for m in messages)
     assert sum("up to date, skipped" in m for m in messages) == 7 + 4  # data stages + LoRAs
+
+
+def test_demo_refuses_two_targets_of_one_name(tmp_path):
+    from sabun.errors import SabunError
+
+    with pytest.raises(SabunError, match="share a name"):
+        run_demo(tmp_path, DemoConfig(characters=("target", "target"), model="tiny"))
 
 
 def test_evaluate_reports_the_plain_model_beside_each_weight(tmp_path, tiny_pipe, make_lora):

@@ -8,7 +8,9 @@ import pytest
 
 from sabun.train import load_config
 
-EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.toml"))
+ROOT = Path(__file__).parent.parent / "examples"
+PIPELINES = {"character_pipeline.toml", "copy_machine.toml"}  # configs of whole pipelines, not of `sabun train`
+EXAMPLES = sorted(p for p in ROOT.glob("*.toml") if p.name not in PIPELINES)
 
 
 def test_there_are_examples():
@@ -20,3 +22,11 @@ def test_example_config_validates(path):
     config = load_config(path)
     assert config.datasets and config.output.name
     assert Path(config.output.dir).is_absolute()  # resolved relative to the config file
+
+
+def test_character_pipeline_example_validates():
+    from sabun.pipelines.character import load_character_config
+
+    config = load_character_config(ROOT / "character_pipeline.toml")
+    assert config.model.path == "toy" and len(config.stepping_stone.presets) == 5
+    assert Path(config.out).is_absolute()

@@ -207,18 +207,38 @@ def generate_cmd(
 @app.command("demo")
 def demo_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder for data, LoRAs, metrics.json and report.html; a re-run skips finished stages.")] = Path("sabun-demo"),
-    character: Annotated[str, typer.Option("--character", help="Target: a preset name or a character .toml.")] = "target",
+    character: Annotated[list[str] | None, typer.Option("--character", help="Target: a preset name or a character .toml; repeat for several targets (the stepping-stone is shared).")] = None,
     steps: Annotated[int, typer.Option(help="Optimiser steps of each LoRA.")] = 300,
     seeds: Annotated[int, typer.Option(help="Images per evaluation prompt.")] = 16,
 ) -> None:
     """The seed's experiment on the toy model: no plan vs a `3d` tag vs the stepping-stone, measured."""
-    from sabun.evaluate.report import METRICS
     from sabun.pipelines.demo import DemoConfig, run_demo
 
     console = Console()
-    report = run_demo(out, DemoConfig(character=character, steps=steps, seeds=seeds), log=lambda m: console.print(f"[dim]{m}[/dim]"))
-    print_metrics(console, f"sabun demo: {character} (each LoRA alone on the plain toy model)", report)
-    console.print(f"report: {out / 'report.html'}   metrics: {out / 'metrics.json'}   ({report['seconds']:.0f} s)")
+    config = DemoConfig(characters=tuple(character or ("target",)), steps=steps, seeds=seeds)
+    summary = run_demo(out, config, log=lambda m: console.print(f"[dim]{m}[/dim]"))
+    for name, report in summary["targets"].items():
+        print_metrics(console, f"sabun demo: {name} (each LoRA alone on the plain toy model)", report)
+        console.print(f"report: {out / name / 'report.html'}")
+    console.print(f"metrics: {out / 'metrics.json'}   ({summary['seconds']:.0f} s)")
+
+
+@app.command("character")
+def character_cmd(
+    config: Annotated[Path, typer.Argument(help="The pipeline's .toml (see examples/character_pipeline.toml).")],
+    out: Annotated[Path | None, typer.Option("--out", help="Folder for every stage's output; default: the config's `out`.")] = None,
+) -> None:
+    """Use 1 in one command: stepping-stone LoRA -> merge -> character LoRA -> evaluation on the plain model."""
+    from sabun.pipelines.character import load_character_config, run_character
+
+    console = Console()
+    settings = load_character_config(config, {"out": str(out.resolve())} if out else None)
+    report = run_character(settings, log=lambda m: console.print(f"[dim]{m}[/dim]"))
+    if "conditions" in report:
+        print_metrics(console, f"sabun character: {report['character']['name']} (character LoRA on the plain model)", report)
+    norms = ", ".join(f"{part} {norm:.3f}" for part, norm in report["weight_change_norms"].items())
+    console.print(f"character LoRA: {report['loras']['character']}   weight change ||dW||: {norms}")
+    console.print(f"samples: {report['samples']}   metrics: {Path(settings.out) / 'metrics.json'}   ({report['seconds']:.0f} s)")
 
 
 def print_metrics(console, title: str, report: dict) -> None:

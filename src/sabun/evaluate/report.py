@@ -44,12 +44,13 @@ def write_report(path: Path, report: dict, grids: dict[str, np.ndarray], protoco
         f"<h3>{html.escape(c)}</h3><img src='data:image/png;base64,{_png_data(grid_image(grids[c], prompts, [''] * grids[c].shape[1], scale=2))}'>"
         for c in conditions
     )
+    finished = f"<p>Finished in {report['seconds']:.0f} s.</p>" if "seconds" in report else ""
     page = f"""<!doctype html><meta charset="utf-8"><title>sabun report</title>
 <style>body{{font-family:sans-serif;margin:2em}} td,th{{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}} td:first-child{{text-align:left}}</style>
 <h1>sabun: {html.escape(report['character']['name'])}</h1>
 <p>Each LoRA is used alone on the plain model; the first column is the plain model's own figures. {protocol.seeds} images per prompt, read by the toy evaluator.</p>
 <table><tr><th>metric</th>{head}</tr>{rows}</table>
 <h2>Images (rows: prompts; the first six seeds)</h2>{sections}
-<p>Finished in {report['seconds']:.0f} s.</p>"""
+{finished}"""
     with atomic_output(path, overwrite=True) as tmp:
         tmp.write_text(page)

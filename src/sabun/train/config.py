@@ -305,7 +305,7 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
 
 
 def convert(tp: Any, value: Any, where: str) -> Any:
-    """Check `value` against the annotation `tp` (int, float, str, bool, list[X], X | None, dataclass)."""
+    """Check `value` against the annotation `tp` (int, float, str, bool, dict, list[X], X | None, dataclass)."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -317,6 +317,10 @@ def convert(tp: Any, value: Any, where: str) -> Any:
         return [convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
+    if tp is dict:  # a free-form table, checked by its owner
+        if not isinstance(value, dict):
+            raise ConfigError(where, f"must be a table, got {value!r}")
+        return value
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(where, f"must be true or false, got {value!r}")
@@ -339,9 +343,10 @@ def convert(tp: Any, value: Any, where: str) -> Any:
 # --- --set overrides ----------------------------------------------------------------------------
 
 
-def field_type(path: list[str], where: str) -> Any:
-    """The annotation of the field at `path` (e.g. ['datasets', '0', 'repeats'] -> int | None)."""
-    tp: Any = TrainConfig
+def field_type(path: list[str], where: str, root: type | None = None) -> Any:
+    """The annotation of the field at `path` (e.g. ['datasets', '0', 'repeats'] -> int | None) in
+    `root` (default: TrainConfig)."""
+    tp: Any = root or TrainConfig
     for i, part in enumerate(path):
         origin = typing.get_origin(tp)
         if origin in (typing.Union, types.UnionType):
@@ -374,14 +379,14 @@ def parse_value(tp: Any, text: str) -> Any:
         return text  # left for `convert` to reject with the field's name
 
 
-def apply_override(raw: dict, assignment: str) -> None:
-    """Apply one `key.path=value` to the raw config table, in place."""
+def apply_override(raw: dict, assignment: str, root: type | None = None) -> None:
+    """Apply one `key.path=value` to the raw config table of `root` (default: TrainConfig), in place."""
     key, sep, text = assignment.partition("=")
     key = key.strip()
     if not sep or not key:
         raise SabunError(f"--set {assignment}: expected KEY=VALUE, e.g. --set network.rank=8")
     parts = key.split(".")
-    value = parse_value(field_type(parts, key), text.strip())
+    value = parse_value(field_type(parts, key, root), text.strip())
     node: Any = raw
     for i, part in enumerate(parts[:-1]):
         if isinstance(node, list):
@@ -390,7 +395,7 @@ def apply_override(raw: dict, assignment: str) -> None:
                 raise ConfigError(".".join(parts[: i + 1]), f"there are only {len(node)} entries")
             node = node[index]
         else:
-            node = node.setdefault(part, [] if typing.get_origin(field_type(parts[: i + 1], key)) is list else {})
+            node = node.setdefault(part, [] if typing.get_origin(field_type(parts[: i + 1], key, root)) is list else {})
     last = parts[-1]
     if isinstance(node, list):
         index = int(last)

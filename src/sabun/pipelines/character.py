@@ -1,0 +1,365 @@
+"""`sabun character CONFIG.toml`: Use 1 of the method in one command.
+
+Stages, each written under OUT and skipped on a re-run when its inputs have not changed
+(`sabun.pipelines.stages`):
+
+1. **data**: the stepping-stone characters and the target, either rendered by sabun from toy-world
+   presets (`3d` style, every view and zoom) or copied from the user's folders of captioned renders;
+   captions are rewritten by policy where a render carries sabun's metadata (NAME.json);
+2. **stepping-stone LoRA** on the other characters (their features in the captions, so the LoRA holds
+   the 3D look);
+3. **merge**: the stepping-stone is merged into the model in fp32 by the trainer (`base_weights`),
+   its hash recorded in the character LoRA's metadata; `save_merged = true` also writes the merged
+   model;
+4. **character LoRA** trained on the merged model;
+5. **evaluation on the plain model**: on the toy model, the protocol's metrics at each weight beside
+   the plain model's own (`metrics.json`, `report.html`); on any model, a sample grid (prompts x
+   weights) and the LoRA's weight-change norms.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomllib
+
+from sabun.errors import SabunError
+from sabun.io import atomic_output
+from sabun.lora.file import file_sha256
+from sabun.pipelines.stages import run_stage
+from sabun.toyworld.character import STEPPING_STONE_PRESETS, load_character
+from sabun.toyworld.render import VIEWS, ZOOMS
+from sabun.train.config import ConfigError, ModelConfig, TrainConfig, check, from_dict, one_of, to_dict
+
+CAPTION_POLICIES = ("full", "stepping-stone", "character", "keep")
+
+# The training settings used on the toy model unless a `train` table overrides them: its 64 px
+# images, and a rank and step count that learn a character in about a minute on two CPU cores.
+TOY_TRAIN = {
+    "data": {"resolution": 64, "buckets": False, "batch_size": 8, "cache_latents": "memory"},
+    "network": {"rank": 8, "alpha": 4.0},
+    "optimizer": {"learning_rate": 1e-3, "text_encoder_lr": 2e-4},
+    "schedule": {"type": "cosine", "warmup_steps": 20},
+    "training": {"max_steps": 300, "min_snr_gamma": 5.0, "seed": 0},
+}
+
+
+@dataclass
+class SteppingStoneConfig:
+    """The other characters, in the 3D look, that the stepping-stone LoRA learns from."""
+
+    presets: list[str] = field(default_factory=lambda: list(STEPPING_STONE_PRESETS))  # toy-world characters rendered by sabun (toy model)
+    folders: list[str] = field(default_factory=list)  # your own captioned 3D renders, one folder per character
+    caption_policy: str = "stepping-stone"  # applied to sabun renders (NAME.json beside the image); `keep` leaves captions as they are
+    multiplier: float = 1.0  # weight at which it is merged under the character LoRA
+    train: dict = field(default_factory=dict)  # `sabun train` tables overriding the defaults (e.g. training.max_steps)
+
+    def __post_init__(self) -> None:
+        check(bool(self.presets or self.folders), "presets", "and folders are both empty; give the stepping-stone characters")
+        one_of(self.caption_policy, "caption_policy", CAPTION_POLICIES)
+
+
+@dataclass
+class TargetConfig:
+    """The character the final LoRA draws: a toy preset or spec file, or a folder of its 3D renders."""
+
+    preset: str | None = None  # toy-world preset name or character .toml, rendered by sabun (toy model)
+    folder: str | None = None  # your own captioned 3D renders of the character
+    caption_policy: str = "character"  # applied to sabun renders; `keep` leaves captions as they are
+    train: dict = field(default_factory=dict)  # `sabun train` tables overriding the defaults
+
+    def __post_init__(self) -> None:
+        check((self.preset is None) != (self.folder is None), "preset", "or folder: give exactly one of them")
+        one_of(self.caption_policy, "caption_policy", CAPTION_POLICIES)
+
+
+@dataclass
+class EvaluationConfig:
+    """How the character LoRA is judged, always on the plain model."""
+
+    weights: list[float] = field(default_factory=lambda: [0.5, 1.0])  # LoRA weights compared with the plain model (0)
+    seeds: int = 16  # images per prompt
+    sample_steps: int = 20  # sampling steps
+    guidance: float = 5.0
+    character: str | None = None  # toy character the evaluator compares with; default: the target preset
+    prompts: list[str] = field(default_factory=lambda: ["1girl", "1girl, outdoors, sky, grass", "1girl, cowboy shot, arms up"])  # sample grid
+
+    def __post_init__(self) -> None:
+        check(bool(self.weights), "weights", "is empty; give at least one weight, e.g. [1.0]")
+        check(self.seeds >= 1, "seeds", f"must be >= 1, got {self.seeds}")
+        check(self.sample_steps >= 1, "sample_steps", f"must be >= 1, got {self.sample_steps}")
+
+
+@dataclass
+class CharacterConfig:
+    """Everything `sabun character` needs; sections map to TOML tables."""
+
+    character: TargetConfig
+    out: str = "sabun-character"  # folder for every stage's output
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(path="toy"))
+    stepping_stone: SteppingStoneConfig = field(default_factory=SteppingStoneConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    save_merged: bool = False  # also write the model with the stepping-stone merged (OUT/merged.safetensors)
+
+    def __post_init__(self) -> None:
+        check(not self.model.base_weights, "model.base_weights", "is set by the pipeline (the stepping-stone); merge other LoRAs into the model first with `sabun merge`")
+
+    @property
+    def is_toy(self) -> bool:
+        """The toy world's model (or the tiny test model of the same image size)."""
+        return self.model.path in ("toy", "tiny")
+
+
+def load_character_config(path: str | Path, overrides: dict | None = None) -> CharacterConfig:
+    """Read and check a `sabun character` TOML; relative paths are taken from the file's folder."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SabunError(f"{path}: no such file; give the pipeline's .toml (see examples/character_pipeline.toml)") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SabunError(f"{path}: is not valid TOML ({e})") from None
+    raw.update(overrides or {})
+    try:
+        config = config_from_dict(raw)
+    except ConfigError as e:
+        raise SabunError(f"{path}: {e}") from None
+    return resolve(config, path.parent)
+
+
+def config_from_dict(raw: dict) -> CharacterConfig:
+    if isinstance(raw.get("model"), dict) and "path" not in raw["model"]:
+        raise ConfigError("model.path", "is required: `toy` or the path of your checkpoint")
+    config = from_dict(CharacterConfig, raw)
+    for where, section in (("stepping_stone", config.stepping_stone), ("character", config.character)):
+        train_config(config, section.train, [Path("check")], Path("check"), "check", where=f"{where}.train")  # fail at load, not after an hour
+    return config
+
+
+def resolve(config: CharacterConfig, root: Path) -> CharacterConfig:
+    def local(p: str | None) -> str | None:
+        if p is None or (Path(p).is_absolute()):
+            return p
+        return str((root / p).resolve())
+
+    def maybe_file(p: str | None) -> str | None:  # a preset name stays a name; a .toml is a path
+        return local(p) if p and p.endswith(".toml") else p
+
+    model = config.model if config.model.path in ("toy", "tiny") else dataclasses.replace(config.model, path=local(config.model.path))
+    return dataclasses.replace(
+        config,
+        out=local(config.out),
+        model=model,
+        stepping_stone=dataclasses.replace(config.stepping_stone, presets=[maybe_file(p) for p in config.stepping_stone.presets], folders=[local(f) for f in config.stepping_stone.folders]),
+        character=dataclasses.replace(config.character, preset=maybe_file(config.character.preset), folder=local(config.character.folder)),
+        evaluation=dataclasses.replace(config.evaluation, character=maybe_file(config.evaluation.character)),
+    )
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def train_config(config: CharacterConfig, overrides: dict, datasets: list[Path], out: Path, name: str, base_weights: list[Path] = (), where: str = "train") -> TrainConfig:
+    """The `sabun train` config of one LoRA: defaults (the toy settings on the toy model), then the
+    section's `train` table; model, datasets and output are the pipeline's."""
+    for fixed in ("model", "datasets", "output"):
+        if fixed in overrides:
+            raise ConfigError(f"{where}.{fixed}", "is set by the pipeline; remove it")
+    table = deep_merge(TOY_TRAIN if config.is_toy else {}, overrides)
+    table["model"] = to_dict(config.model) | {"base_weights": [{"path": str(p), "multiplier": config.stepping_stone.multiplier} for p in base_weights]}
+    table["datasets"] = [{"path": str(d)} for d in datasets]
+    table["output"] = {"dir": str(out), "name": name, "tensorboard": False}
+    try:
+        return from_dict(TrainConfig, table)
+    except ConfigError as e:
+        raise ConfigError(f"{where}.{e.path}", e.message) from None
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+def render_set(out: Path, character: str, policy: str, extra_tag: str | None = None) -> None:
+    """A toy character's `3d` renders (every view and zoom, white background, arms at sides), captioned."""
+    from sabun.toyworld.commands import RenderToyConfig, caption_folder, render_toy
+
+    render_toy(RenderToyConfig(out=out, style="3d", character=character, views=VIEWS, zooms=ZOOMS))
+    if policy != "keep":
+        caption_folder(out, policy)
+    if extra_tag:
+        for path in out.glob("*.txt"):
+            text = path.read_text().strip()
+            path.write_text(f"{text}, {extra_tag}\n" if text else f"{extra_tag}\n")
+
+
+def folder_digest(folder: Path) -> str:
+    """A hash of every file's relative path and content: a user's data set changes -> its stages rerun."""
+    if not folder.is_dir():
+        raise SabunError(f"{folder}: no such folder; give a folder of images with .txt captions")
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(folder)).encode())
+        h.update(file_sha256(path).encode())
+    return h.hexdigest()
+
+
+def copy_set(source: Path, out: Path, policy: str) -> None:
+    """The user's folder copied (their files are never rewritten), captions re-made by policy where
+    sabun's render metadata is present."""
+    from sabun.toyworld.commands import caption_folder
+
+    shutil.copytree(source, out)
+    if policy != "keep":
+        for folder in sorted({p.parent for p in out.rglob("*.json")}):
+            caption_folder(folder, policy)
+
+
+def stage_key(folder: Path) -> str:
+    return json.loads((folder.parent / f"{folder.name}.stage.json").read_text())["key"]
+
+
+@dataclass
+class Stages:
+    """The stage runner of one pipeline: data sets and LoRAs under OUT, logged."""
+
+    out: Path
+    log: Callable[[str], None] = print
+
+    def toy_data(self, name: str, character: str, policy: str, extra_tag: str | None = None) -> Path:
+        inputs = {"character": load_character(character).to_dict(), "policy": policy, "tag": extra_tag, "style": "3d"}
+        return run_stage(self.out / "data", name, inputs, lambda p: render_set(p, character, policy, extra_tag), self.log)[0]
+
+    def user_data(self, name: str, folder: str, policy: str) -> Path:
+        inputs = {"folder": folder, "digest": folder_digest(Path(folder)), "policy": policy}
+        return run_stage(self.out / "data", name, inputs, lambda p: copy_set(Path(folder), p, policy), self.log)[0]
+
+    def lora(self, name: str, config: TrainConfig, pipe=None) -> Path:
+        """Train one LoRA (config's output folder is replaced by the stage's)."""
+        from sabun.train import train
+
+        datasets = [Path(d.path) for d in config.datasets]
+        table = to_dict(config)
+        table.pop("output")
+        inputs = {"train": table, "data_keys": [stage_key(d) for d in datasets], "base": [file_sha256(b.path) for b in config.model.base_weights]}
+
+        def build(folder: Path) -> None:
+            self.log(f"training {name}")
+            train(dataclasses.replace(config, output=dataclasses.replace(config.output, dir=str(folder), name=name)), pipe=pipe)
+
+        folder, _ = run_stage(self.out / "loras", name, inputs, build, self.log)
+        return folder / f"{name}.safetensors"
+
+
+# --- the pipeline -------------------------------------------------------------------------------
+
+
+def weight_change_norms(path: Path) -> dict[str, float]:
+    """||dW||_F of the LoRA at weight 1, for the U-Net and each text encoder."""
+    from sabun.lora.file import load_lora
+    from sabun.lora.info import summarize
+
+    parts: dict[str, float] = {}
+    for block in summarize(load_lora(path)):
+        part = block.block.split(" ")[0]
+        parts[part] = (parts.get(part, 0.0) ** 2 + block.delta_norm**2) ** 0.5
+    return parts
+
+
+def run_character(config: CharacterConfig, log: Callable[[str], None] = print, evaluator=None) -> dict:
+    """Run every stage (skipping those up to date); returns the report also written to OUT/metrics.json."""
+    from sabun.models.load import load_pipeline
+
+    started = time.time()
+    out = Path(config.out)
+    stages = Stages(out, log)
+    stone, target = config.stepping_stone, config.character
+    if (stone.presets or target.preset) and not config.is_toy:
+        log("note: toy-world presets are rendered in the toy world's 64 px style; on a real model use folders of your own renders")
+
+    stone_data = [stages.toy_data(f"stepping_stone_{Path(p).stem}", p, stone.caption_policy) for p in stone.presets]
+    stone_data += [stages.user_data(f"stepping_stone_{Path(f).name}", f, stone.caption_policy) for f in stone.folders]
+    if target.preset:
+        character_data = stages.toy_data("character", target.preset, target.caption_policy)
+    else:
+        character_data = stages.user_data("character", target.folder, target.caption_policy)
+
+    pipe = load_pipeline(config.model.path, allow_pickle=config.model.allow_pickle, prediction_type=config.model.prediction_type)
+    stepping_stone = stages.lora("stepping_stone", train_config(config, stone.train, stone_data, out, "stepping_stone", where="stepping_stone.train"), pipe)
+    if config.save_merged:
+        run_stage(out, "merged.safetensors", {"model": to_dict(config.model), "stone": file_sha256(stepping_stone), "multiplier": stone.multiplier}, lambda p: save_merged(config, stepping_stone, p), log)
+    character = stages.lora("character", train_config(config, target.train, [character_data], out, "character", [stepping_stone], where="character.train"), pipe)
+
+    report = evaluate_character(config, pipe, character, out, log, evaluator)
+    report["loras"] = {"stepping_stone": str(stepping_stone), "character": str(character)}
+    report["seconds"] = time.time() - started
+    with atomic_output(out / "metrics.json", overwrite=True) as tmp:
+        tmp.write_text(json.dumps(report, indent=2))
+    return report
+
+
+def save_merged(config: CharacterConfig, stepping_stone: Path, out: Path) -> None:
+    from sabun.lora.commands import merge
+
+    merge(config.model.path, [f"{stepping_stone}:{config.stepping_stone.multiplier}"], out, allow_pickle=config.model.allow_pickle, prediction_type=config.model.prediction_type)
+
+
+def evaluate_character(config: CharacterConfig, pipe, lora: Path, out: Path, log, evaluator=None) -> dict:
+    """The character LoRA on the plain model at each weight: a sample grid always; the protocol's
+    metrics (read by the toy evaluator) on the toy model."""
+    import numpy as np
+
+    from sabun.generate import Sampler, applied, generate_images, grid_image
+
+    evaluation = config.evaluation
+    weights = [0.0, *evaluation.weights]
+    sampler = Sampler(steps=evaluation.sample_steps, guidance=evaluation.guidance, batch=16)
+    report: dict = {"model": config.model.path, "weights": weights, "weight_change_norms": weight_change_norms(lora)}
+    seeds = list(range(1000, 1000 + min(evaluation.seeds, 4)))
+    columns = []
+    with applied(pipe, [(lora, 1.0)]) as (network,):
+        for weight in weights:
+            network.multiplier = weight
+            log(f"sampling at weight {weight:g}")
+            columns.append(generate_images(pipe, [p for p in evaluation.prompts for _ in seeds], seeds * len(evaluation.prompts), sampler))
+    cells = np.stack(columns, axis=1).reshape(len(evaluation.prompts), len(seeds), len(weights), *columns[0].shape[1:])
+    cells = cells.transpose(0, 2, 1, 3, 4, 5).reshape(len(evaluation.prompts), len(weights) * len(seeds), *columns[0].shape[1:])
+    labels = [f"x{w:g}" if s == 0 else "" for w in weights for s in range(len(seeds))]
+    with atomic_output(out / "samples.png", overwrite=True) as tmp:
+        grid_image(cells, evaluation.prompts, labels).save(tmp, format="PNG")
+    report["samples"] = str(out / "samples.png")
+
+    toy_character = evaluation.character or config.character.preset
+    if not (config.is_toy and toy_character):
+        log("no toy character to compare with: wrote the sample grid and weight-change norms only")
+        return report
+    from sabun.evaluate.metrics import Protocol, measure
+    from sabun.evaluate.report import write_report
+    from sabun.evaluate.toy_evaluator import ToyEvaluator
+
+    evaluator = evaluator or ToyEvaluator.load()
+    target = load_character(toy_character)
+    protocol = Protocol(seeds=evaluation.seeds, sampler=Sampler(steps=evaluation.sample_steps, guidance=evaluation.guidance, batch=32))
+    conditions, grids = {}, {}
+    with applied(pipe, [(lora, 1.0)]) as (network,):
+        for weight in weights:
+            network.multiplier = weight
+            label = "plain model" if weight == 0.0 else f"character LoRA x{weight:g}"
+            log(f"evaluating {label}")
+            conditions[label], images = measure(pipe, evaluator, target, protocol)
+            grids[label] = images[:, :6]
+    report["character"] = target.to_dict()
+    report["conditions"] = conditions
+    write_report(out / "report.html", report, grids, protocol)
+    report["report"] = str(out / "report.html")
+    return report

@@ -1,0 +1,108 @@
+"""`sabun character` end to end at a tiny size: every stage, re-runs skip, user folders, bad configs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from sabun.errors import SabunError
+from sabun.lora.file import load_lora
+from sabun.pipelines.character import config_from_dict, load_character_config, run_character
+from sabun.train.config import ConfigError
+
+TINY_TRAIN = {"data": {"batch_size": 4}, "training": {"max_steps": 2}}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_config(out, **character):
+    return config_from_dict({
+        "out": str(out),
+        "model": {"path": "tiny"},
+        "stepping_stone": {"presets": ["red_long", "blue_short"], "train": TINY_TRAIN},
+        "character": (character or {"preset": "target"}) | {"train": TINY_TRAIN},
+        "evaluation": {"weights": [1.0], "seeds": 1, "sample_steps": 2, "prompts": ["1girl", "1girl, arms up"], "character": "target"},
+    })
+
+
+def test_character_pipeline_end_to_end_then_skips(tmp_path):
+    messages = []
+    report = run_character(tiny_config(tmp_path / "run"), log=messages.append)
+    assert list(report["conditions"]) == ["plain model", "character LoRA x1"]
+    assert report["conditions"]["plain model"] != report["conditions"]["character LoRA x1"]
+    assert report["weight_change_norms"]["unet"] > 0 and report["weight_change_norms"]["te"] > 0
+    character = load_lora(report["loras"]["character"])
+    assert "stepping_stone.safetensors" in character.metadata["sabun_base_weights"]  # trained on the merged model
+    assert json.loads(load_lora(report["loras"]["stepping_stone"]).metadata.get("sabun_base_weights", "[]")) == []
+    written = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert written["conditions"] == json.loads(json.dumps(report["conditions"]))
+    assert (tmp_path / "run" / "samples.png").stat().st_size > 0
+    assert (tmp_path / "run" / "report.html").read_text().count("data:image/png;base64,") == 2
+    # captions follow the policies: the stepping-stone keeps its features, the character drops them
+    stone_caption = next((tmp_path / "run" / "data" / "stepping_stone_red_long").glob("*.txt")).read_text()
+    character_caption = next((tmp_path / "run" / "data" / "character").glob("*.txt")).read_text()
+    assert "red hair" in stone_caption and "hair" not in character_caption and "1girl" not in character_caption
+
+    messages.clear()
+    run_character(tiny_config(tmp_path / "run"), log=messages.append)
+    assert not any(m.startswith("training") for m in messages)
+    assert sum("up to date, skipped" in m for m in messages) == 3 + 2  # data sets + LoRAs
+
+
+def test_a_changed_user_folder_retrains_only_what_depends_on_it(tmp_path):
+    from sabun.toyworld.commands import RenderToyConfig, render_toy
+
+    mine = tmp_path / "my_renders"
+    render_toy(RenderToyConfig(out=mine, style="3d", character="target", views=("front", "behind"), zooms=("full-body",)))
+    for meta in mine.glob("*.json"):
+        meta.unlink()  # a user's own renders: images and captions only
+    config = tiny_config(tmp_path / "run", folder=str(mine))
+    run_character(config, log=lambda m: None)
+    caption = next(mine.glob("*.txt"))
+    before = caption.read_text()
+    assert (tmp_path / "run" / "data" / "character" / caption.name).read_text() == before  # `keep`-like: no metadata, caption kept
+
+    caption.write_text("1girl, white background\n")
+    messages = []
+    run_character(config, log=messages.append)
+    assert [m for m in messages if m.startswith("training")] == ["training character"]
+    assert (tmp_path / "run" / "data" / "character" / caption.name).read_text() == "1girl, white background\n"
+
+    shutil.rmtree(mine)
+    with pytest.raises(SabunError, match="my_renders: no such folder"):
+        run_character(config, log=lambda m: None)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"character": {"preset": "target", "folder": "x"}}, "character.preset: or folder: give exactly one"),
+        ({"character": {"preset": "target", "colour": "red"}}, "character.colour: unknown field"),
+        ({"character": {"preset": "target", "train": {"network": {"rnak": 4}}}}, "character.train.network.rnak: unknown field; did you mean `rank`"),
+        ({"character": {"preset": "target", "train": {"output": {"name": "x"}}}}, "character.train.output: is set by the pipeline"),
+        ({"stepping_stone": {"presets": [], "folders": []}}, "stepping_stone.presets: and folders are both empty"),
+        ({"model": {"clip_skip": 2}}, "model.path: is required"),
+    ],
+)
+def test_bad_configs_name_the_field(tmp_path, change, message):
+    path = tmp_path / "pipeline.toml"
+    import tomli_w
+
+    path.write_text(tomli_w.dumps({"character": {"preset": "target"}} | change))
+    with pytest.raises(SabunError, match=message.replace("`", ".").replace("(", r"\(")):
+        load_character_config(path)
+
+
+def test_a_missing_config_file_says_what_to_give(tmp_path):
+    with pytest.raises(SabunError, match="no such file"):
+        load_character_config(tmp_path / "nope.toml")
+    assert issubclass(ConfigError, SabunError)
