@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from sabun.errors import SabunError
+from sabun.evaluate.report import METRICS
 from sabun.lora.file import load_lora
 from sabun.pipelines.character import config_from_dict, load_character_config, run_character
 from sabun.train.config import ConfigError
@@ -39,14 +40,16 @@ def test_character_pipeline_end_to_end_then_skips(tmp_path):
     report = run_character(tiny_config(tmp_path / "run"), log=messages.append)
     assert list(report["conditions"]) == ["plain model", "character LoRA x1"]
     assert report["conditions"]["plain model"] != report["conditions"]["character LoRA x1"]
-    assert report["weight_change_norms"]["unet"] > 0 and report["weight_change_norms"]["te"] > 0
+    assert report["weight_change_norms"]["character"]["unet"] > 0 and report["weight_change_norms"]["character"]["te"] > 0
     character = load_lora(report["loras"]["character"])
     assert "stepping_stone.safetensors" in character.metadata["sabun_base_weights"]  # trained on the merged model
     assert json.loads(load_lora(report["loras"]["stepping_stone"]).metadata.get("sabun_base_weights", "[]")) == []
     written = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert written["conditions"] == json.loads(json.dumps(report["conditions"]))
     assert (tmp_path / "run" / "samples.png").stat().st_size > 0
-    assert (tmp_path / "run" / "report.html").read_text().count("data:image/png;base64,") == 2
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 + 1 and page.count("<svg") == len(METRICS)  # grids, overview, charts
+    assert "Weight change" in page
     # captions follow the policies: the stepping-stone keeps its features, the character drops them
     stone_caption = next((tmp_path / "run" / "data" / "stepping_stone_red_long").glob("*.txt")).read_text()
     character_caption = next((tmp_path / "run" / "data" / "character").glob("*.txt")).read_text()

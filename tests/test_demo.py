@@ -56,7 +56,7 @@ def test_demo_end_to_end_on_the_tiny_model(tmp_path):
             assert metrics["images"] == len(Protocol().prompts())
         assert json.loads((tmp_path / name / "metrics.json").read_text())["conditions"] == json.loads(json.dumps(conditions))
         page = (tmp_path / name / "report.html").read_text()
-        assert "<table>" in page and page.count("data:image/png;base64,") == len(conditions)
+        assert "<table>" in page and page.count("data:image/png;base64,") == len(conditions) + 1  # + prompts x conditions
     assert json.loads((tmp_path / "metrics.json").read_text())["targets"]["red_long"]["character"]["name"] == "red_long"
     # the character LoRA on the stepping-stone records the stepping-stone it was trained on
     from sabun.lora.file import load_lora
@@ -90,6 +90,8 @@ def test_evaluate_reports_the_plain_model_beside_each_weight(tmp_path, tiny_pipe
     report = evaluate_loras("tiny", [(str(lora), 1.0)], [0.5, 1.0], "target", tmp_path / "eval", seeds=1)
     assert list(report["conditions"]) == ["plain model", "LoRA x0.5", "LoRA x1"]
     assert report["conditions"]["plain model"] != report["conditions"]["LoRA x1"]
-    assert (tmp_path / "eval" / "report.html").read_text().count("data:image/png;base64,") == 3
+    page = (tmp_path / "eval" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3 + 1 and "Weight change" in page
+    assert report["weight_change_norms"][str(lora)]["unet"] > 0
     with pytest.raises(SabunError, match="already exists"):
         evaluate_loras("tiny", [(str(lora), 1.0)], [1.0], "target", tmp_path / "eval", seeds=1)

@@ -236,7 +236,7 @@ def character_cmd(
     report = run_character(settings, log=lambda m: console.print(f"[dim]{m}[/dim]"))
     if "conditions" in report:
         print_metrics(console, f"sabun character: {report['character']['name']} (character LoRA on the plain model)", report)
-    norms = ", ".join(f"{part} {norm:.3f}" for part, norm in report["weight_change_norms"].items())
+    norms = ", ".join(f"{part} {norm:.3f}" for part, norm in report["weight_change_norms"]["character"].items())
     console.print(f"character LoRA: {report['loras']['character']}   weight change ||dW||: {norms}")
     console.print(f"samples: {report['samples']}   metrics: {Path(settings.out) / 'metrics.json'}   ({report['seconds']:.0f} s)")
 
@@ -276,6 +276,32 @@ def evaluate_cmd(
     typer.echo(f"report: {out / 'report.html'}   metrics: {out / 'metrics.json'}")
 
 # --- end demo and evaluate commands ---
+
+# --- copy-machine command (sabun copy-machine) ---
+
+
+@app.command("copy-machine")
+def copy_machine_cmd(
+    config: Annotated[Path, typer.Argument(help="Pipeline config (TOML); see examples/copy_machine.toml.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config value: KEY=VALUE, e.g. copy.max_rounds=4; repeatable.")] = None,
+) -> None:
+    """Use 2, the copy machine: a copy LoRA on image A, then an edit LoRA on B (the edited A) on top; the edit works on the plain model."""
+    from sabun.pipelines.copy_machine import load_copy_machine_config, run_copy_machine, summary
+
+    console = Console()
+    report = run_copy_machine(load_copy_machine_config(config, set_ or []), log=lambda m: console.print(m, style="dim", markup=False, highlight=False))
+    title, headers, rows, notes = summary(report)
+    if rows:
+        table = Table(title=title)
+        for i, header in enumerate(headers):
+            table.add_column(header, justify="left" if i == 0 else "right")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    for note in notes:
+        console.print(note, markup=False, highlight=False)
+
+# --- end copy-machine command ---
 
 # --- LoRA core commands (sabun merge, sabun lora ...) ---
 

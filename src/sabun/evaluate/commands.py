@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sabun.errors import SabunError
-from sabun.evaluate.metrics import Protocol, measure
+from sabun.evaluate.metrics import Protocol, measure, weight_change_norms
 from sabun.evaluate.report import write_report
 from sabun.evaluate.toy_evaluator import ToyEvaluator
 from sabun.generate import applied
@@ -49,7 +49,14 @@ def evaluate_loras(
             label = "plain model" if weight == 0.0 else f"LoRA x{weight:g}"
             conditions[label], images = measure(pipe, evaluator, target, protocol)
             grids[label] = images[:, :6]
-    report = {"character": target.to_dict(), "model": model, "loras": [{"path": str(p), "multiplier": m} for p, m in loras], "conditions": conditions, "seconds": time.time() - started}
+    report = {
+        "character": target.to_dict(),
+        "model": model,
+        "loras": [{"path": str(p), "multiplier": m} for p, m in loras],
+        "conditions": conditions,
+        "weight_change_norms": {str(p): weight_change_norms(Path(p)) for p, _ in loras},
+        "seconds": time.time() - started,
+    }
     out.mkdir(parents=True, exist_ok=True)
     with atomic_output(out / "metrics.json", overwrite=overwrite) as tmp:
         tmp.write_text(json.dumps(report, indent=2))

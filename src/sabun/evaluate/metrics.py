@@ -4,12 +4,14 @@ For a model with LoRAs applied (or none: the plain model's own figures), from fi
 - **3D leakage**: mean P(3d style) over every generated image;
 - **identity** on the bare prompt `1girl`: hair-colour error (median CIEDE2000 against the target's
   hair colour), how often the target's hairstyle, hair-colour name and ribbon are read;
-- **flexibility**: how often a prompted background or pose is obeyed.
+- **flexibility**: how often a prompted background or pose is obeyed;
+- **weight-change norms**: ||dW||_F of a LoRA per part (U-Net, text encoders), at weight 1.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -60,3 +62,15 @@ def measure(pipe, evaluator: ToyEvaluator, target: CharacterSpec, protocol: Prot
         out[f"{group}_obeyed"] = float(np.mean(hits))
     out["images"] = len(rows)
     return out, images.reshape(len(prompts), protocol.seeds, *images.shape[1:])
+
+
+def weight_change_norms(path: Path) -> dict[str, float]:
+    """||dW||_F of the LoRA at weight 1, for the U-Net and each text encoder."""
+    from sabun.lora.file import load_lora
+    from sabun.lora.info import summarize
+
+    parts: dict[str, float] = {}
+    for block in summarize(load_lora(path)):
+        part = block.block.split(" ")[0]
+        parts[part] = (parts.get(part, 0.0) ** 2 + block.delta_norm**2) ** 0.5
+    return parts

@@ -31,25 +31,57 @@ def _png_data(image: Image.Image) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+def bar_chart(title: str, labels: list[str], values: list[float], better: str) -> str:
+    """One metric across the conditions as an inline SVG bar chart (the plain model's bar grey)."""
+    width, bar, gap, top = 360, 16, 6, 22
+    height = top + len(values) * (bar + gap)
+    scale = max([abs(v) for v in values] + [1e-9])
+    bars = []
+    for i, (label, value) in enumerate(zip(labels, values)):
+        y = top + i * (bar + gap)
+        w = 180 * abs(value) / scale
+        colour = "#999" if i == 0 else "#3a7bd5"
+        bars.append(
+            f"<text x='0' y='{y + 12}' font-size='11'>{html.escape(label[:24])}</text>"
+            f"<rect x='150' y='{y}' width='{w:.1f}' height='{bar}' fill='{colour}'/>"
+            f"<text x='{155 + w:.1f}' y='{y + 12}' font-size='11'>{value:.3f}</text>"
+        )
+    return (
+        f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' style='margin:6px'>"
+        f"<text x='0' y='14' font-size='12' font-weight='bold'>{html.escape(title)} ({better} is better)</text>{''.join(bars)}</svg>"
+    )
+
+
 def write_report(path: Path, report: dict, grids: dict[str, np.ndarray], protocol: Protocol) -> None:
-    """A self-contained HTML page: the metrics table and, per condition, one image row per prompt."""
+    """A self-contained HTML page: the metrics table and one bar chart per metric; an image grid of
+    prompts x conditions (first seed); per condition, one image row per prompt."""
     conditions = list(report["conditions"])
     rows = "".join(
         f"<tr><td>{html.escape(title)} <small>({better} is better)</small></td>" + "".join(f"<td>{report['conditions'][c][key]:.3f}</td>" for c in conditions) + "</tr>"
         for key, title, better in METRICS
     )
     head = "".join(f"<th>{html.escape(c)}</th>" for c in conditions)
+    charts = "".join(bar_chart(title, conditions, [report["conditions"][c][key] for c in conditions], better) for key, title, better in METRICS)
     prompts = [p for _, _, p in protocol.prompts()]
+    side_by_side = np.stack([grids[c][:, 0] for c in conditions], axis=1)
+    overview = f"<img src='data:image/png;base64,{_png_data(grid_image(side_by_side, prompts, [c[:14] for c in conditions], scale=2))}'>"
     sections = "".join(
         f"<h3>{html.escape(c)}</h3><img src='data:image/png;base64,{_png_data(grid_image(grids[c], prompts, [''] * grids[c].shape[1], scale=2))}'>"
         for c in conditions
     )
+    norms = ""
+    if report.get("weight_change_norms"):
+        items = "".join(f"<li>{html.escape(name)}: {', '.join(f'{part} {value:.4f}' for part, value in parts.items())}</li>" for name, parts in report["weight_change_norms"].items())
+        norms = f"<h2>Weight change ||dW||<sub>F</sub> at weight 1 (it scales with the weight)</h2><ul>{items}</ul>"
     finished = f"<p>Finished in {report['seconds']:.0f} s.</p>" if "seconds" in report else ""
     page = f"""<!doctype html><meta charset="utf-8"><title>sabun report</title>
 <style>body{{font-family:sans-serif;margin:2em}} td,th{{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}} td:first-child{{text-align:left}}</style>
 <h1>sabun: {html.escape(report['character']['name'])}</h1>
 <p>Each LoRA is used alone on the plain model; the first column is the plain model's own figures. {protocol.seeds} images per prompt, read by the toy evaluator.</p>
 <table><tr><th>metric</th>{head}</tr>{rows}</table>
+<div>{charts}</div>
+{norms}
+<h2>Prompts x conditions (first seed)</h2>{overview}
 <h2>Images (rows: prompts; the first six seeds)</h2>{sections}
 {finished}"""
     with atomic_output(path, overwrite=True) as tmp:

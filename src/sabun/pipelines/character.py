@@ -264,18 +264,6 @@ class Stages:
 # --- the pipeline -------------------------------------------------------------------------------
 
 
-def weight_change_norms(path: Path) -> dict[str, float]:
-    """||dW||_F of the LoRA at weight 1, for the U-Net and each text encoder."""
-    from sabun.lora.file import load_lora
-    from sabun.lora.info import summarize
-
-    parts: dict[str, float] = {}
-    for block in summarize(load_lora(path)):
-        part = block.block.split(" ")[0]
-        parts[part] = (parts.get(part, 0.0) ** 2 + block.delta_norm**2) ** 0.5
-    return parts
-
-
 def run_character(config: CharacterConfig, log: Callable[[str], None] = print, evaluator=None) -> dict:
     """Run every stage (skipping those up to date); returns the report also written to OUT/metrics.json."""
     from sabun.models.load import load_pipeline
@@ -319,12 +307,13 @@ def evaluate_character(config: CharacterConfig, pipe, lora: Path, out: Path, log
     metrics (read by the toy evaluator) on the toy model."""
     import numpy as np
 
+    from sabun.evaluate.metrics import weight_change_norms
     from sabun.generate import Sampler, applied, generate_images, grid_image
 
     evaluation = config.evaluation
     weights = [0.0, *evaluation.weights]
     sampler = Sampler(steps=evaluation.sample_steps, guidance=evaluation.guidance, batch=16)
-    report: dict = {"model": config.model.path, "weights": weights, "weight_change_norms": weight_change_norms(lora)}
+    report: dict = {"model": config.model.path, "weights": weights, "weight_change_norms": {"character": weight_change_norms(lora)}}
     seeds = list(range(1000, 1000 + min(evaluation.seeds, 4)))
     columns = []
     with applied(pipe, [(lora, 1.0)]) as (network,):

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sabun.errors import SabunError
-from sabun.evaluate.metrics import Protocol, measure
+from sabun.evaluate.metrics import Protocol, measure, weight_change_norms
 from sabun.evaluate.report import write_report
 from sabun.evaluate.toy_evaluator import ToyEvaluator
 from sabun.generate import Sampler, applied
@@ -118,6 +118,7 @@ def evaluate_target(pipe, evaluator, target, loras: dict[str, Path], config: Dem
         "settings": {k: v for k, v in config.__dict__.items()},
         "conditions": results,
         "loras": {k: str(v) for k, v in loras.items()},
+        "weight_change_norms": {k: weight_change_norms(v) for k, v in loras.items()},
         "seconds": time.time() - started,
     }
     with atomic_output(out / "metrics.json", overwrite=True) as tmp:

@@ -137,7 +137,8 @@ class Run:
         self.text = TextEncoders.of(self.pipe, cfg.model.clip_skip)
         freeze(self.unet, self.pipe.vae, *self.text.encoders)
         self.targets = pipeline_targets(self.pipe, conv=cfg.network.conv_rank is not None)
-        self.plain, self.stones = merge_stepping_stones(self.targets, cfg.model.base_weights, cfg.model.allow_pickle)
+        # stepping-stones merge into every layer they hold (3x3 convs too), whatever the new LoRA trains
+        self.plain, self.stones = merge_stepping_stones(pipeline_targets(self.pipe, conv=True), cfg.model.base_weights, cfg.model.allow_pickle)
         self.noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
         self.prediction_type = self.noise_scheduler.config.prediction_type
         if self.prediction_type not in ("epsilon", "v_prediction"):
