@@ -73,6 +73,20 @@ def test_demo_end_to_end_on_the_tiny_model(tmp_path):
     assert sum("up to date, skipped" in m for m in messages) == 7 + 4  # data stages + LoRAs
 
 
+def test_demo_full_adds_the_ablations(tmp_path):
+    messages = []
+    config = DemoConfig(model="tiny", steps=1, seeds=1, batch_size=4, sample_steps=2, full=True)
+    report = run_demo(tmp_path, config, log=messages.append)["targets"]["target"]
+    assert list(report["conditions"])[-3:] == ["1-character stone x1", "uncaptioned stone x1", "stone + reg. images x1"]
+    assert all(c == "" for c in (p.read_text() for p in (tmp_path / "data" / "stepping_stone_red_long_uncaptioned").glob("*.txt")))
+    from sabun.lora.file import load_lora
+
+    one = load_lora(report["loras"]["character_on_1_character_stone"]).metadata
+    assert "stepping_stone_1_character.safetensors" in one["sabun_base_weights"]
+    regularised = json.loads(load_lora(report["loras"]["character_with_regularisation"]).metadata["sabun_config"])
+    assert len(regularised["datasets"]) == 1 + 5 and regularised["datasets"][0]["repeats"] == 5
+
+
 def test_demo_refuses_two_targets_of_one_name(tmp_path):
     from sabun.errors import SabunError
 

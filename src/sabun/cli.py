@@ -210,12 +210,13 @@ def demo_cmd(
     character: Annotated[list[str] | None, typer.Option("--character", help="Target: a preset name or a character .toml; repeat for several targets (the stepping-stone is shared).")] = None,
     steps: Annotated[int, typer.Option(help="Optimiser steps of each LoRA.")] = 300,
     seeds: Annotated[int, typer.Option(help="Images per evaluation prompt.")] = 16,
+    full: Annotated[bool, typer.Option("--full", help="Add the ablations: 1-character stone, uncaptioned stone, regularisation images.")] = False,
 ) -> None:
     """The seed's experiment on the toy model: no plan vs a `3d` tag vs the stepping-stone, measured."""
     from sabun.pipelines.demo import DemoConfig, run_demo
 
     console = Console()
-    config = DemoConfig(characters=tuple(character or ("target",)), steps=steps, seeds=seeds)
+    config = DemoConfig(characters=tuple(character or ("target",)), steps=steps, seeds=seeds, full=full)
     summary = run_demo(out, config, log=lambda m: console.print(f"[dim]{m}[/dim]"))
     for name, report in summary["targets"].items():
         print_metrics(console, f"sabun demo: {name} (each LoRA alone on the plain toy model)", report)

@@ -38,12 +38,16 @@ class Protocol:
         return out
 
 
-def measure(pipe, evaluator: ToyEvaluator, target: CharacterSpec, protocol: Protocol = Protocol()) -> tuple[dict[str, float], np.ndarray]:
+def measure(pipe, evaluator: ToyEvaluator, target: CharacterSpec, protocol: Protocol = Protocol(), images: np.ndarray | None = None) -> tuple[dict[str, float], np.ndarray]:
     """The metrics for `pipe` as it is now (LoRAs attached at their multipliers), and the images
-    (prompts x seeds, in `protocol.prompts()` order)."""
+    (prompts x seeds, in `protocol.prompts()` order). Given `images` (as returned before, for the
+    same protocol), they are scored against `target` without generating again."""
     prompts = protocol.prompts()
     rows = [(group, expected, prompt, 1000 + s) for group, expected, prompt in prompts for s in range(protocol.seeds)]
-    images = generate_images(pipe, [r[2] for r in rows], [r[3] for r in rows], protocol.sampler)
+    if images is None:
+        images = generate_images(pipe, [r[2] for r in rows], [r[3] for r in rows], protocol.sampler)
+    else:
+        images = images.reshape(len(rows), *images.shape[2:])
     read = evaluator.predict(images)
     groups = np.array([r[0] for r in rows])
     bare = groups == "bare"

@@ -39,7 +39,7 @@ from sabun.toyworld.character import STEPPING_STONE_PRESETS, load_character
 from sabun.toyworld.render import VIEWS, ZOOMS
 from sabun.train.config import ConfigError, ModelConfig, TrainConfig, check, from_dict, one_of, to_dict
 
-CAPTION_POLICIES = ("full", "stepping-stone", "character", "keep")
+CAPTION_POLICIES = ("full", "stepping-stone", "character", "keep", "none")  # keep: as they are; none: empty
 
 # The training settings used on the toy model unless a `train` table overrides them: its 64 px
 # images, and a rank and step count that learn a character in about a minute on two CPU cores.
@@ -195,7 +195,10 @@ def render_set(out: Path, character: str, policy: str, extra_tag: str | None = N
     from sabun.toyworld.commands import RenderToyConfig, caption_folder, render_toy
 
     render_toy(RenderToyConfig(out=out, style="3d", character=character, views=VIEWS, zooms=ZOOMS))
-    if policy != "keep":
+    if policy == "none":
+        for path in out.glob("*.txt"):
+            path.write_text("")
+    elif policy != "keep":
         caption_folder(out, policy)
     if extra_tag:
         for path in out.glob("*.txt"):
@@ -220,7 +223,10 @@ def copy_set(source: Path, out: Path, policy: str) -> None:
     from sabun.toyworld.commands import caption_folder
 
     shutil.copytree(source, out)
-    if policy != "keep":
+    if policy == "none":
+        for path in out.rglob("*.txt"):
+            path.write_text("")
+    elif policy != "keep":
         for folder in sorted({p.parent for p in out.rglob("*.json")}):
             caption_folder(folder, policy)
 

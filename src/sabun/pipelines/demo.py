@@ -6,6 +6,8 @@ For each target character (default: the `target` preset) on the shipped toy mode
 2. LoRAs: **no plan** (the character LoRA trained on the plain model), **3d tag** (the same, with a
    `3d` tag added to every caption to absorb the look), and the **stepping-stone** plan (a LoRA on
    the five characters, merged; the character LoRA trained on top);
+   `--full` adds the ablations: a stepping-stone of one character, one of five uncaptioned
+   characters, and the seed's plan with the stepping-stone images as regularisation images;
 3. evaluation of each character LoRA on the *plain* model (no plan also at 0.5), beside the plain
    model's own figures, by the toy evaluator (`sabun.evaluate.metrics`);
 4. per target `TARGET/metrics.json` and `TARGET/report.html` (metrics and image grids); all targets'
@@ -43,16 +45,17 @@ class DemoConfig:
     seeds: int = 16  # images per evaluation prompt
     sample_steps: int = 20  # sampling steps of the evaluation images
     seed: int = 0
+    full: bool = False  # add the ablations: a 1-character and an uncaptioned stepping-stone, regularisation images
 
 
-def train_config(datasets: list[Path], name: str, config: DemoConfig, base_weights: list[Path] = ()):
+def train_config(datasets: list[Path], name: str, config: DemoConfig, base_weights: list[Path] = (), repeats: dict[Path, int] | None = None):
     from sabun.train.config import TrainConfig, from_dict
 
     return from_dict(
         TrainConfig,
         {
             "model": {"path": config.model, "base_weights": [{"path": str(p), "multiplier": 1.0} for p in base_weights]},
-            "datasets": [{"path": str(d)} for d in datasets],
+            "datasets": [{"path": str(d)} | ({"repeats": (repeats or {})[d]} if d in (repeats or {}) else {}) for d in datasets],
             "data": {"resolution": 64, "buckets": False, "batch_size": config.batch_size, "cache_latents": "memory"},
             "network": {"rank": config.rank, "alpha": config.alpha},
             "optimizer": {"learning_rate": config.learning_rate, "text_encoder_lr": config.learning_rate / 5},
@@ -64,6 +67,7 @@ def train_config(datasets: list[Path], name: str, config: DemoConfig, base_weigh
 
 
 CONDITIONS = ("plain model", "no plan x1", "no plan x0.5", "3d tag x1", "stepping-stone x1")
+ABLATIONS = ("1-character stone x1", "uncaptioned stone x1", "stone + reg. images x1")
 
 
 def run_demo(out: Path, config: DemoConfig = DemoConfig(), log=print, evaluator: ToyEvaluator | None = None) -> dict:
@@ -81,8 +85,12 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), log=print, evaluator:
     shared = Stages(out, log)
     stone_data = [shared.toy_data(f"stepping_stone_{c}", c, "stepping-stone") for c in STEPPING_STONE_PRESETS]
     stepping_stone = shared.lora("stepping_stone", train_config(stone_data, "stepping_stone", config), pipe)
+    if config.full:  # the ablations' stepping-stones: one character only; five without captions
+        one_stone = shared.lora("stepping_stone_1_character", train_config(stone_data[:1], "stepping_stone_1_character", config), pipe)
+        bare_data = [shared.toy_data(f"stepping_stone_{c}_uncaptioned", c, "none") for c in STEPPING_STONE_PRESETS]
+        bare_stone = shared.lora("stepping_stone_uncaptioned", train_config(bare_data, "stepping_stone_uncaptioned", config), pipe)
 
-    reports = {}
+    reports, plain_images = {}, {}  # the plain model's images do not depend on the target: made once
     for character, target in zip(config.characters, targets):
         log(f"target: {target.name}")
         stages = Stages(out / target.name, log)
@@ -94,23 +102,37 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), log=print, evaluator:
             "stepping_stone": stepping_stone,
             "character_on_stepping_stone": stages.lora("character_on_stepping_stone", train_config([character_data], "character_on_stepping_stone", config, [stepping_stone]), pipe),
         }
-        reports[target.name] = evaluate_target(pipe, evaluator, target, loras, config, out / target.name, log)
+        if config.full:
+            loras["character_on_1_character_stone"] = stages.lora("character_on_1_character_stone", train_config([character_data], "character_on_1_character_stone", config, [one_stone]), pipe)
+            loras["character_on_uncaptioned_stone"] = stages.lora("character_on_uncaptioned_stone", train_config([character_data], "character_on_uncaptioned_stone", config, [bare_stone]), pipe)
+            # v1's regularisation: the stepping-stone images mixed into the character's training set,
+            # the character's images repeated so both sides weigh the same (as sd-scripts balances them)
+            balance = {character_data: len(stone_data)}
+            loras["character_with_regularisation"] = stages.lora(
+                "character_with_regularisation", train_config([character_data, *stone_data], "character_with_regularisation", config, [stepping_stone], balance), pipe
+            )
+        reports[target.name] = evaluate_target(pipe, evaluator, target, loras, config, out / target.name, log, plain_images)
     summary = {"settings": {k: v for k, v in config.__dict__.items()}, "targets": reports, "seconds": time.time() - started}
     with atomic_output(out / "metrics.json", overwrite=True) as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def evaluate_target(pipe, evaluator, target, loras: dict[str, Path], config: DemoConfig, out: Path, log) -> dict:
-    """Each character LoRA alone on the plain model (no plan also at 0.5), beside the plain model."""
+def evaluate_target(pipe, evaluator, target, loras: dict[str, Path], config: DemoConfig, out: Path, log, plain_images: dict) -> dict:
+    """Each character LoRA alone on the plain model (no plan also at 0.5), beside the plain model
+    (whose images are kept in `plain_images` for the next target)."""
     started = time.time()
     protocol = Protocol(seeds=config.seeds, sampler=Sampler(steps=config.sample_steps, guidance=5.0, batch=32))
     weights = dict(zip(CONDITIONS, [(None, 0.0), (loras["no_plan"], 1.0), (loras["no_plan"], 0.5), (loras["3d_tag"], 1.0), (loras["character_on_stepping_stone"], 1.0)]))
+    if config.full:
+        weights |= dict(zip(ABLATIONS, [(loras[k], 1.0) for k in ("character_on_1_character_stone", "character_on_uncaptioned_stone", "character_with_regularisation")]))
     results, grids = {}, {}
     for label, (lora, weight) in weights.items():
         log(f"evaluating {target.name}: {label}")
         with applied(pipe, [(lora, weight)] if lora else []):
-            metrics, images = measure(pipe, evaluator, target, protocol)
+            metrics, images = measure(pipe, evaluator, target, protocol, None if lora else plain_images.get("images"))
+        if lora is None:
+            plain_images["images"] = images
         results[label] = metrics
         grids[label] = images[:, :6]
     report = {
@@ -118,7 +140,7 @@ def evaluate_target(pipe, evaluator, target, loras: dict[str, Path], config: Dem
         "settings": {k: v for k, v in config.__dict__.items()},
         "conditions": results,
         "loras": {k: str(v) for k, v in loras.items()},
-        "weight_change_norms": {k: weight_change_norms(v) for k, v in loras.items()},
+        "weight_change_norms": {k: weight_change_norms(v) for k, v in loras.items() if not k.startswith("stepping_stone")},
         "seconds": time.time() - started,
     }
     with atomic_output(out / "metrics.json", overwrite=True) as tmp:

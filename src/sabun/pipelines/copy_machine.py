@@ -1,0 +1,552 @@
+"""`sabun copy-machine CONFIG.toml`: Use 2 of the method (METHOD.md), the copy machine, in one command.
+
+Stages, each written under OUT and skipped on a re-run when its inputs have not changed
+(`sabun.pipelines.stages`):
+
+1. **images**: A, and B (the edited A), each a file of yours or a toy-world render (B = A re-rendered
+   with, say, another hair colour, same shot and seed);
+2. **copy LoRA**, in rounds: round r is trained on A with rounds 1..r-1 merged (each round is a
+   stepping-stone for the next); after each round the merged model draws from prompts unlike A's
+   caption and the mean absolute pixel difference to A is measured; rounds stop at the threshold or
+   at `max_rounds`, and are joined exactly into one copy LoRA (`combine_concat`);
+3. **edit LoRA** on B, trained with the copy LoRA merged (`base_weights`): only A -> B is left to learn;
+4. the edit LoRA, optionally resized, as OUT/NAME.safetensors (kohya format), for the *plain* model;
+5. **measurement** on the plain model with the toy evaluator: the hair colour read from generations
+   of other prompts at weights -1, 0 and +1, placed on the line from A's colour to B's
+   (`metrics.json`, `samples.png`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import random
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from sabun.errors import SabunError
+from sabun.io import atomic_output
+from sabun.lora.file import file_sha256
+from sabun.pipelines.stages import run_stage
+from sabun.toyworld.render import BACKGROUNDS, STYLES, VIEWS, ZOOMS
+from sabun.train.config import ConfigError, apply_override, check, from_dict, one_of
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+# Tags the random copy captions are drawn from: what a prompt may ask that A does not show.
+CAPTION_TAGS = (
+    "solo", "long hair", "short hair", "ponytail", "red hair", "black hair", "green eyes", "smile",
+    "outdoors", "indoors", "blue sky", "grass", "pink background", "green background", "grey background",
+    "portrait", "cowboy shot", "full body", "from side", "from behind", "arms up", "hands on hips", "3d",
+)  # fmt: skip
+
+
+# --- config -------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelSection:
+    path: str = "toy"  # `toy`, `tiny`, a diffusers folder or a single-file checkpoint
+    resolution: int = 64  # side in pixels of the training images and of every generated image
+
+    def __post_init__(self) -> None:
+        check(bool(self.path), "path", "is empty; give `toy` or a model path")
+        check(self.resolution >= 8, "resolution", f"must be >= 8, got {self.resolution}")
+
+
+@dataclass
+class ImageA:
+    """Image A: a file of yours, or a toy-world render of a character."""
+
+    image: str | None = None  # an image file (.png, .jpg, .webp); when unset, `character` is rendered
+    character: str = "target"  # toy-world preset name or character .toml (used when `image` is unset)
+    style: str = "anime"  # toy-world render style: anime or 3d
+    view: str = "front"  # toy-world shot: front, side or behind
+    zoom: str = "upper-body"  # portrait, upper-body, cowboy-shot or full-body
+    pose: str = "arms-at-sides"  # arms-at-sides, arms-up, hands-on-hips or arms-behind-back
+    background: str = "white"  # one of the toy world's backgrounds
+    seed: int = 0  # render seed (details of scene backgrounds)
+    caption: str = "1girl"  # the caption A and B are trained with
+
+    def __post_init__(self) -> None:
+        if self.image is not None:
+            check(self.image.lower().endswith(IMAGE_SUFFIXES), "image", f"must be a {', '.join(IMAGE_SUFFIXES)} file, got {self.image!r}")
+        one_of(self.style, "style", STYLES)
+        one_of(self.view, "view", VIEWS)
+        one_of(self.zoom, "zoom", ZOOMS)
+        one_of(self.background, "background", BACKGROUNDS)
+        from sabun.toyworld.geometry import POSES
+
+        one_of(self.pose, "pose", POSES)
+
+
+@dataclass
+class ImageB:
+    """Image B, the edited A: a file of yours, or A's render with other features."""
+
+    image: str | None = None  # the edited image file; when unset, A's render with the changes below
+    hair_colour: str | None = None  # toy world: B is A with this hair colour (a name such as `blue`, or #rrggbb)
+    hairstyle: str | None = None  # toy world: B is A with this hairstyle
+
+    def __post_init__(self) -> None:
+        changes = self.hair_colour is not None or self.hairstyle is not None
+        check(changes != (self.image is not None), "image", "or a change (hair_colour, hairstyle): give exactly one; B is a file or a re-render of A")
+        if self.image is not None:
+            check(self.image.lower().endswith(IMAGE_SUFFIXES), "image", f"must be a {', '.join(IMAGE_SUFFIXES)} file, got {self.image!r}")
+        if self.hairstyle is not None:
+            from sabun.toyworld.character import HAIRSTYLES
+
+            one_of(self.hairstyle, "hairstyle", HAIRSTYLES)
+
+
+@dataclass
+class LoRASettings:
+    """How one LoRA of the pipeline is trained (U-Net only by default, the fast copy recipe)."""
+
+    rank: int = 16  # rank of Linear and 1x1 conv layers
+    alpha: float = 16.0  # scale = alpha / rank
+    conv_rank: int | None = None  # rank of 3x3 convs (LoCon); default: none
+    learning_rate: float = 1e-3  # AdamW, cosine schedule
+    batch_size: int = 4  # images per step (copies of the one image, with different noise)
+    train_text_encoder: bool = False  # also train a text-encoder LoRA (at learning_rate / 5)
+    noise_offset: float = 0.0  # the trainer's noise offset: lets a LoRA reach flat whites and darks
+    seed: int = 0  # seeds initial weights, noise and timesteps
+
+    def __post_init__(self) -> None:
+        check(self.rank >= 1, "rank", f"must be >= 1, got {self.rank}")
+        check(self.alpha > 0, "alpha", f"must be > 0, got {self.alpha}")
+        check(self.conv_rank is None or self.conv_rank >= 1, "conv_rank", f"must be >= 1, got {self.conv_rank}")
+        check(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
+        check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class CopySection(LoRASettings):
+    """The copy LoRA: over-trained on A until the merged model draws A whatever the prompt."""
+
+    steps_per_round: int = 300  # optimiser steps of each round
+    max_rounds: int = 3  # stop after this many rounds even if the threshold is not met
+    threshold: float = 0.1  # done when the mean absolute pixel difference to A (0-1) is at most this
+    random_captions: int = 6  # A is also trained with "" and this many random tag captions, so the copy ignores the prompt
+    check_prompts: list[str] = field(default_factory=lambda: ["1girl, outdoors, blue sky, grass", "1girl, from behind", "1girl, red hair, ponytail, indoors", "1girl, full body, arms up"])  # fmt: skip
+    check_seeds: int = 2  # images per check prompt
+    conv_rank: int | None = 16  # the copy must redraw every pixel: 3x3 convs too
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.steps_per_round >= 1, "steps_per_round", f"must be >= 1, got {self.steps_per_round}")
+        check(self.max_rounds >= 1, "max_rounds", f"must be >= 1, got {self.max_rounds}")
+        check(0 <= self.threshold <= 1, "threshold", f"must be in [0, 1] (a share of the pixel range), got {self.threshold}")
+        check(0 <= self.random_captions <= 100, "random_captions", f"must be in [0, 100], got {self.random_captions}")
+        check(bool(self.check_prompts), "check_prompts", "is empty; list prompts unlike A's caption")
+        check(self.check_seeds >= 1, "check_seeds", f"must be >= 1, got {self.check_seeds}")
+
+
+@dataclass
+class EditSection(LoRASettings):
+    """The edit LoRA: trained on B with the copy merged, so it holds only A -> B."""
+
+    steps: int = 300  # optimiser steps
+    resize_rank: int | None = None  # resize the result to this rank by SVD (8, even 4, is enough); default: keep
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
+        check(self.resize_rank is None or self.resize_rank >= 1, "resize_rank", f"must be >= 1, got {self.resize_rank}")
+
+
+@dataclass
+class MeasureSection:
+    """The edit LoRA on the plain model, read by the toy evaluator (meaningful on the toy model)."""
+
+    enabled: bool = True  # measure the hair colour at weights -1, 0, +1
+    prompts: list[str] = field(default_factory=lambda: ["1girl, outdoors, blue sky, grass", "1girl, indoors, wooden floor", "1girl, cowboy shot, arms up", "1girl, full body, from behind", "1girl, portrait, pink background", "1girl, upper body, hands on hips, blue background"])  # fmt: skip
+    seeds: int = 8  # images per prompt and weight
+    steps: int = 20  # DDIM steps
+    guidance: float = 5.0  # classifier-free guidance scale
+
+    def __post_init__(self) -> None:
+        check(not self.enabled or bool(self.prompts), "prompts", "is empty; list prompts other than A's caption")
+        check(self.seeds >= 1, "seeds", f"must be >= 1, got {self.seeds}")
+        check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
+
+
+@dataclass
+class OutputSection:
+    dir: str = "copy-machine"  # folder for every stage's output
+    name: str = "edit"  # the edit LoRA is written as DIR/NAME.safetensors
+
+    def __post_init__(self) -> None:
+        check(bool(self.name) and "/" not in self.name, "name", f"must be a file name without folders, got {self.name!r}")
+
+
+@dataclass
+class CopyMachineConfig:
+    """Everything `sabun copy-machine` needs; sections map to TOML tables."""
+
+    b: ImageB
+    model: ModelSection = field(default_factory=ModelSection)
+    a: ImageA = field(default_factory=ImageA)
+    copy: CopySection = field(default_factory=CopySection)
+    edit: EditSection = field(default_factory=EditSection)
+    measure: MeasureSection = field(default_factory=MeasureSection)
+    output: OutputSection = field(default_factory=OutputSection)
+
+    def __post_init__(self) -> None:
+        check(self.a.image is None or self.b.image is not None, "b.image", "is required when A is a file (a file cannot be re-rendered with changes)")
+
+
+def load_copy_machine_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> CopyMachineConfig:
+    """Read a `sabun copy-machine` TOML, apply `--set` overrides and check it; relative paths are
+    taken from the file's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise SabunError(f"{path}: no such config file; see examples/copy_machine.toml")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise SabunError(f"{path}: is not valid TOML ({e})") from None
+    try:
+        for assignment in overrides:
+            apply_override(raw, assignment, root=CopyMachineConfig)
+        config = from_dict(CopyMachineConfig, raw)
+    except ConfigError as e:
+        raise SabunError(f"{path}: {e}") from None
+    return resolve_paths(config, path.parent)
+
+
+def resolve_paths(config: CopyMachineConfig, root: Path) -> CopyMachineConfig:
+    def local(p: str | None) -> str | None:
+        return p if p is None or Path(p).is_absolute() else str((root / p).resolve())
+
+    model = config.model if config.model.path in ("toy", "tiny") else dataclasses.replace(config.model, path=local(config.model.path))
+    character = local(config.a.character) if config.a.character.endswith(".toml") else config.a.character  # a preset stays a name
+    return dataclasses.replace(
+        config,
+        model=model,
+        a=dataclasses.replace(config.a, image=local(config.a.image), character=character),
+        b=dataclasses.replace(config.b, image=local(config.b.image)),
+        output=dataclasses.replace(config.output, dir=local(config.output.dir)),
+    )
+
+
+# --- images -------------------------------------------------------------------------------------
+
+
+def render_pair(config: CopyMachineConfig) -> tuple[np.ndarray, np.ndarray | None]:
+    """A's toy-world render, and B's (A's character with the changes; same shot, size and seed)."""
+    from sabun.toyworld.character import load_character
+    from sabun.toyworld.colours import HAIR_COLOURS, parse_colour
+    from sabun.toyworld.render import Shot, render
+
+    a = config.a
+    spec = load_character(a.character)
+    shot = Shot(view=a.view, zoom=a.zoom, pose=a.pose, background=a.background)
+    size = config.model.resolution
+    pixels_a = render(spec, shot, a.style, size=size, seed=a.seed)
+    if config.b.image is not None:
+        return pixels_a, None
+    changes = {}
+    if config.b.hair_colour is not None:
+        changes["hair_colour"] = parse_colour(config.b.hair_colour, HAIR_COLOURS, "b.hair_colour")
+    if config.b.hairstyle is not None:
+        changes["hairstyle"] = config.b.hairstyle
+    return pixels_a, render(dataclasses.replace(spec, **changes), shot, a.style, size=size, seed=a.seed)
+
+
+def load_image(path: str, size: int) -> np.ndarray:
+    """A user's image as the trainer sees it: RGB on white, scaled and centre-cropped to a square."""
+    from sabun.data.images import open_rgb, resize_to_bucket
+
+    if not Path(path).is_file():
+        raise SabunError(f"{path}: no such image file")
+    try:
+        return np.asarray(resize_to_bucket(open_rgb(path), (size, size)))
+    except OSError as e:
+        raise SabunError(f"{path}: cannot be read as an image ({e})") from None
+
+
+def copy_captions(config: CopyMachineConfig) -> list[str]:
+    """A's caption, the empty caption (classifier-free guidance's) and random tag captions, none of
+    them a check prompt, so the check measures prompts the copy was not trained on."""
+    rng = random.Random(config.copy.seed)
+    captions = [config.a.caption, ""]
+    while len(captions) < 2 + config.copy.random_captions:
+        caption = ", ".join(["1girl", *rng.sample(CAPTION_TAGS, rng.randint(2, 4))])
+        if caption not in captions and caption not in config.copy.check_prompts:
+            captions.append(caption)
+    return captions
+
+
+def write_dataset(folder: Path, pixels: np.ndarray, captions: list[str]) -> None:
+    """One image saved once per caption (NAME_i.png + NAME_i.txt): a trainer data folder."""
+    folder.mkdir(parents=True)
+    for i, caption in enumerate(captions):
+        Image.fromarray(pixels).save(folder / f"image_{i:02d}.png")
+        (folder / f"image_{i:02d}.txt").write_text(caption + "\n")
+
+
+def stage_key(path: Path) -> str:
+    return json.loads((path.parent / f"{path.name}.stage.json").read_text())["key"]
+
+
+# --- training -----------------------------------------------------------------------------------
+
+
+def train_config(config: CopyMachineConfig, settings: LoRASettings, dataset: Path, steps: int, out: Path, name: str, base_weights: list[Path] = ()):
+    """The `sabun train` config of one of the pipeline's LoRAs."""
+    from sabun.train.config import TrainConfig
+
+    network = {"rank": settings.rank, "alpha": settings.alpha, "train_text_encoder": settings.train_text_encoder}
+    if settings.conv_rank is not None:
+        network |= {"conv_rank": settings.conv_rank, "conv_alpha": float(settings.conv_rank)}
+    images = len(list(dataset.glob("*.png")))
+    return from_dict(
+        TrainConfig,
+        {
+            "model": {"path": config.model.path, "base_weights": [{"path": str(p), "multiplier": 1.0} for p in base_weights]},
+            "datasets": [{"path": str(dataset), "repeats": max(1, settings.batch_size // images)}],
+            "data": {"resolution": config.model.resolution, "buckets": False, "batch_size": settings.batch_size, "cache_latents": "memory"},
+            "network": network,
+            "optimizer": {"learning_rate": settings.learning_rate, "text_encoder_lr": settings.learning_rate / 5},
+            "schedule": {"type": "cosine", "warmup_steps": max(1, steps // 30)},
+            "training": {"max_steps": steps, "seed": settings.seed, "noise_offset": settings.noise_offset},
+            "output": {"dir": str(out), "name": name, "tensorboard": False},
+        },
+    )
+
+
+def hash_pixels(pixels: np.ndarray) -> str:
+    return hashlib.sha256(pixels.tobytes()).hexdigest()
+
+
+def pixel_difference(images: np.ndarray, target: np.ndarray) -> float:
+    """Mean absolute difference of uint8 images (N, H, W, 3) to `target` (H, W, 3), as a share of 255."""
+    return float(np.abs(images.astype(np.float32) - target.astype(np.float32)).mean() / 255.0)
+
+
+# --- the pipeline -------------------------------------------------------------------------------
+
+
+def run_copy_machine(config: CopyMachineConfig, log: Callable[[str], None] = print, evaluator=None) -> dict:
+    """Run every stage (skipping finished ones) and return the report also written to metrics.json."""
+    from sabun.generate import Sampler, applied, generate_images
+    from sabun.lora.file import load_lora, save_lora
+    from sabun.lora.ops import Weighted, combine_concat, resize_lora
+    from sabun.models.load import load_pipeline
+    from sabun.train import train
+
+    started = time.time()
+    out = Path(config.output.dir)
+    size = config.model.resolution
+    log(f"loading model {config.model.path}")
+    pipe = load_pipeline(config.model.path)
+    pipe.set_progress_bar_config(disable=True)
+    sampler = Sampler(steps=config.measure.steps, guidance=config.measure.guidance)
+
+    # 1. images
+    rendered_a, rendered_b = render_pair(config) if config.a.image is None else (None, None)
+    pixels_a = rendered_a if rendered_a is not None else load_image(config.a.image, size)
+    pixels_b = rendered_b if rendered_b is not None else load_image(config.b.image, size)
+    image_inputs = {"a": dataclasses.asdict(config.a), "b": dataclasses.asdict(config.b), "resolution": size}
+    if config.a.image:
+        image_inputs["a_sha256"] = file_sha256(config.a.image)
+    if config.b.image:
+        image_inputs["b_sha256"] = file_sha256(config.b.image)
+    copy_data, _ = run_stage(out / "data", "a", image_inputs | {"captions": copy_captions(config)}, lambda p: write_dataset(p, pixels_a, copy_captions(config)), log)
+    edit_data, _ = run_stage(out / "data", "b", image_inputs, lambda p: write_dataset(p, pixels_b, [config.a.caption]), log)
+
+    # 2. the copy LoRA, in rounds, each trained with the earlier ones merged
+    check_rows = [(p, 1000 + s) for p in config.copy.check_prompts for s in range(config.copy.check_seeds)]
+    copy_settings = {k: v for k, v in dataclasses.asdict(config.copy).items() if k not in ("max_rounds", "threshold")}
+    rounds: list[Path] = []
+    checks: list[dict] = []
+    for r in range(1, config.copy.max_rounds + 1):
+        name = f"copy_round_{r}"
+
+        def build_round(folder: Path, name=name) -> None:
+            log(f"training {name} on A with {len(rounds)} earlier round(s) merged")
+            result = train(train_config(config, config.copy, copy_data, config.copy.steps_per_round, folder, name, rounds), pipe=pipe)
+            with applied(pipe, [(p, 1.0) for p in [*rounds, result.lora_path]]):
+                images = generate_images(pipe, [p for p, _ in check_rows], [s for _, s in check_rows], sampler, size=size)
+            check_result = {"difference": pixel_difference(images, pixels_a), "final_loss": float(np.mean(result.losses[-20:])), "steps": result.step}
+            (folder / "check.json").write_text(json.dumps(check_result, indent=2))
+
+        inputs = {"settings": copy_settings, "model": config.model.path, "data": stage_key(copy_data), "earlier": [file_sha256(p) for p in rounds]}
+        folder, _ = run_stage(out / "copy", name, inputs, build_round, log)
+        rounds.append(folder / f"{name}.safetensors")
+        checks.append(json.loads((folder / "check.json").read_text()) | {"round": r})
+        met = checks[-1]["difference"] <= config.copy.threshold
+        log(f"copy round {r}/{config.copy.max_rounds}: mean |generated - A| = {checks[-1]['difference']:.4f} over {len(check_rows)} images of other prompts "
+            f"(threshold {config.copy.threshold:g}: {'met' if met else 'not met'})")
+        if met:
+            break
+    if not met:
+        log(f"copy threshold {config.copy.threshold:g} NOT met after {len(rounds)} round(s); going on with the best copy there is (raise copy.max_rounds to train on: finished rounds are kept)")
+
+    def build_copy(path: Path) -> None:
+        save_lora(combine_concat([Weighted(load_lora(p), 1.0, p.name) for p in rounds]), path)
+
+    copy_lora, _ = run_stage(out / "copy", "copy.safetensors", {"rounds": [file_sha256(p) for p in rounds]}, build_copy, log)
+
+    # 3. the edit LoRA on B, the copy merged
+    def build_edit(folder: Path) -> None:
+        log("training the edit LoRA on B with the copy merged")
+        result = train(train_config(config, config.edit, edit_data, config.edit.steps, folder, "edit", [copy_lora]), pipe=pipe)
+        (folder / "train.json").write_text(json.dumps({"final_loss": float(np.mean(result.losses[-20:])), "steps": result.step}, indent=2))
+
+    edit_settings = {k: v for k, v in dataclasses.asdict(config.edit).items() if k != "resize_rank"}
+    edit_folder, _ = run_stage(out, "edit_training", {"settings": edit_settings, "model": config.model.path, "data": stage_key(edit_data), "copy": file_sha256(copy_lora)}, build_edit, log)
+    edit_training = json.loads((edit_folder / "train.json").read_text())
+
+    # 4. the edit LoRA for the plain model, resized if asked
+    def build_final(path: Path) -> None:
+        lora = load_lora(edit_folder / "edit.safetensors")
+        if config.edit.resize_rank is not None:
+            lora, report = resize_lora(lora, rank=config.edit.resize_rank)
+            lora.metadata["sabun_resize_error"] = f"{report.overall:.6f}"
+            log(f"resized the edit LoRA to rank {config.edit.resize_rank}: relative error {report.overall:.4f}")
+        lora.metadata["sabun_copy_machine"] = json.dumps({"copy_lora_sha256": file_sha256(copy_lora), "copy_rounds": len(rounds), "caption": config.a.caption})
+        save_lora(lora, path)
+
+    final_inputs = {"edit": file_sha256(edit_folder / "edit.safetensors"), "resize_rank": config.edit.resize_rank}
+    edit_lora, _ = run_stage(out, f"{config.output.name}.safetensors", final_inputs, build_final, log)
+    resize_error = load_lora(edit_lora).metadata.get("sabun_resize_error")
+
+    # 5. measurement on the plain model
+    def build_metrics(path: Path) -> None:
+        report = {
+            "model": config.model.path,
+            "copy": {
+                "rounds": checks,
+                "threshold": config.copy.threshold,
+                "met": met,
+                "plain_difference": plain_copy_difference(pipe, check_rows, pixels_a, sampler, size),
+                "lora": str(copy_lora),
+            },
+            "edit": edit_training | {"lora": str(edit_lora), "resize_rank": config.edit.resize_rank, "resize_error": float(resize_error) if resize_error else None},
+        }
+        if config.measure.enabled:
+            log("measuring the edit LoRA on the plain model at weights -1, 0, +1")
+            transfer, cells = measure_transfer(pipe, edit_lora, copy_lora, pixels_a, pixels_b, config.measure, size, evaluator)
+            report["transfer"] = transfer
+            write_samples(out / "samples.png", cells, config.measure.prompts)
+        report["run_seconds"] = time.time() - started  # of the run that wrote this file, all its stages
+        with atomic_output(path, overwrite=True) as tmp:
+            tmp.write_text(json.dumps(report, indent=2))
+
+    metrics_inputs = {"edit": file_sha256(edit_lora), "copy": file_sha256(copy_lora), "a": hash_pixels(pixels_a), "b": hash_pixels(pixels_b),
+                      "measure": dataclasses.asdict(config.measure), "checks": checks, "threshold": config.copy.threshold}
+    metrics_path, _ = run_stage(out, "metrics.json", metrics_inputs, build_metrics, log)
+    report = json.loads(metrics_path.read_text())
+    report["seconds"] = time.time() - started
+    return report
+
+
+def plain_copy_difference(pipe, rows, pixels_a: np.ndarray, sampler, size: int) -> float:
+    """The copy check on the plain model: how far from A it draws without the copy (for scale)."""
+    from sabun.generate import generate_images
+
+    return pixel_difference(generate_images(pipe, [p for p, _ in rows], [s for _, s in rows], sampler, size=size), pixels_a)
+
+
+WEIGHTS = (-1.0, 0.0, 1.0)
+
+
+def measure_transfer(pipe, edit_lora: Path, copy_lora: Path, pixels_a: np.ndarray, pixels_b: np.ndarray, measure: MeasureSection, size: int, evaluator=None) -> tuple[dict, np.ndarray]:
+    """The hair colour the toy evaluator reads on the plain model with the edit LoRA at -1, 0, +1.
+
+    Each image's colour is placed on the line from A's colour to B's (both as read from A and B
+    themselves): `position` 0 is A's colour, 1 is B's. `shift` is the change of the mean position
+    from weight 0, so an edit that transfers gives shift > 0 at +1 and < 0 at -1.
+    Returns the report and the sample cells (prompts, 6, H, W, 3): A, B, copy merged, -1, 0, +1.
+    """
+    from sabun.evaluate.toy_evaluator import ToyEvaluator
+    from sabun.generate import Sampler, applied, generate_images
+    from sabun.toyworld.colours import ciede2000
+
+    evaluator = evaluator or ToyEvaluator.load()
+    sampler = Sampler(steps=measure.steps, guidance=measure.guidance)
+    rows = [(p, 2000 + s) for p in measure.prompts for s in range(measure.seeds)]
+    read_ab = evaluator.predict(np.stack([pixels_a, pixels_b]))
+    lab_a, lab_b = read_ab.hair_lab
+    span = float(np.linalg.norm(lab_b - lab_a))
+    if span < 1e-6:
+        raise SabunError("A and B have the same hair colour as the toy evaluator reads them; the measurement needs a hair-colour edit (set measure.enabled = false)")
+    direction = (lab_b - lab_a) / span
+    name_a, name_b = read_ab.hair_colour_name
+    by_weight, generated = {}, {}
+    with applied(pipe, [(edit_lora, 0.0)]) as (network,):
+        for weight in WEIGHTS:
+            network.multiplier = weight
+            images = generate_images(pipe, [p for p, _ in rows], [s for _, s in rows], sampler, size=size)
+            read = evaluator.predict(images)
+            names = read.hair_colour_name
+            by_weight[f"{weight:+g}"] = {
+                "mean_lab": [round(float(v), 3) for v in read.hair_lab.mean(axis=0)],
+                "position": float(((read.hair_lab - lab_a) @ direction).mean() / span),
+                "ciede2000_to_b": float(np.median(ciede2000(read.hair_lab, lab_b[None]))),
+                "ciede2000_to_a": float(np.median(ciede2000(read.hair_lab, lab_a[None]))),
+                f"named_{name_b}": float(np.mean([n == name_b for n in names])),
+            }
+            generated[weight] = images.reshape(len(measure.prompts), measure.seeds, *images.shape[1:])[:, 0]
+    for values in by_weight.values():
+        values["shift"] = values["position"] - by_weight["+0"]["position"]
+        values["shift_lab"] = values["shift"] * span
+    with applied(pipe, [(copy_lora, 1.0)]):
+        copied = generate_images(pipe, list(measure.prompts), [2000] * len(measure.prompts), sampler, size=size)
+    count = len(measure.prompts)
+    cells = np.stack([np.repeat(pixels_a[None], count, 0), np.repeat(pixels_b[None], count, 0), copied, *(generated[w] for w in WEIGHTS)], axis=1)
+    report = {
+        "prompts": list(measure.prompts),
+        "images_per_weight": len(rows),
+        "a_lab": [round(float(v), 3) for v in lab_a],
+        "b_lab": [round(float(v), 3) for v in lab_b],
+        "a_colour_name": name_a,
+        "b_colour_name": name_b,
+        "a_to_b_lab_distance": span,
+        "weights": by_weight,
+    }
+    return report, cells
+
+
+def write_samples(path: Path, cells: np.ndarray, prompts: list[str]) -> None:
+    from sabun.generate import grid_image
+
+    image = grid_image(cells, prompts, ["A", "B", "copy merged", "edit x-1", "plain", "edit x+1"])
+    with atomic_output(path, overwrite=True) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def summary(report: dict) -> tuple[str, list[str], list[list[str]], list[str]]:
+    """The report as a table (title, headers, rows: one per weight) and lines of notes, for the CLI."""
+    copy, edit = report["copy"], report["edit"]
+    last = copy["rounds"][-1]
+    notes = [
+        f"copy: mean |generated - A| = {last['difference']:.4f} after {len(copy['rounds'])} round(s) "
+        f"(plain model {copy['plain_difference']:.4f}; threshold {copy['threshold']:g}: {'met' if copy['met'] else 'NOT met'})",
+        f"edit LoRA: {edit['lora']} ({edit['steps']} steps, final loss {edit['final_loss']:.4f}"
+        + (f", resized to rank {edit['resize_rank']}, relative error {edit['resize_error']:.4f})" if edit["resize_rank"] else ")"),
+    ]
+    if "seconds" in report:
+        notes.append(f"{report['seconds']:.0f} s")
+    transfer = report.get("transfer")
+    if transfer is None:
+        return "", [], [], notes
+    name_b = transfer["b_colour_name"]
+    title = (f"hair colour on other prompts, plain model + edit LoRA ({transfer['images_per_weight']} images per weight; "
+             f"position 0 = A's colour, 1 = B's, {transfer['a_to_b_lab_distance']:.1f} L*a*b* apart)")
+    headers = ["weight", "mean L*a*b*", "position A->B", "shift vs 0", f"share read `{name_b}`", "CIEDE2000 to B"]
+    rows = [
+        [weight, " ".join(f"{v:.1f}" for v in m["mean_lab"]), f"{m['position']:.3f}", f"{m['shift']:+.3f}", f"{m[f'named_{name_b}']:.2f}", f"{m['ciede2000_to_b']:.1f}"]
+        for weight, m in transfer["weights"].items()
+    ]
+    return title, headers, rows, notes
