@@ -17,6 +17,15 @@ from sabun.lora.targets import pipeline_targets
 from sabun.models.tiny import build_tiny_pipeline
 
 
+@pytest.fixture
+def one_thread():
+    """Run the test with torch on one thread (restored afterwards)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_pipe_session():
     return build_tiny_pipeline(seed=0)

@@ -6,7 +6,6 @@ import json
 import shutil
 
 import pytest
-import torch
 
 from sabun.errors import SabunError
 from sabun.evaluate.report import METRICS
@@ -17,12 +16,7 @@ from sabun.train.config import ConfigError
 TINY_TRAIN = {"data": {"batch_size": 4}, "training": {"max_steps": 2}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # pipelines of small models run faster on one thread
 
 
 def tiny_config(out, **character):
@@ -106,6 +100,16 @@ def test_bad_configs_name_the_field(tmp_path, change, message):
 
 
 def test_a_missing_config_file_says_what_to_give(tmp_path):
-    with pytest.raises(SabunError, match="no such file"):
+    with pytest.raises(SabunError, match="nope.toml: no such config file; see examples/character_pipeline.toml"):
         load_character_config(tmp_path / "nope.toml")
+
+
+def test_set_overrides_reach_the_train_tables(tmp_path):
+    path = tmp_path / "pipeline.toml"
+    path.write_text('out = "run"\n[character]\npreset = "target"\n')
+    config = load_character_config(path, ["character.preset=red_long", "character.train.training.max_steps=5"])
+    assert config.character.preset == "red_long" and config.character.train == {"training": {"max_steps": 5}}
+    assert config.out == str(tmp_path / "run")
+    with pytest.raises(SabunError, match="character.train.training.max_step: unknown field"):
+        load_character_config(path, ["character.train.training.max_step=5"])
     assert issubclass(ConfigError, SabunError)

@@ -5,19 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from sabun.evaluate.metrics import Protocol
 from sabun.pipelines.demo import DemoConfig, run_demo
 from sabun.pipelines.stages import run_stage
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # pipelines of small models run faster on one thread
 
 
 def test_stage_runs_once_then_skips_until_its_inputs_change(tmp_path):

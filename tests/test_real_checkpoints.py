@@ -27,7 +27,7 @@ from sabun.errors import SabunError
 from sabun.lora.file import load_lora, save_lora
 from sabun.lora.network import LoRANetwork
 from sabun.lora.targets import pipeline_targets
-from sabun.models.architectures import ARCHITECTURES, REDUCED, random_pipeline
+from sabun.models.architectures import ARCHITECTURES, random_pipeline
 from sabun.models.clip_tokenizer import clip_tokenizer
 from sabun.models.families import base_model_version, looks_like_v_prediction, pipeline_family, resolve_prediction_type
 from sabun.models.layout import checkpoint_layout, original_shape

@@ -228,12 +228,13 @@ def demo_cmd(
 def character_cmd(
     config: Annotated[Path, typer.Argument(help="The pipeline's .toml (see examples/character_pipeline.toml).")],
     out: Annotated[Path | None, typer.Option("--out", help="Folder for every stage's output; default: the config's `out`.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE overriding the config, e.g. character.preset=red_long; repeatable.")] = None,
 ) -> None:
     """Use 1 in one command: stepping-stone LoRA -> merge -> character LoRA -> evaluation on the plain model."""
     from sabun.pipelines.character import load_character_config, run_character
 
     console = Console()
-    settings = load_character_config(config, {"out": str(out.resolve())} if out else None)
+    settings = load_character_config(config, [*(set_ or []), *([f"out={out.resolve()}"] if out else [])])
     report = run_character(settings, log=lambda m: console.print(f"[dim]{m}[/dim]"))
     if "conditions" in report:
         print_metrics(console, f"sabun character: {report['character']['name']} (character LoRA on the plain model)", report)

@@ -10,7 +10,6 @@ seed, so an image does not depend on what else is in the batch.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass

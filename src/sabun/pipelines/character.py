@@ -29,15 +29,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import tomllib
-
 from sabun.errors import SabunError
 from sabun.io import atomic_output
 from sabun.lora.file import file_sha256
 from sabun.pipelines.stages import run_stage
 from sabun.toyworld.character import STEPPING_STONE_PRESETS, load_character
 from sabun.toyworld.render import VIEWS, ZOOMS
-from sabun.train.config import ConfigError, ModelConfig, TrainConfig, check, from_dict, one_of, to_dict
+from sabun.train.config import ConfigError, ModelConfig, TrainConfig, check, from_dict, one_of, read_config, to_dict
 
 CAPTION_POLICIES = ("full", "stepping-stone", "character", "keep", "none")  # keep: as they are; none: empty
 
@@ -118,21 +116,11 @@ class CharacterConfig:
         return self.model.path in ("toy", "tiny")
 
 
-def load_character_config(path: str | Path, overrides: dict | None = None) -> CharacterConfig:
-    """Read and check a `sabun character` TOML; relative paths are taken from the file's folder."""
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SabunError(f"{path}: no such file; give the pipeline's .toml (see examples/character_pipeline.toml)") from None
-    except tomllib.TOMLDecodeError as e:
-        raise SabunError(f"{path}: is not valid TOML ({e})") from None
-    raw.update(overrides or {})
-    try:
-        config = config_from_dict(raw)
-    except ConfigError as e:
-        raise SabunError(f"{path}: {e}") from None
-    return resolve(config, path.parent)
+def load_character_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> CharacterConfig:
+    """Read and check a `sabun character` TOML after the `--set KEY=VALUE` overrides; relative
+    paths are taken from the file's folder."""
+    config = read_config(path, CharacterConfig, overrides, example="examples/character_pipeline.toml", build=config_from_dict)
+    return resolve(config, Path(path).parent)
 
 
 def config_from_dict(raw: dict) -> CharacterConfig:

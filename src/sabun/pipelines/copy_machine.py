@@ -23,7 +23,6 @@ import hashlib
 import json
 import random
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +35,7 @@ from sabun.io import atomic_output
 from sabun.lora.file import file_sha256
 from sabun.pipelines.stages import run_stage
 from sabun.toyworld.render import BACKGROUNDS, STYLES, VIEWS, ZOOMS
-from sabun.train.config import ConfigError, apply_override, check, from_dict, one_of
+from sabun.train.config import check, from_dict, one_of, read_config
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -207,20 +206,8 @@ class CopyMachineConfig:
 def load_copy_machine_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> CopyMachineConfig:
     """Read a `sabun copy-machine` TOML, apply `--set` overrides and check it; relative paths are
     taken from the file's folder."""
-    path = Path(path)
-    if not path.is_file():
-        raise SabunError(f"{path}: no such config file; see examples/copy_machine.toml")
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise SabunError(f"{path}: is not valid TOML ({e})") from None
-    try:
-        for assignment in overrides:
-            apply_override(raw, assignment, root=CopyMachineConfig)
-        config = from_dict(CopyMachineConfig, raw)
-    except ConfigError as e:
-        raise SabunError(f"{path}: {e}") from None
-    return resolve_paths(config, path.parent)
+    config = read_config(path, CopyMachineConfig, overrides, example="examples/copy_machine.toml")
+    return resolve_paths(config, Path(path).parent)
 
 
 def resolve_paths(config: CopyMachineConfig, root: Path) -> CopyMachineConfig:

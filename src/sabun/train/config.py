@@ -363,6 +363,8 @@ def field_type(path: list[str], where: str, root: type | None = None) -> Any:
                 hint = f"did you mean `{close[0]}`? " if close else ""
                 raise ConfigError(".".join(path[: i + 1]), f"unknown field; {hint}known: {', '.join(hints)}")
             tp = hints[part]
+        elif tp is dict:  # a free-form table (checked by its owner): any key, a TOML value
+            return Any
         else:
             raise ConfigError(where, f"`{'.'.join(path[:i])}` is not a table")
     return tp
@@ -406,26 +408,31 @@ def apply_override(raw: dict, assignment: str, root: type | None = None) -> None
         node[last] = value
 
 
-def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """Read a training config from TOML, apply `--set` overrides, and validate it.
-
-    Relative paths in the file (datasets, base weights, output dir, a model folder) are resolved
-    against the file's folder, so a config works from any working directory.
-    """
+def read_config(path: str | os.PathLike, cls: type, overrides: list[str] | tuple[str, ...] = (), example: str = "", build: Any = None) -> Any:
+    """Read the TOML file `path` as dataclass `cls` (`build(raw)` when given), after the `--set`
+    overrides; every error names the file (and `example`, a config to start from, if it is missing)."""
     path = Path(path)
     if not path.is_file():
-        raise SabunError(f"{path}: no such config file")
+        raise SabunError(f"{path}: no such config file" + (f"; see {example}" if example else ""))
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise SabunError(f"{path}: is not valid TOML ({e})") from None
     try:
         for assignment in overrides:
-            apply_override(raw, assignment)
-        config = from_dict(TrainConfig, raw)
+            apply_override(raw, assignment, root=cls)
+        return build(raw) if build else from_dict(cls, raw)
     except ConfigError as e:
         raise SabunError(f"{path}: {e}") from None
-    return resolve_paths(config, path.parent)
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Read a training config from TOML, apply `--set` overrides, and validate it.
+
+    Relative paths in the file (datasets, base weights, output dir, a model folder) are resolved
+    against the file's folder, so a config works from any working directory.
+    """
+    return resolve_paths(read_config(path, TrainConfig, overrides), Path(path).parent)
 
 
 def resolve_paths(config: TrainConfig, root: Path) -> TrainConfig:

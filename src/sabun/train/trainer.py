@@ -43,7 +43,6 @@ from sabun.train import checkpoint as ckpt
 from sabun.train.config import TrainConfig, config_from_toml, to_dict, to_toml
 from sabun.train.model import (
     PlainWeights,
-    SteppingStone,
     TextEncoders,
     check_supported,
     freeze,
