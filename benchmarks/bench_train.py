@@ -2,7 +2,7 @@
 
 The config is the one the issue compares against kohya-ss/sd-scripts: batch 4, LoRA rank 16 /
 alpha 8 on the U-Net and the text encoder, AdamW, fp32, 256 px, with and without latent caching.
-Models: the tiny test model, and the real SD 1.5 architecture with random weights (timing and
+Models: the tiny test model (at its own 64 px), and the real SD 1.5 architecture with random weights (timing and
 memory do not depend on the weights' values). Each configuration runs in its own process, so each
 peak RSS is its own.
 
@@ -52,7 +52,7 @@ learning_rate = 1e-4
 
 [training]
 max_steps = {steps}
-mixed_precision = "no"
+mixed_precision = "{precision}"
 gradient_checkpointing = {checkpointing}
 
 [output]
@@ -101,7 +101,7 @@ def run_one(args) -> dict:
     model = "tiny" if args.model == "tiny" else str(Path(args.model_dir) / "sd15")
     (work / "train.toml").write_text(
         CONFIG.format(model=model, data=work / "data", resolution=args.resolution, cache=args.cache, steps=args.warmup + args.steps,
-                      checkpointing=str(args.gradient_checkpointing).lower(), out=work / "out")
+                      checkpointing=str(args.gradient_checkpointing).lower(), precision=args.mixed_precision, out=work / "out")
     )  # fmt: skip
     started = time.perf_counter()
     result = train(load_config(work / "train.toml"))
@@ -111,6 +111,7 @@ def run_one(args) -> dict:
         "model": args.model,
         "cache": args.cache,
         "gradient_checkpointing": args.gradient_checkpointing,
+        "mixed_precision": args.mixed_precision,
         "threads": int(os.environ.get("OMP_NUM_THREADS", "0")) or None,
         "seconds_per_step": float(np.mean(measured)),
         "min_seconds_per_step": float(np.min(measured)),
@@ -124,10 +125,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=["tiny", "sd15"], help="one model (default: both)")
     parser.add_argument("--cache", choices=["memory", "none"], help="latent caching (default: both)")
-    parser.add_argument("--resolution", type=int, default=256)
+    parser.add_argument("--resolution", type=int, default=256, help="SD 1.5's training resolution")
+    parser.add_argument("--tiny-resolution", type=int, default=64, help="the tiny model's (its VAE downsamples 2x: 256 px would be 128x128 latents)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--mixed-precision", choices=["no", "bf16"], default="no", help="no: fp32 (the comparison's setting); bf16: frozen weights and activations in bf16")
     parser.add_argument("--model-dir", default=str(Path(tempfile.gettempdir()) / "sabun-bench-models"))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -142,16 +145,18 @@ def main() -> None:
     rows = []
     for model in [args.model] if args.model else ["tiny", "sd15"]:
         for cache in [args.cache] if args.cache else ["memory", "none"]:
-            command = [sys.executable, __file__, "--child", "--model", model, "--cache", cache, "--resolution", str(args.resolution),
+            resolution = args.tiny_resolution if model == "tiny" else args.resolution
+            command = [sys.executable, __file__, "--child", "--model", model, "--cache", cache, "--resolution", str(resolution),
                        "--steps", str(args.steps), "--warmup", str(args.warmup), "--model-dir", args.model_dir]  # fmt: skip
             if args.gradient_checkpointing:
                 command.append("--gradient-checkpointing")
+            command += ["--mixed-precision", args.mixed_precision]
             done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
             if done.returncode:
                 sys.exit(f"{model}/{cache} failed:\n{done.stderr[-3000:]}")
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
             r = rows[-1]
-            print(f"{model:5s} cache={cache:6s} {r['seconds_per_step']:7.3f} s/step (min {r['min_seconds_per_step']:.3f}, {r['steps_timed']} steps)  peak RSS {r['peak_rss_gib']:.2f} GiB", flush=True)
+            print(f"{model:5s} {resolution:4d} px cache={cache:6s} {r['seconds_per_step']:7.3f} s/step (min {r['min_seconds_per_step']:.3f}, {r['steps_timed']} steps)  peak RSS {r['peak_rss_gib']:.2f} GiB", flush=True)
     print(json.dumps(rows, indent=1))
 
 
