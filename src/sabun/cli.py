@@ -247,11 +247,11 @@ def print_metrics(console, title: str, report: dict) -> None:
     from sabun.evaluate.report import METRICS
 
     table = Table(title=title)
-    table.add_column("metric")
+    table.add_column("metric", min_width=24)
     for condition in report["conditions"]:
         table.add_column(condition, justify="right")
     for key, name, better in METRICS:
-        table.add_row(f"{name} ({better} is better)", *(f"{m[key]:.3f}" for m in report["conditions"].values()))
+        table.add_row(f"{name} {'(lower: better)' if better == 'lower' else '(higher: better)'}", *(f"{m[key]:.3f}" for m in report["conditions"].values()))
     console.print(table)
 
 
