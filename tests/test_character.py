@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
 import pytest
+import torch
 
 from sabun.errors import SabunError
 from sabun.evaluate.report import METRICS
@@ -113,3 +115,23 @@ def test_set_overrides_reach_the_train_tables(tmp_path):
     with pytest.raises(SabunError, match="character.train.training.max_step: unknown field"):
         load_character_config(path, ["character.train.training.max_step=5"])
     assert issubclass(ConfigError, SabunError)
+
+
+def test_save_merged_writes_the_model_with_the_stepping_stone_in_it(tmp_path):
+    from sabun.lora.commands import load_weighted
+    from sabun.lora.ops import merge_into_model
+    from sabun.lora.targets import pipeline_targets
+    from sabun.models.load import load_pipeline
+
+    config = dataclasses.replace(tiny_config(tmp_path / "run"), save_merged=True)
+    config = dataclasses.replace(config, stepping_stone=dataclasses.replace(config.stepping_stone, presets=["red_long"]))
+    report = run_character(config, log=lambda m: None)
+    merged = load_pipeline(str(tmp_path / "run" / "merged.safetensors"))
+    expected = load_pipeline("tiny")
+    merge_into_model(pipeline_targets(expected, conv=True), load_weighted([report["loras"]["stepping_stone"]]))
+    plain = load_pipeline("tiny").unet.state_dict()
+    changed = 0
+    for name, tensor in expected.unet.state_dict().items():
+        torch.testing.assert_close(merged.unet.state_dict()[name], tensor, atol=1e-5, rtol=1e-5)
+        changed += not torch.equal(tensor, plain[name])
+    assert changed > 0  # the stepping-stone is in it
