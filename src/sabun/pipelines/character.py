@@ -32,10 +32,10 @@ from pathlib import Path
 from sabun.errors import SabunError
 from sabun.io import atomic_output
 from sabun.lora.file import file_sha256
-from sabun.pipelines.stages import run_stage
+from sabun.pipelines.stages import run_stage, stage_key
 from sabun.toyworld.character import STEPPING_STONE_PRESETS, load_character
 from sabun.toyworld.render import VIEWS, ZOOMS
-from sabun.train.config import ConfigError, ModelConfig, TrainConfig, check, from_dict, one_of, read_config, to_dict
+from sabun.train.config import ConfigError, ModelConfig, TrainConfig, check, from_dict, local_path, model_path, one_of, read_config, to_dict
 
 CAPTION_POLICIES = ("full", "stepping-stone", "character", "keep", "none")  # keep: as they are; none: empty
 
@@ -134,14 +134,12 @@ def config_from_dict(raw: dict) -> CharacterConfig:
 
 def resolve(config: CharacterConfig, root: Path) -> CharacterConfig:
     def local(p: str | None) -> str | None:
-        if p is None or (Path(p).is_absolute()):
-            return p
-        return str((root / p).resolve())
+        return local_path(p, root)
 
     def maybe_file(p: str | None) -> str | None:  # a preset name stays a name; a .toml is a path
         return local(p) if p and p.endswith(".toml") else p
 
-    model = config.model if config.model.path in ("toy", "tiny") else dataclasses.replace(config.model, path=local(config.model.path))
+    model = dataclasses.replace(config.model, path=model_path(config.model.path, root))
     return dataclasses.replace(
         config,
         out=local(config.out),
@@ -217,10 +215,6 @@ def copy_set(source: Path, out: Path, policy: str) -> None:
     elif policy != "keep":
         for folder in sorted({p.parent for p in out.rglob("*.json")}):
             caption_folder(folder, policy)
-
-
-def stage_key(folder: Path) -> str:
-    return json.loads((folder.parent / f"{folder.name}.stage.json").read_text())["key"]
 
 
 @dataclass

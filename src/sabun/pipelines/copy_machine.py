@@ -33,9 +33,9 @@ from PIL import Image
 from sabun.errors import SabunError
 from sabun.io import atomic_output
 from sabun.lora.file import file_sha256
-from sabun.pipelines.stages import run_stage
+from sabun.pipelines.stages import run_stage, stage_key
 from sabun.toyworld.render import BACKGROUNDS, STYLES, VIEWS, ZOOMS
-from sabun.train.config import check, from_dict, one_of, read_config
+from sabun.train.config import check, from_dict, local_path, model_path, one_of, read_config
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -212,9 +212,9 @@ def load_copy_machine_config(path: str | Path, overrides: list[str] | tuple[str,
 
 def resolve_paths(config: CopyMachineConfig, root: Path) -> CopyMachineConfig:
     def local(p: str | None) -> str | None:
-        return p if p is None or Path(p).is_absolute() else str((root / p).resolve())
+        return local_path(p, root)
 
-    model = config.model if config.model.path in ("toy", "tiny") else dataclasses.replace(config.model, path=local(config.model.path))
+    model = dataclasses.replace(config.model, path=model_path(config.model.path, root))
     character = local(config.a.character) if config.a.character.endswith(".toml") else config.a.character  # a preset stays a name
     return dataclasses.replace(
         config,
@@ -279,10 +279,6 @@ def write_dataset(folder: Path, pixels: np.ndarray, captions: list[str]) -> None
     for i, caption in enumerate(captions):
         Image.fromarray(pixels).save(folder / f"image_{i:02d}.png")
         (folder / f"image_{i:02d}.txt").write_text(caption + "\n")
-
-
-def stage_key(path: Path) -> str:
-    return json.loads((path.parent / f"{path.name}.stage.json").read_text())["key"]
 
 
 # --- training -----------------------------------------------------------------------------------

@@ -21,6 +21,11 @@ def key_of(inputs: dict) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def stage_key(output: Path) -> str:
+    """The input key a finished stage's output was made under (from its NAME.stage.json)."""
+    return json.loads((output.parent / f"{output.name}.stage.json").read_text())["key"]
+
+
 def run_stage(root: Path, name: str, inputs: dict, build: Callable[[Path], None], log: Callable[[str], None] = print) -> tuple[Path, bool]:
     """Build `root/name` with `build(path)` unless it is up to date; returns (path, whether it ran)."""
     target = root / name

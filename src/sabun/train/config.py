@@ -435,16 +435,25 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
     return resolve_paths(read_config(path, TrainConfig, overrides), Path(path).parent)
 
 
+def local_path(p: str | None, root: Path) -> str | None:
+    """A path from a config file, made absolute against the file's folder `root`."""
+    return p if p is None or Path(p).is_absolute() else str((root / p).resolve())
+
+
+def model_path(p: str, root: Path) -> str:
+    """A config's model: a builtin name (`toy`, `tiny`) stays a name; anything else is a path."""
+    from sabun.models.load import BUILTIN
+
+    return p if p in BUILTIN else local_path(p, root)
+
+
 def resolve_paths(config: TrainConfig, root: Path) -> TrainConfig:
     """Make relative file paths absolute against `root` (builtin model names are left alone)."""
 
     def rel(p: str | None) -> str | None:
-        return p if p is None or Path(p).is_absolute() else str((root / p).resolve())
+        return local_path(p, root)
 
-    from sabun.models.load import BUILTIN
-
-    if config.model.path not in BUILTIN and config.model.path != "toy":
-        config.model.path = rel(config.model.path)
+    config.model.path = model_path(config.model.path, root)
     for weight in config.model.base_weights:
         weight.path = rel(weight.path)
     for dataset in config.datasets:
