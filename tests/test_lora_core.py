@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from conftest import random_lora, unet_and_text_outputs
 from sabun.errors import SabunError
 from sabun.lora.file import load_lora, lora_state_dict, save_lora
-from sabun.lora.network import LoRANetwork
+from sabun.lora.network import LoRAModule, LoRANetwork
 from sabun.lora.ops import Weighted, combine_concat, combine_svd, extract_lora, merge_into_model, resize_lora
 from sabun.lora.targets import pipeline_targets
 from sabun.lora.weights import LoRA
@@ -65,6 +65,34 @@ def test_network_changes_output_and_detach_restores_it(tiny_pipe):
     assert (during[0] - before[0]).abs().max() > 1e-3
     assert (during[1] - before[1]).abs().max() > 1e-3
     assert torch.equal(after[0], before[0]) and torch.equal(after[1], before[1])
+
+
+@pytest.mark.parametrize("layer", [torch.nn.Linear(64, 48), torch.nn.Conv2d(64, 48, 1)], ids=["linear", "conv1x1"])
+def test_lora_adds_its_scaled_product_in_fp32_and_under_bf16_autocast(layer):
+    """The fused add (scale at rank width, addmm for Linear) is `output + m * alpha / r * up(down(x))`."""
+    torch.manual_seed(0)
+    lora = LoRAModule(layer, rank=8, alpha=2.0)
+    lora.multiplier = 0.7
+    torch.nn.init.normal_(lora.lora_up.weight, std=0.2)
+    x = torch.randn(2, 5, 64) if isinstance(layer, torch.nn.Linear) else torch.randn(2, 64, 3, 3)
+    down, up = lora.lora_down.weight.flatten(1), lora.lora_up.weight.flatten(1)
+
+    def expected(inputs, output):
+        h = inputs.float().movedim(1, -1) if inputs.dim() == 4 else inputs.float()
+        product = (h @ down.T @ up.T) * (0.7 * 2.0 / 8)
+        return output.float() + (product.movedim(-1, 1) if inputs.dim() == 4 else product)
+
+    with torch.no_grad():
+        output = layer(x)
+        assert torch.allclose(lora.add_to(output, x), expected(x, output), atol=1e-5)
+        low = copy.deepcopy(layer).to(torch.bfloat16)
+        x_low = x.to(torch.bfloat16)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            output = low(x_low)
+            got = lora.add_to(output, x_low)
+        reference = expected(x_low, output)
+        assert got.dtype == torch.bfloat16
+        assert ((got.float() - reference).norm() / reference.norm()).item() < 1e-2
 
 
 def test_fresh_network_starts_as_the_model(tiny_pipe):

@@ -116,6 +116,32 @@ def test_a_short_run_lowers_the_loss_on_one_image(tmp_path, tiny_pipe):
     assert np.mean(result.losses[-5:]) < np.mean(result.losses[:5])
 
 
+def test_timestep_range_limits_what_the_unet_sees(workdir, tiny_pipe):
+    seen = []
+    hook = tiny_pipe.unet.register_forward_pre_hook(lambda _m, args: seen.append(args[1].clone()))
+    try:
+        train(config(workdir, "training.min_timestep=600", "training.max_timestep=700", "data.batch_size=2"), pipe=tiny_pipe)
+    finally:
+        hook.remove()
+    timesteps = torch.cat(seen)
+    assert len(timesteps) == 8 and timesteps.min() >= 600 and timesteps.max() < 700
+    with pytest.raises(SabunError, match="max_timestep: must be > min_timestep"):
+        config(workdir, "training.min_timestep=600", "training.max_timestep=600")
+    with pytest.raises(SabunError, match=r"training.max_timestep: 1200 is past this model's 1000"):
+        train(config(workdir, "training.max_timestep=1200", "output.name=past"), pipe=tiny_pipe)
+
+
+def test_bf16_mixed_precision_trains_nearly_the_fp32_lora(workdir, tiny_pipe):
+    import copy
+
+    fp32 = load_lora(train(config(workdir), pipe=copy.deepcopy(tiny_pipe)).lora_path)
+    bf16 = load_lora(train(config(workdir, "training.mixed_precision=bf16", "output.name=bf16"), pipe=tiny_pipe).lora_path)
+    assert bf16.weights.keys() == fp32.weights.keys()
+    assert all(w.up.dtype == torch.float32 and torch.isfinite(w.up).all() for w in bf16.weights.values())
+    a, b = (torch.cat([w.up.flatten() for _, w in sorted(lora.weights.items())]) for lora in (fp32, bf16))
+    assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.9
+
+
 def test_only_lora_parameters_change(workdir, tiny_pipe):
     before = {f"{c}.{k}": v.clone() for c in ("unet", "text_encoder", "vae") for k, v in getattr(tiny_pipe, c).state_dict().items()}
     result = train(config(workdir), pipe=tiny_pipe)

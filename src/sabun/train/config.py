@@ -172,6 +172,8 @@ class TrainingConfig:
     seed: int = 0  # seeds the LoRA's initial weights, data order, noise and timesteps
     min_snr_gamma: float | None = None  # min-SNR loss weighting (Hang et al. 2023); 5 is usual; default off
     noise_offset: float = 0.0  # add this much per-channel constant noise (brighter darks / darker lights)
+    min_timestep: int = 0  # train on timesteps in [min_timestep, max_timestep) only (sd-scripts' options)
+    max_timestep: int | None = None  # default: the model's num_train_timesteps (1000)
     device: str = "auto"  # `auto` (GPU when there is one) or `cpu`
 
     def __post_init__(self) -> None:
@@ -181,6 +183,11 @@ class TrainingConfig:
         one_of(self.mixed_precision, "mixed_precision", ("no", "fp16", "bf16"))
         check(self.min_snr_gamma is None or self.min_snr_gamma > 0, "min_snr_gamma", f"must be > 0, got {self.min_snr_gamma}")
         check(self.noise_offset >= 0, "noise_offset", f"must be >= 0, got {self.noise_offset}")
+        check(self.min_timestep >= 0, "min_timestep", f"must be >= 0, got {self.min_timestep}")
+        check(
+            self.max_timestep is None or self.max_timestep > self.min_timestep,
+            "max_timestep", f"must be > min_timestep ({self.min_timestep}), got {self.max_timestep}",
+        )  # fmt: skip
         one_of(self.device, "device", ("auto", "cpu"))
 
 

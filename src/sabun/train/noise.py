@@ -17,9 +17,9 @@ def draw_noise(latents_shape: tuple[int, ...], generator: torch.Generator, noise
     return noise
 
 
-def draw_timesteps(batch: int, num_train_timesteps: int, generator: torch.Generator) -> torch.Tensor:
-    """Uniform integer timesteps in [0, num_train_timesteps)."""
-    return torch.randint(0, num_train_timesteps, (batch,), generator=generator)
+def draw_timesteps(batch: int, num_train_timesteps: int, generator: torch.Generator, low: int = 0, high: int | None = None) -> torch.Tensor:
+    """Uniform integer timesteps in [low, high), by default [0, num_train_timesteps)."""
+    return torch.randint(low, num_train_timesteps if high is None else high, (batch,), generator=generator)
 
 
 def compute_snr(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:

@@ -140,13 +140,17 @@ class Run:
         self.plain, self.stones = merge_stepping_stones(pipeline_targets(self.pipe, conv=True), cfg.model.base_weights, cfg.model.allow_pickle)
         self.noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
         self.prediction_type = self.noise_scheduler.config.prediction_type
+        steps = self.noise_scheduler.config.num_train_timesteps
+        if cfg.training.min_timestep >= steps or (cfg.training.max_timestep or 0) > steps:
+            name = "min_timestep" if cfg.training.min_timestep >= steps else "max_timestep"
+            raise SabunError(f"training.{name}: {getattr(cfg.training, name)} is past this model's {steps} training timesteps ({cfg.model.path})")
         if self.prediction_type not in ("epsilon", "v_prediction"):
             raise SabunError(f"{cfg.model.path}: prediction_type {self.prediction_type!r} cannot be trained; supported: epsilon, v_prediction")
         self.weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.training.mixed_precision]
         for module in (self.unet, self.pipe.vae, *self.text.encoders):
             module.to(self.device)
-            if self.weight_dtype != torch.float32:  # (diffusers warns about any dtype argument)
-                module.to(dtype=self.weight_dtype)
+            if self.weight_dtype != torch.float32:  # torch's own `to`: diffusers' warns on every dtype cast
+                nn.Module.to(module, dtype=self.weight_dtype)
         self.plain.to(self.device, self.weight_dtype)
         if cfg.training.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
@@ -311,7 +315,8 @@ class Run:
         else:
             latents = encode_pixels(self.pipe.vae, torch.stack([load_pixels(im, f) for im, f in zip(images, flips)]))
         noise = draw_noise(tuple(latents.shape), generator, cfg.training.noise_offset)
-        timesteps = draw_timesteps(len(images), self.noise_scheduler.config.num_train_timesteps, generator)
+        steps = self.noise_scheduler.config.num_train_timesteps
+        timesteps = draw_timesteps(len(images), steps, generator, cfg.training.min_timestep, cfg.training.max_timestep)
         batch = {"latents": latents, "noise": noise, "timesteps": timesteps, **self.text_input(captions)}
         return {k: v.to(self.device) for k, v in batch.items()}
 
@@ -543,12 +548,17 @@ def build_accelerator(config: TrainConfig):
     run as several CPU processes (gloo) instead of several independent single-process runs.
     """
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     training = config.training
     has_gpu = torch.cuda.is_available() or (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available())
     cpu = training.device == "cpu" or not has_gpu
     if cpu and training.mixed_precision == "fp16":
         raise SabunError("training.mixed_precision: fp16 needs a GPU; use `no` (fp32) or `bf16` on the CPU")
+    # accelerate keeps one precision per process and refuses a second; one process may train
+    # several LoRAs (`sabun character`: stepping-stone, then character), so forget the last run's
+    # settings. The distributed state (PartialState) is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(cpu=cpu, mixed_precision=training.mixed_precision)
 
 
