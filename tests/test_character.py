@@ -117,6 +117,22 @@ def test_set_overrides_reach_the_train_tables(tmp_path):
     assert issubclass(ConfigError, SabunError)
 
 
+def test_on_the_toy_model_only_the_character_lora_skips_the_low_noise_timesteps(tmp_path):
+    from sabun.pipelines.character import train_config
+
+    path = tmp_path / "pipeline.toml"
+    path.write_text('out = "run"\n[model]\npath = "toy"\n[character]\npreset = "target"\n[character.train]\ntraining = { max_steps = 5 }\n')
+    config = load_character_config(path)
+
+    def min_timestep(config, section, character):
+        return train_config(config, section.train, [tmp_path], tmp_path, "x", character=character).training.min_timestep
+
+    assert min_timestep(config, config.character, True) == 500 and min_timestep(config, config.stepping_stone, False) == 0
+    assert train_config(config, config.character.train, [tmp_path], tmp_path, "x", character=True).training.max_steps == 5
+    chosen = load_character_config(path, ["character.train.training.min_timestep=0"])
+    assert min_timestep(chosen, chosen.character, True) == 0
+
+
 def test_save_merged_writes_the_model_with_the_stepping_stone_in_it(tmp_path):
     from sabun.lora.commands import load_weighted
     from sabun.lora.ops import merge_into_model

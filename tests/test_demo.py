@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -57,6 +58,11 @@ def test_demo_end_to_end_on_the_tiny_model(tmp_path):
 
     lora = load_lora(summary["targets"]["target"]["loras"]["character_on_stepping_stone"])
     assert "stepping_stone.safetensors" in lora.metadata["sabun_base_weights"]
+    # character LoRAs train on the noisier timesteps only, stepping-stones on all
+    from sabun.train import load_config
+
+    paths = {name: Path(path).with_suffix(".toml") for name, path in summary["targets"]["target"]["loras"].items()}
+    assert {name: load_config(p).training.min_timestep for name, p in paths.items()} == {"no_plan": 500, "3d_tag": 500, "stepping_stone": 0, "character_on_stepping_stone": 500}
     # the plain model's figures are the same for both targets' protocols where they do not depend on the target
     plain = [r["conditions"]["plain model"]["3d_leakage"] for r in summary["targets"].values()]
     assert plain[0] == plain[1]

@@ -209,6 +209,7 @@ def demo_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder for data, LoRAs, metrics.json and report.html; a re-run skips finished stages.")] = Path("sabun-demo"),
     character: Annotated[list[str] | None, typer.Option("--character", help="Target: a preset name or a character .toml; repeat for several targets (the stepping-stone is shared).")] = None,
     steps: Annotated[int, typer.Option(help="Optimiser steps of each LoRA.")] = 300,
+    character_min_timestep: Annotated[int, typer.Option(help="Character LoRAs train on timesteps >= this (0: all); the stepping-stones always on all.")] = 500,
     seeds: Annotated[int, typer.Option(help="Images per evaluation prompt.")] = 16,
     full: Annotated[bool, typer.Option("--full", help="Add the ablations: 1-character stone, uncaptioned stone, regularisation images.")] = False,
 ) -> None:
@@ -216,7 +217,7 @@ def demo_cmd(
     from sabun.pipelines.demo import DemoConfig, run_demo
 
     console = Console()
-    config = DemoConfig(characters=tuple(character or ("target",)), steps=steps, seeds=seeds, full=full)
+    config = DemoConfig(characters=tuple(character or ("target",)), steps=steps, character_min_timestep=character_min_timestep, seeds=seeds, full=full)
     summary = run_demo(out, config, log=lambda m: console.print(f"[dim]{m}[/dim]"))
     for name, report in summary["targets"].items():
         print_metrics(console, f"sabun demo: {name} (each LoRA alone on the plain toy model)", report)

@@ -48,6 +48,10 @@ TOY_TRAIN = {
     "schedule": {"type": "cosine", "warmup_steps": 20},
     "training": {"max_steps": 300, "min_snr_gamma": 5.0, "seed": 0},
 }
+# ... and for the character LoRA: only the noisier half of the timesteps, where layout and colour
+# (the character's identity) are decided. On the toy target this took hairstyle on bare `1girl`
+# from 12 to 38 % and hair dE from 27 to 20, with less 3D leakage (README, "What the demo shows").
+TOY_CHARACTER_TRAIN = {"training": {"min_timestep": 500}}
 
 
 @dataclass
@@ -157,13 +161,16 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
-def train_config(config: CharacterConfig, overrides: dict, datasets: list[Path], out: Path, name: str, base_weights: list[Path] = (), where: str = "train") -> TrainConfig:
-    """The `sabun train` config of one LoRA: defaults (the toy settings on the toy model), then the
-    section's `train` table; model, datasets and output are the pipeline's."""
+def train_config(
+    config: CharacterConfig, overrides: dict, datasets: list[Path], out: Path, name: str, base_weights: list[Path] = (), where: str = "train", character: bool = False
+) -> TrainConfig:
+    """The `sabun train` config of one LoRA: defaults (the toy settings on the toy model, with the
+    character LoRA's own), then the section's `train` table; model, datasets and output are the pipeline's."""
     for fixed in ("model", "datasets", "output"):
         if fixed in overrides:
             raise ConfigError(f"{where}.{fixed}", "is set by the pipeline; remove it")
-    table = deep_merge(TOY_TRAIN if config.is_toy else {}, overrides)
+    defaults = deep_merge(TOY_TRAIN, TOY_CHARACTER_TRAIN if character else {}) if config.is_toy else {}
+    table = deep_merge(defaults, overrides)
     table["model"] = to_dict(config.model) | {"base_weights": [{"path": str(p), "multiplier": config.stepping_stone.multiplier} for p in base_weights]}
     table["datasets"] = [{"path": str(d)} for d in datasets]
     table["output"] = {"dir": str(out), "name": name, "tensorboard": False}
@@ -274,7 +281,7 @@ def run_character(config: CharacterConfig, log: Callable[[str], None] = print, e
     stepping_stone = stages.lora("stepping_stone", train_config(config, stone.train, stone_data, out, "stepping_stone", where="stepping_stone.train"), pipe)
     if config.save_merged:
         run_stage(out, "merged.safetensors", {"model": to_dict(config.model), "stone": file_sha256(stepping_stone), "multiplier": stone.multiplier}, lambda p: save_merged(config, stepping_stone, p), log)
-    character = stages.lora("character", train_config(config, target.train, [character_data], out, "character", [stepping_stone], where="character.train"), pipe)
+    character = stages.lora("character", train_config(config, target.train, [character_data], out, "character", [stepping_stone], where="character.train", character=True), pipe)
 
     report = evaluate_character(config, pipe, character, out, log, evaluator)
     report["loras"] = {"stepping_stone": str(stepping_stone), "character": str(character)}

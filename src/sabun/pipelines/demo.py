@@ -38,6 +38,7 @@ class DemoConfig:
     characters: tuple[str, ...] = ("target",)  # targets: preset names or character TOMLs
     model: str = "toy"  # the model every LoRA is trained on and used with
     steps: int = 300  # optimiser steps of each LoRA
+    character_min_timestep: int = 500  # character LoRAs train on timesteps >= this (stepping-stones on all)
     rank: int = 8
     alpha: float = 4.0
     learning_rate: float = 1e-3
@@ -48,7 +49,8 @@ class DemoConfig:
     full: bool = False  # add the ablations: a 1-character and an uncaptioned stepping-stone, regularisation images
 
 
-def train_config(datasets: list[Path], name: str, config: DemoConfig, base_weights: list[Path] = (), repeats: dict[Path, int] | None = None):
+def train_config(datasets: list[Path], name: str, config: DemoConfig, base_weights: list[Path] = (), repeats: dict[Path, int] | None = None, character: bool = True):
+    """One LoRA's config; `character` LoRAs (not the stepping-stones) get `character_min_timestep`."""
     from sabun.train.config import TrainConfig, from_dict
 
     return from_dict(
@@ -60,7 +62,7 @@ def train_config(datasets: list[Path], name: str, config: DemoConfig, base_weigh
             "network": {"rank": config.rank, "alpha": config.alpha},
             "optimizer": {"learning_rate": config.learning_rate, "text_encoder_lr": config.learning_rate / 5},
             "schedule": {"type": "cosine", "warmup_steps": max(1, config.steps // 15)},
-            "training": {"max_steps": config.steps, "min_snr_gamma": 5.0, "seed": config.seed},
+            "training": {"max_steps": config.steps, "min_snr_gamma": 5.0, "seed": config.seed, "min_timestep": config.character_min_timestep if character else 0},
             "output": {"dir": ".", "name": name, "tensorboard": False},  # the stage's folder replaces it
         },
     )
@@ -84,11 +86,11 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), log=print, evaluator:
     evaluator = evaluator or ToyEvaluator.load()
     shared = Stages(out, log)
     stone_data = [shared.toy_data(f"stepping_stone_{c}", c, "stepping-stone") for c in STEPPING_STONE_PRESETS]
-    stepping_stone = shared.lora("stepping_stone", train_config(stone_data, "stepping_stone", config), pipe)
+    stepping_stone = shared.lora("stepping_stone", train_config(stone_data, "stepping_stone", config, character=False), pipe)
     if config.full:  # the ablations' stepping-stones: one character only; five without captions
-        one_stone = shared.lora("stepping_stone_1_character", train_config(stone_data[:1], "stepping_stone_1_character", config), pipe)
+        one_stone = shared.lora("stepping_stone_1_character", train_config(stone_data[:1], "stepping_stone_1_character", config, character=False), pipe)
         bare_data = [shared.toy_data(f"stepping_stone_{c}_uncaptioned", c, "none") for c in STEPPING_STONE_PRESETS]
-        bare_stone = shared.lora("stepping_stone_uncaptioned", train_config(bare_data, "stepping_stone_uncaptioned", config), pipe)
+        bare_stone = shared.lora("stepping_stone_uncaptioned", train_config(bare_data, "stepping_stone_uncaptioned", config, character=False), pipe)
 
     reports, plain_images = {}, {}  # the plain model's images do not depend on the target: made once
     for character, target in zip(config.characters, targets):
