@@ -17,23 +17,17 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from profile_unet_step import timed  # beside this file: the benchmarks' timer
 
 
 def best_rate(op, flops: float, dtype: torch.dtype, repeats: int = 5) -> float:
     """GFLOP/s of the fastest of `repeats` runs of `op` (after one warm-up run)."""
     with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
-        op()
-        best = float("inf")
-        for _ in range(repeats):
-            started = time.perf_counter()
-            op()
-            best = min(best, time.perf_counter() - started)
-    return flops / best / 1e9
+        return flops / timed(op, repeats) / 1e9
 
 
 def peak_rate(dtype: torch.dtype) -> tuple[float, str]:
