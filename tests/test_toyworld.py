@@ -23,7 +23,8 @@ from sabun.toyworld.character import (
     spec_from_dict,
 )
 from sabun.toyworld.colours import HAIR_COLOURS, delta_e, nearest_name
-from sabun.toyworld.commands import RenderToyConfig, caption_folder, render_toy
+from sabun.captions import caption_folder
+from sabun.toyworld.commands import RenderToyConfig, render_toy
 from sabun.toyworld.render import VIEWS, ZOOMS, Shot, render
 from sabun.toyworld.stats import soft_gradient_share
 

@@ -68,13 +68,63 @@ def render_toy_cmd(
     print(f"wrote {len(render_toy(config))} images (.png, .json, .txt) to {out}")
 
 
+@render_app.command("model")
+def render_model_cmd(
+    models: Annotated[list[Path], typer.Argument(help=".vrm, .glb or .gltf files; each model's tags come from NAME.toml beside it (tags = \"red hair, long hair\").")],
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder: NAME.png, NAME.json (metadata), NAME.txt (caption).")] = None,
+    list_only: Annotated[bool, typer.Option("--list", help="Print each model's meshes, materials, bones and licence; render nothing.")] = False,
+    views: Annotated[list[str] | None, typer.Option("--views", help="front, left, right, behind, front-left, front-right, back-left, back-right or all; repeat or comma-separate. Default: front,behind.")] = None,
+    zooms: Annotated[list[str] | None, typer.Option("--zooms", help="portrait, upper-body, cowboy-shot, full-body or all. Default: all.")] = None,
+    poses: Annotated[list[str] | None, typer.Option("--poses", help="arms-at-sides, rest, a-pose, arms-up, hands-on-hips or all. Default: arms-at-sides.")] = None,
+    style: Annotated[str, typer.Option("--style", help="toon (MToon shading and outlines), lit (smooth shading: a 3D-render look) or unlit.")] = "toon",
+    size: Annotated[int, typer.Option("--size", help="Image side in pixels (512, 768 or 1024 for SD).")] = 768,
+    background: Annotated[str, typer.Option("--background", help="white, grey, black, transparent or #RRGGBB.")] = "white",
+    hide: Annotated[list[str] | None, typer.Option("--hide", help="Leave out a mesh or node by name (clothes, props); see --list. Repeatable.")] = None,
+    tags: Annotated[str | None, typer.Option("--tags", help="The character's booru tags, for one model, instead of NAME.toml.")] = None,
+    policy: Annotated[str, typer.Option("--policy", help="Caption policy of the .txt files: full, stepping-stone or character.")] = "full",
+    supersample: Annotated[int, typer.Option("--supersample", help="Drawn at this many times the size (plus 4x MSAA), then averaged down.")] = 2,
+    author: Annotated[bool, typer.Option("--author", help="State that you are the model's author (needed when its VRM meta allows only its author).")] = False,
+    sheet: Annotated[Path | None, typer.Option("--sheet", help="Also write a contact sheet of the shots to this PNG (keep it outside the data set).")] = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Render VRM / glTF characters into the method's captioned shots: one camera rule, light and pose for every model."""
+    from sabun.avatar.camera import VIEWS, ZOOMS
+    from tqdm import tqdm
+
+    from sabun.avatar.commands import RenderModelConfig, contact_sheet, describe, render_models
+    from sabun.avatar.gltf import load_avatar
+    from sabun.avatar.pose import POSES
+    from sabun.io import check_writable
+    from sabun.toyworld.commands import expand_choices
+
+    if list_only:
+        for path in models:
+            typer.echo(describe(load_avatar(path)))
+        return
+    if out is None:
+        raise SabunError("give --out DIR for the renders (or --list to only inspect the models)")
+    lists = {"views": (views, VIEWS), "zooms": (zooms, ZOOMS), "poses": (poses, POSES)}
+    chosen = {key: expand_choices(values, valid, key) for key, (values, valid) in lists.items() if values}
+    config = RenderModelConfig(
+        models=tuple(models), out=out, style=style, size=size, background=background, supersample=supersample,
+        hide=tuple(hide or ()), tags=tags, policy=policy, author=author, overwrite=overwrite, **chosen,
+    )
+    if sheet is not None:
+        check_writable(sheet, overwrite)
+    note = lambda message: typer.echo(message, err=True)  # noqa: E731
+    written = render_models(config, note=note, bar=lambda total: tqdm(total=total, desc="render", unit="img"))
+    typer.echo(f"wrote {len(written)} images (.png, .json, .txt) to {out}")
+    if sheet is not None:
+        typer.echo(f"contact sheet: {contact_sheet(written, sheet, overwrite=overwrite)}")
+
+
 @app.command("caption")
 def caption_cmd(
-    folder: Annotated[Path, typer.Argument(help="A folder written by `sabun render toy`.")],
-    policy: Annotated[str, typer.Option("--policy", help="full, stepping-stone or character (see docs/toyworld.md).")] = "full",
+    folder: Annotated[Path, typer.Argument(help="A folder written by `sabun render toy` or `sabun render model`.")],
+    policy: Annotated[str, typer.Option("--policy", help="full, stepping-stone or character (see docs/toyworld.md and docs/render.md).")] = "full",
 ) -> None:
     """Rewrite every NAME.txt caption from its NAME.json render metadata under a caption policy."""
-    from sabun.toyworld.commands import caption_folder
+    from sabun.captions import caption_folder
 
     print(f"wrote {len(caption_folder(folder, policy))} {policy} captions in {folder}")
 

@@ -185,7 +185,8 @@ def train_config(
 
 def render_set(out: Path, character: str, policy: str, extra_tag: str | None = None) -> None:
     """A toy character's `3d` renders (every view and zoom, white background, arms at sides), captioned."""
-    from sabun.toyworld.commands import RenderToyConfig, caption_folder, render_toy
+    from sabun.captions import caption_folder
+    from sabun.toyworld.commands import RenderToyConfig, render_toy
 
     render_toy(RenderToyConfig(out=out, style="3d", character=character, views=VIEWS, zooms=ZOOMS))
     if policy == "none":
@@ -213,7 +214,7 @@ def folder_digest(folder: Path) -> str:
 def copy_set(source: Path, out: Path, policy: str) -> None:
     """The user's folder copied (their files are never rewritten), captions re-made by policy where
     sabun's render metadata is present."""
-    from sabun.toyworld.commands import caption_folder
+    from sabun.captions import caption_folder
 
     shutil.copytree(source, out)
     if policy == "none":

@@ -164,30 +164,3 @@ def render_toy(config: RenderToyConfig) -> list[Path]:
         _write_bytes(config.out / f"{name}.txt", (full_caption(meta) + "\n").encode(), config.overwrite)
         written.append(png)
     return written
-
-
-def caption_folder(folder: Path, policy: str) -> list[Path]:
-    """Rewrite NAME.txt from NAME.json for every render in `folder` under `policy`; returns the .txt paths."""
-    if policy not in POLICIES:
-        raise SabunError(f"--policy {policy!r} is not valid; choose one of: {', '.join(POLICIES)}")
-    if not folder.is_dir():
-        raise SabunError(f"{folder}: no such folder; give the folder that `sabun render toy` wrote")
-    sources = sorted(folder.glob("*.json"))
-    if not sources:
-        raise SabunError(f"{folder}: holds no .json render metadata; render with `sabun render toy` first")
-    captions = {}
-    for source in sources:
-        try:
-            meta = json.loads(source.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise SabunError(f"{source}: is not valid JSON ({e}); re-render it") from None
-        if not isinstance(meta, dict) or meta.get("format") != METADATA_FORMAT:
-            raise SabunError(f"{source}: is not toy-world render metadata (format {METADATA_FORMAT}); move it out of {folder}")
-        try:
-            captions[source.with_suffix(".txt")] = caption(meta, policy)
-        except SabunError as e:
-            raise SabunError(f"{source}: {e}") from None
-    # Captions are computed for every file before any is written: a bad file changes nothing.
-    for path, text in captions.items():
-        _write_bytes(path, (text + "\n").encode(), overwrite=True)
-    return list(captions)

@@ -1,0 +1,338 @@
+"""Posing a character by its humanoid bones, and linear blend skinning into world space.
+
+A pose is a set of world-space rotations of arm bones about their joints: each bone is turned so
+that it points in a target direction given in the character's own frame (forward = where the face
+looks, up = +Y, left = the character's left hand side). That frame is read from the bones
+themselves (left bones minus right bones), so VRM 0.x files (facing -Z) and VRM 1.0 files (facing
++Z) and mislabelled exports all pose and frame the same way.
+
+`arms-at-sides` is the method's upright pose: both arms hang straight down, tilted outwards by the
+smallest angle that keeps the forearm and hand clear of the hips and thighs (measured on the
+skinned mesh, so a wide skirt or wide hips get a wider stance and no arm passes through the body).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from sabun.avatar.types import Avatar, Primitive
+from sabun.errors import SabunError
+
+POSES = ("rest", "arms-at-sides", "a-pose", "arms-up", "hands-on-hips")
+UP = np.array([0.0, 1.0, 0.0])
+
+# Bones whose side-to-side offset tells the character's left from her right, best first.
+_SIDE_PAIRS = (("leftUpperArm", "rightUpperArm"), ("leftShoulder", "rightShoulder"), ("leftUpperLeg", "rightUpperLeg"),
+               ("leftHand", "rightHand"), ("leftEye", "rightEye"), ("leftFoot", "rightFoot"))
+_ARM_BONES = ("UpperArm", "LowerArm", "Hand")
+_HIP_BONES = ("hips", "leftUpperLeg", "rightUpperLeg", "leftLowerLeg", "rightLowerLeg")
+
+
+def quaternion_matrix(q: np.ndarray) -> np.ndarray:
+    """(x, y, z, w) -> 3x3 rotation; the quaternion is normalised first (files store unnormalised ones)."""
+    x, y, z, w = np.asarray(q, dtype=np.float64) / (np.linalg.norm(q) or 1.0)
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+def rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The smallest 3x3 rotation taking direction `a` to direction `b` (Rodrigues)."""
+    a = a / np.linalg.norm(a)
+    b = b / np.linalg.norm(b)
+    axis = np.cross(a, b)
+    s, c = np.linalg.norm(axis), float(np.dot(a, b))
+    if s < 1e-9:
+        if c > 0:
+            return np.eye(3)
+        # opposite directions: half a turn about any axis perpendicular to a
+        perpendicular = np.cross(a, [1.0, 0.0, 0.0] if abs(a[0]) < 0.9 else [0.0, 1.0, 0.0])
+        axis, s, c = perpendicular / np.linalg.norm(perpendicular), 0.0, -1.0
+        k = _skew(axis)
+        return np.eye(3) + 2 * k @ k
+    k = _skew(axis / s)
+    return np.eye(3) + s * k + (1 - c) * k @ k
+
+
+def _skew(v: np.ndarray) -> np.ndarray:
+    return np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
+
+
+def local_matrix(avatar: Avatar, index: int) -> np.ndarray:
+    """A node's 4x4 local transform as stored (matrix, or T @ R @ S)."""
+    node = avatar.nodes[index]
+    if node.matrix is not None:
+        return np.asarray(node.matrix, dtype=np.float64)
+    m = np.eye(4)
+    m[:3, :3] = quaternion_matrix(node.rotation) * np.asarray(node.scale, dtype=np.float64)
+    m[:3, 3] = node.translation
+    return m
+
+
+def _order(avatar: Avatar) -> list[int]:
+    """Nodes with every parent before its children."""
+    order, stack = [], [i for i, n in enumerate(avatar.nodes) if n.parent is None][::-1]
+    while stack:
+        i = stack.pop()
+        order.append(i)
+        stack.extend(reversed(avatar.nodes[i].children))
+    return order
+
+
+def world_matrices(avatar: Avatar, local: list[np.ndarray]) -> list[np.ndarray]:
+    """World transform of every node from its local transform."""
+    world: list[np.ndarray] = [np.eye(4)] * len(avatar.nodes)
+    for i in _order(avatar):
+        parent = avatar.nodes[i].parent
+        world[i] = local[i] if parent is None else world[parent] @ local[i]
+    return world
+
+
+@dataclass
+class Frame:
+    """The character's own directions in world space."""
+
+    forward: np.ndarray
+    """Where the face looks (horizontal unit vector)."""
+    left: np.ndarray
+    """The character's left (horizontal unit vector)."""
+    how: str
+    """How `forward` was found, for `--list` and the render metadata."""
+
+
+def character_frame(avatar: Avatar, world: list[np.ndarray]) -> Frame:
+    """Forward and left from the humanoid bones; from the format's convention when there are none."""
+    for left_bone, right_bone in _SIDE_PAIRS:
+        if left_bone in avatar.humanoid and right_bone in avatar.humanoid:
+            side = world[avatar.humanoid[left_bone]][:3, 3] - world[avatar.humanoid[right_bone]][:3, 3]
+            side[1] = 0.0
+            if np.linalg.norm(side) > 1e-6:
+                left = side / np.linalg.norm(side)
+                return Frame(forward=np.cross(left, UP), left=left, how=f"humanoid bones {left_bone} / {right_bone}")
+    # glTF and VRM 1.0 models face +Z; VRM 0.x models face -Z.
+    forward = np.array([0.0, 0.0, -1.0 if avatar.format == "vrm0" else 1.0])
+    return Frame(forward=forward, left=np.cross(UP, forward), how=f"{avatar.format} convention (no humanoid left/right bones)")
+
+
+@dataclass
+class PosedPrimitive:
+    """One primitive in world space, ready to draw."""
+
+    mesh: str
+    node: str
+    primitive: Primitive
+    positions: np.ndarray
+    """(N, 3) float32 world positions after morphs and skinning."""
+    normals: np.ndarray
+    """(N, 3) float32 unit world normals."""
+    bones: np.ndarray
+    """(N,) int: the node that moves each vertex most (its dominant joint, or the mesh's node)."""
+
+
+@dataclass
+class Posed:
+    """A posed character: its primitives in world space, its bones and its frame."""
+
+    primitives: list[PosedPrimitive]
+    world: list[np.ndarray]
+    frame: Frame
+    pose: str
+    note: str = ""
+    """Why the requested pose could not be applied in full, if it could not."""
+
+    def bone(self, name: str, avatar: Avatar) -> np.ndarray | None:
+        index = avatar.humanoid.get(name)
+        return None if index is None else self.world[index][:3, 3]
+
+    def vertices(self) -> np.ndarray:
+        return np.concatenate([p.positions for p in self.primitives]) if self.primitives else np.zeros((0, 3), np.float32)
+
+
+def _vertex_normals(positions: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """Area-weighted vertex normals for primitives that come without NORMAL."""
+    tri = positions[indices]
+    face = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    normals = np.zeros_like(positions)
+    for k in range(3):
+        np.add.at(normals, indices[:, k], face)
+    return normals
+
+
+def _normalise(v: np.ndarray) -> np.ndarray:
+    length = np.linalg.norm(v, axis=1, keepdims=True)
+    return (v / np.where(length > 1e-12, length, 1.0)).astype(np.float32)
+
+
+def skin(avatar: Avatar, world: list[np.ndarray], hidden: frozenset[str] = frozenset()) -> list[PosedPrimitive]:
+    """Every visible primitive with morphs at their default weights and skinning applied."""
+    out = []
+    for node_index, node in enumerate(avatar.nodes):
+        if node.mesh is None:
+            continue
+        mesh = avatar.meshes[node.mesh]
+        if mesh.name in hidden or node.name in hidden:
+            continue
+        for primitive in mesh.primitives:
+            positions = primitive.positions.astype(np.float64)
+            normals = primitive.normals.astype(np.float64) if primitive.normals is not None else None
+            for weight, target in zip(mesh.weights, primitive.targets):
+                if weight:
+                    positions = positions + weight * target.get("POSITION", 0.0)
+                    if normals is not None and "NORMAL" in target:
+                        normals = normals + weight * target["NORMAL"]
+            if normals is None:
+                normals = _vertex_normals(positions, primitive.indices)
+            skinned = node.skin is not None and primitive.joints is not None and primitive.weights is not None
+            if skinned:
+                s = avatar.skins[node.skin]
+                joint_matrices = np.stack([world[j] for j in s.joints]) @ s.inverse_bind.astype(np.float64)
+                # (N, 4, 4): the weighted sum of each vertex's four joint matrices
+                blended = np.einsum("nk,nkij->nij", primitive.weights.astype(np.float64), joint_matrices[primitive.joints])
+                positions = np.einsum("nij,nj->ni", blended[:, :3, :3], positions) + blended[:, :3, 3]
+                normals = np.einsum("nij,nj->ni", blended[:, :3, :3], normals)
+                dominant = np.asarray(s.joints)[primitive.joints[np.arange(len(positions)), primitive.weights.argmax(1)]]
+            else:
+                m = world[node_index]
+                positions = positions @ m[:3, :3].T + m[:3, 3]
+                normals = normals @ np.linalg.inv(m[:3, :3])  # inverse transpose, for scaled nodes
+                dominant = np.full(len(positions), node_index)
+            out.append(PosedPrimitive(mesh.name, node.name, primitive, positions.astype(np.float32), _normalise(normals), dominant))
+    return out
+
+
+def _turn_bone(avatar: Avatar, local: list[np.ndarray], bone: int, child: int, direction: np.ndarray) -> None:
+    """Rotate `bone` about its joint (in world space) so that the bone -> child direction becomes `direction`."""
+    world = world_matrices(avatar, local)
+    start, end = world[bone][:3, 3], world[child][:3, 3]
+    if np.linalg.norm(end - start) < 1e-9:
+        return
+    turn = np.eye(4)
+    turn[:3, :3] = rotation_between(end - start, direction)
+    about = np.eye(4)
+    about[:3, 3] = start
+    back = np.eye(4)
+    back[:3, 3] = -start
+    new_world = about @ turn @ back @ world[bone]
+    parent = avatar.nodes[bone].parent
+    local[bone] = new_world if parent is None else np.linalg.inv(world[parent]) @ new_world
+
+
+def _arm_chain(avatar: Avatar, side: str) -> tuple[int, int, int] | None:
+    bones = [avatar.humanoid.get(f"{side}{b}") for b in _ARM_BONES]
+    return None if None in bones else tuple(bones)
+
+
+def _direction(frame: Frame, side: str, down_angle: float, outward_angle: float, forward_angle: float = 0.0) -> np.ndarray:
+    """A unit direction: `down_angle` degrees from straight down towards the side, tipped forwards."""
+    out = frame.left if side == "left" else -frame.left
+    theta, phi = math.radians(down_angle), math.radians(forward_angle)
+    d = -UP * math.cos(theta) + out * math.sin(theta) * math.cos(math.radians(outward_angle))
+    return d + frame.forward * math.sin(phi)
+
+
+def _point_arm(avatar: Avatar, local: list[np.ndarray], chain: tuple[int, int, int], direction: np.ndarray) -> None:
+    upper, lower, hand = chain
+    _turn_bone(avatar, local, upper, lower, direction)
+    _turn_bone(avatar, local, lower, hand, direction)
+
+
+def _clearance(avatar: Avatar, local: list[np.ndarray], frame: Frame, side: str, hidden: frozenset[str]) -> float:
+    """How far (metres, along the character's side axis) the forearm and hand stay outside hips and legs.
+
+    Negative when they overlap: then the arm would pass through the body.
+    """
+    world = world_matrices(avatar, local)
+    posed = skin(avatar, world, hidden)
+    if not posed:
+        return 0.0
+    positions = np.concatenate([p.positions for p in posed])
+    bones = np.concatenate([p.bones for p in posed])
+    arm = np.isin(bones, [avatar.humanoid[f"{side}{b}"] for b in ("LowerArm", "Hand") if f"{side}{b}" in avatar.humanoid])
+    body = np.isin(bones, [avatar.humanoid[b] for b in _HIP_BONES if b in avatar.humanoid])
+    if not arm.any() or not body.any():
+        return 0.0
+    centre = world[avatar.humanoid["hips"]][:3, 3] if "hips" in avatar.humanoid else positions.mean(0)
+    out = frame.left if side == "left" else -frame.left
+    arm_pts, body_pts = positions[arm] - centre, positions[body] - centre
+    low, high = arm_pts[:, 1].min(), arm_pts[:, 1].max()
+    band = body_pts[(body_pts[:, 1] >= low) & (body_pts[:, 1] <= high)]
+    if len(band) == 0:
+        return 1.0
+    return float((arm_pts @ out).min() - (band @ out).max())
+
+
+def pose_locals(avatar: Avatar, pose: str, hidden: frozenset[str] = frozenset()) -> tuple[list[np.ndarray], str]:
+    """Local transforms of every node in `pose`, and a note when the pose could not be applied."""
+    if pose not in POSES:
+        raise SabunError(f"pose {pose!r} is not valid; choose one of: {', '.join(POSES)}")
+    local = [local_matrix(avatar, i) for i in range(len(avatar.nodes))]
+    if pose == "rest":
+        return local, ""
+    chains = {side: _arm_chain(avatar, side) for side in ("left", "right")}
+    if not all(chains.values()):
+        return local, "no humanoid arm bones (upper arm, lower arm, hand): rendered in the rest pose as stored"
+    frame = character_frame(avatar, world_matrices(avatar, local))
+    note = ""
+    if not any(avatar.nodes[i].skin is not None for i in range(len(avatar.nodes))):
+        note = "the model has no skin: only meshes attached to bone nodes follow the pose"
+    for side, chain in chains.items():
+        if pose == "a-pose":
+            _point_arm(avatar, local, chain, _direction(frame, side, 50.0, 0.0))
+        elif pose == "arms-up":
+            _point_arm(avatar, local, chain, _direction(frame, side, 160.0, 0.0))
+        elif pose == "hands-on-hips":
+            _hand_on_hip(avatar, local, chain, frame, side)
+        else:
+            # the smallest outward tilt from 4 degrees that clears the body by a margin
+            margin = 0.01 * _height(avatar, local, hidden)
+            for angle in range(4, 41, 2):
+                trial = list(local)
+                _point_arm(avatar, trial, chain, _direction(frame, side, float(angle), 0.0))
+                if _clearance(avatar, trial, frame, side, hidden) >= margin:
+                    break
+            local = trial
+    return local, note
+
+
+def _height(avatar: Avatar, local: list[np.ndarray], hidden: frozenset[str]) -> float:
+    posed = skin(avatar, world_matrices(avatar, local), hidden)
+    if not posed:
+        return 1.0
+    y = np.concatenate([p.positions[:, 1] for p in posed])
+    return float(y.max() - y.min()) or 1.0
+
+
+def _hand_on_hip(avatar: Avatar, local: list[np.ndarray], chain: tuple[int, int, int], frame: Frame, side: str) -> None:
+    """Two-bone inverse kinematics: the wrist on the side of the hips, the elbow out to the side."""
+    upper, lower, hand = chain
+    world = world_matrices(avatar, local)
+    shoulder, elbow, wrist = (world[i][:3, 3] for i in chain)
+    a, b = np.linalg.norm(elbow - shoulder), np.linalg.norm(wrist - elbow)
+    out = frame.left if side == "left" else -frame.left
+    hips = world[avatar.humanoid["hips"]][:3, 3] if "hips" in avatar.humanoid else shoulder - UP * (a + b)
+    target = hips + out * 0.6 * abs(np.dot(shoulder - hips, out)) + UP * 0.05 * (a + b)
+    reach = target - shoulder
+    distance = min(np.linalg.norm(reach), 0.999 * (a + b))
+    reach = reach / np.linalg.norm(reach)
+    # elbow: law of cosines, bent away from the body
+    cos_shoulder = np.clip((a * a + distance * distance - b * b) / (2 * a * distance), -1.0, 1.0)
+    pole = out - np.dot(out, reach) * reach
+    pole /= np.linalg.norm(pole)
+    elbow_target = shoulder + a * (cos_shoulder * reach + math.sqrt(1 - cos_shoulder**2) * pole)
+    _turn_bone(avatar, local, upper, lower, elbow_target - shoulder)
+    _turn_bone(avatar, local, lower, hand, shoulder + reach * distance - elbow_target)
+
+
+def pose_avatar(avatar: Avatar, pose: str = "arms-at-sides", hidden: frozenset[str] = frozenset()) -> Posed:
+    """The character in `pose`, skinned into world space, with `hidden` meshes (mesh or node names) left out."""
+    local, note = pose_locals(avatar, pose, hidden)
+    world = world_matrices(avatar, local)
+    primitives = skin(avatar, world, hidden)
+    if not primitives:
+        raise SabunError(f"{avatar.path}: nothing left to render; every mesh is hidden")
+    return Posed(primitives=primitives, world=world, frame=character_frame(avatar, world), pose=pose, note=note)
