@@ -216,3 +216,19 @@ def test_cli_render_list_and_bad_input(models, tmp_path):
         result = runner.invoke(app, ["render", "model", str(models["vrm1"]), "--out", str(bad), *args])
         assert result.exit_code != 0 and isinstance(result.exception, (SabunError, SystemExit)), args
         assert not bad.exists(), args
+
+
+def test_outlines_only_draw_thin_lines(models):
+    """Inverted-hull outlines must never cover a surface (they do when a part's triangles wind inwards)."""
+    avatar = load_avatar(models["vrm1"])
+    posed = pose_avatar(avatar)
+    camera = camera_for(posed, avatar, "front", "full-body")
+    with Renderer(avatar, posed, "toon", 128) as renderer:
+        with_outlines = composite(renderer.draw(camera), (1.0, 1.0, 1.0)).astype(int)
+        for material in avatar.materials:
+            if material.mtoon:
+                material.mtoon.outline_mode = "none"
+        without = composite(renderer.draw(camera), (1.0, 1.0, 1.0)).astype(int)
+    changed = (np.abs(with_outlines - without).sum(-1) > 60).mean()
+    covered = (without.sum(-1) < 700).mean()  # the figure's share of the image
+    assert 0 < changed < 0.15 * covered

@@ -444,7 +444,8 @@ class _Figure:
             # leg: straight down from inside the pelvis into the foot
             ys = np.linspace(LEG[0][0], LEG[-1][0], 2 * seg)
             radius = np.interp(-ys, [-y for y, _ in LEG], [r * (self.thigh_w if y > 0.42 else 1.0) for y, r in LEG])
-            leg = _straight((b["UpperLeg"][0], 0, 0), (0, 1, 0), (0, 0, 1), ys, radius, radius, sectors=seg)
+            # rings run downwards, so the axis points down too: the triangles then wind outwards
+            leg = _straight((b["UpperLeg"][0], 0, 0), (0, -1, 0), (0, 0, 1), -ys, radius, radius, sectors=seg)
             leg_bones = [f"{side}{n}" for n in ("UpperLeg", "LowerLeg", "Foot")]
             knee, ankle = b["LowerLeg"][1], b["Foot"][1]
             builder.add(leg, lambda p, lb=leg_bones, kn=knee, an=ankle: _chain(
