@@ -491,7 +491,9 @@ def test_missing_external_files(tmp_path):
     path = write_gltf_triple(tmp_path, PIXELS)
     (tmp_path / "skin tex.png").unlink()
     assert "skin%20tex.png" in load_error(path) and "missing" in load_error(path)
-    (tmp_path / "model.bin").unlink()
+    (tmp_path / "other").mkdir()
+    path = write_gltf_triple(tmp_path / "other", PIXELS)
+    (tmp_path / "other" / "model.bin").unlink()
     message = load_error(path)
     assert "model.bin" in message and "missing" in message
 

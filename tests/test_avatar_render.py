@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -232,3 +233,35 @@ def test_outlines_only_draw_thin_lines(models):
     changed = (np.abs(with_outlines - without).sum(-1) > 60).mean()
     covered = (without.sum(-1) < 700).mean()  # the figure's share of the image
     assert 0 < changed < 0.15 * covered
+
+
+THIRD_PARTY = Path(os.environ.get("SABUN_THIRD_PARTY_3D", Path(__file__).resolve().parents[2] / "shared" / "3d"))
+THIRD_PARTY_ERRORS = {
+    "vrm_broken_draco.vrm": "KHR_draco_mesh_compression",
+    "vrm_broken_empty.vrm": "no meshes",
+    "vrm_in_minimal.vrm": "no meshes",
+}
+
+
+@pytest.mark.third_party
+@pytest.mark.parametrize("name", ["debug_robot.vrm", "mtoon_vrm0.vrm", "mtoon_vrm1.vrm", "vrm_in_sphere.vrm", *THIRD_PARTY_ERRORS])
+def test_third_party_files_render_or_fail_clearly(name, tmp_path):
+    """VRM files written by another project: sensible renders, or one clear error and nothing written."""
+    path = THIRD_PARTY / name
+    if not path.is_file():
+        pytest.skip(f"{path} is absent (set SABUN_THIRD_PARTY_3D); this is not a pass")
+    from sabun.cli import app
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["render", "model", str(path), "--out", str(out), "--size", "64", "--author",
+                                      "--views", "front,behind", "--zooms", "full-body"])
+    if name in THIRD_PARTY_ERRORS:
+        assert isinstance(result.exception, SabunError) and THIRD_PARTY_ERRORS[name] in str(result.exception)
+        assert name in str(result.exception)
+        assert not out.exists()
+        return
+    assert result.exit_code == 0, result.output
+    front = np.asarray(Image.open(out / f"{path.stem}_front_full-body_arms-at-sides.png"))
+    assert (front.astype(int).sum(-1) < 740).mean() > 0.005, "something is drawn"
+    meta = json.loads((out / f"{path.stem}_front_full-body_arms-at-sides.json").read_text())
+    assert meta["model"]["format"] in ("vrm0", "vrm1") and meta["meta"]["name"]

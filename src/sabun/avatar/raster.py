@@ -340,8 +340,7 @@ class Renderer:
             self.shadow_vao.render(mgl.TRIANGLES)
             ctx.depth_mask = True
 
-        ordered = sorted(range(len(self.draws)), key=lambda i: (self.draws[i][1].alpha_mode == "BLEND", 0.0))
-        opaque = [i for i in ordered if self.draws[i][1].alpha_mode != "BLEND"]
+        opaque = [i for i, draw in enumerate(self.draws) if draw[1].alpha_mode != "BLEND"]
         for i in opaque:
             vao, material, _ = self.draws[i]
             self._set_material(material, self.style)
@@ -351,7 +350,7 @@ class Renderer:
             for i in opaque:
                 self._draw_outline(i)
         # transparent parts last, far to near, without writing depth
-        blend = [i for i in ordered if self.draws[i][1].alpha_mode == "BLEND"]
+        blend = [i for i, draw in enumerate(self.draws) if draw[1].alpha_mode == "BLEND"]
         blend.sort(key=lambda i: -float(np.linalg.norm(self.draws[i][2] - camera.eye)))
         ctx.depth_mask = False
         for i in blend:
