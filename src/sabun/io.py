@@ -13,8 +13,10 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch takes ~2 s to import; `sabun render model` writes files here and never needs it
+    import torch
 
 from sabun.errors import SabunError
 
@@ -80,6 +82,7 @@ def load_tensors(path: str | os.PathLike, allow_pickle: bool = False, what: str 
     Returns (tensors, metadata). Pickles are loaded with `weights_only=True` even when allowed, and
     carry no metadata.
     """
+    import torch
     from safetensors import SafetensorError, safe_open
 
     path = require_file(path, what)
