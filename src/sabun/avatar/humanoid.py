@@ -470,11 +470,6 @@ class _Figure:
             hand = b["Hand"]
             builder.add(_ellipsoid(hand + 0.07 * d, d, (0, 0, 1), (0.016, 0.075, 0.040), seg, seg), f"{side}Hand")
             thumb_dir = _normalize(d + np.array([0, 0, 1.0]))
-            thumb = _straight(hand + 0.02 * d + np.array([0, -0.004, 0.025]), thumb_dir, (0, 1, 0),
-                              np.linspace(-0.01, 0.055, self.small), *[np.array(
-                                  [0, 0.009, 0.011, 0.011, 0.010, 0.009, 0.006, 0][:1] + [0.0] * 0)] * 0,
-                              rx=None, rz=None) if False else None  # placeholder removed below
-            del thumb
             tt = np.linspace(0.0, 1.0, self.small)
             thumb_r = 0.011 * np.sqrt(np.clip(np.sin(np.pi * tt), 0, None))
             thumb = _straight(hand + 0.02 * d + np.array([0, -0.004, 0.02]), thumb_dir, (0, 1, 0),
