@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 import io
 import json
@@ -335,7 +336,6 @@ def test_embedded_image_data_uri_buffer_and_webp(tmp_path):
     # A .gltf whose buffer is a data: URI.
     document = copy.deepcopy(triangle().doc)
     blob = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], "<f4").tobytes()
-    import base64
     document["buffers"] = [{"uri": "data:application/octet-stream;base64," + base64.b64encode(blob).decode(),
                             "byteLength": len(blob)}]
     (tmp_path / "inline.gltf").write_text(json.dumps(document))

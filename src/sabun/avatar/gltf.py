@@ -32,6 +32,7 @@ import binascii
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import struct
@@ -212,7 +213,7 @@ def _check_document(path: Path, document: dict) -> None:
     version = asset.get("version") if isinstance(asset, dict) else None
     if not isinstance(version, str) or not version.startswith("2."):
         raise SabunError(
-            f"{path}: asset.version is {version!r}, but sabun reads glTF 2.x; convert the model to glTF 2.0"
+            f"{path}: asset.version is {_show(version)}, but sabun reads glTF 2.x; convert the model to glTF 2.0"
         )
     required = document.get("extensionsRequired", [])
     if not isinstance(required, list) or not all(isinstance(name, str) for name in required):
@@ -251,6 +252,23 @@ def v0_shading_to_v1(shade_shift: float, shade_toony: float) -> tuple[float, flo
     """
     toony = shade_toony + (1.0 - shade_toony) * (0.5 + 0.5 * shade_shift)
     return -shade_shift - (1.0 - toony), toony
+
+
+def _show(value) -> str:
+    """A JSON value for an error message: its repr, cut short (a damaged file may hold huge lists or numbers)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer with more digits than Python will print
+        text = "a huge number"
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _clamped_float(value: float) -> float:
+    """float(value), with integers too large for a float (a damaged file's 1e400-digit number) as infinity."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
 
 
 def _lookup(mapping: dict, value):
@@ -300,6 +318,8 @@ class _Reader:
                      "scenes", "skins", "textures", "extensionsUsed"):
             if getattr(gltf, name) is None:
                 setattr(gltf, name, [])
+            if any(entry is None for entry in getattr(gltf, name)):
+                raise self.error(f"{name} has a null entry")
         self.buffers: dict[int, bytes] = {}
         self.images: dict[int, np.ndarray] = {}
         self.textures: list[Texture] = []
@@ -315,7 +335,7 @@ class _Reader:
 
     def index(self, value, count: int, what: str) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < count:
-            raise self.error(f"{what} is {value!r}, but the file has {count} of them")
+            raise self.error(f"{what} is {_show(value)}, but the file has {count} of them")
         return value
 
     def integer(self, value, what: str, default: int | None = None, minimum: int = 0) -> int:
@@ -324,36 +344,36 @@ class _Reader:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise self.error(f"{what} is {value!r}, expected a whole number >= {minimum}")
+            raise self.error(f"{what} is {_show(value)}, expected a whole number >= {minimum}")
         return value
 
     def number(self, value, what: str, default: float) -> float:
         if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
-            raise self.error(f"{what} is {value!r}, expected a finite number")
+            return float(default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(_clamped_float(value)):
+            raise self.error(f"{what} is {_show(value)}, expected a finite number")
         return float(value)
 
     def numbers(self, value, n: int, what: str, default: tuple[float, ...]) -> tuple[float, ...]:
         """The first n numbers of a list (VRM 0.x writes RGBA where RGB is meant); default when absent."""
         if value is None:
             return default
-        if not isinstance(value, list) or len(value) < n:
-            raise self.error(f"{what} is {value!r}, expected {n} numbers")
+        if not isinstance(value, list) or len(value) < n or None in value[:n]:
+            raise self.error(f"{what} is {_show(value)}, expected {n} numbers")
         return tuple(self.number(v, what, 0.0) for v in value[:n])
 
     def obj(self, value, what: str) -> dict:
         if value is None:
             return {}
         if not isinstance(value, dict):
-            raise self.error(f"{what} is {value!r}, expected a JSON object")
+            raise self.error(f"{what} is {_show(value)}, expected a JSON object")
         return value
 
     def string(self, value, what: str, default: str = "") -> str:
         if value is None:
             return default
         if not isinstance(value, str):
-            raise self.error(f"{what} is {value!r}, expected a string")
+            raise self.error(f"{what} is {_show(value)}, expected a string")
         return value
 
     # --- the whole file ---
@@ -692,7 +712,7 @@ class _Reader:
         strength = self.obj(extensions.get("KHR_materials_emissive_strength"), f"{what} KHR_materials_emissive_strength")
         alpha_mode = material.alphaMode or "OPAQUE"
         if alpha_mode not in ALPHA_MODES:
-            raise self.error(f"{what} alphaMode is {alpha_mode!r}, expected one of {ALPHA_MODES}")
+            raise self.error(f"{what} alphaMode is {_show(alpha_mode)}, expected one of {ALPHA_MODES}")
         mtoon_json = extensions.get("VRMC_materials_mtoon")
         out = Material(
             name=self.string(material.name, f"{what} name"),
@@ -757,7 +777,7 @@ class _Reader:
         if value is None:
             return REPEAT
         if value not in _WRAPS:
-            raise self.error(f"{what} is {value!r}, expected one of {_WRAPS}")
+            raise self.error(f"{what} is {_show(value)}, expected one of {_WRAPS}")
         return value
 
     def image(self, i: int) -> np.ndarray:
@@ -797,9 +817,9 @@ class _Reader:
     def mtoon_v1(self, mtoon: dict, what: str) -> MToon:
         """VRMC_materials_mtoon, whose values already have VRM 1.0's meaning."""
         what = f"{what} VRMC_materials_mtoon"
-        mode = mtoon.get("outlineWidthMode", "none")
+        mode = self.string(mtoon.get("outlineWidthMode"), f"{what} outlineWidthMode", "none")
         if mode not in _OUTLINE_MODES_V1:
-            raise self.error(f"{what} outlineWidthMode is {mode!r}, expected one of {tuple(_OUTLINE_MODES_V1)}")
+            raise self.error(f"{what} outlineWidthMode is {_show(mode)}, expected one of {tuple(_OUTLINE_MODES_V1)}")
         shade_info = mtoon.get("shadeMultiplyTexture")
         return MToon(
             shade_colour=self.numbers(mtoon.get("shadeColorFactor"), 3, f"{what} shadeColorFactor", (0.0, 0.0, 0.0)),
@@ -828,7 +848,7 @@ class _Reader:
         """Overlay a VRM 0.x materialProperties entry on the glTF material, as three-vrm's
         VRMMaterialsV0CompatPlugin does: MToon and the unlit shaders replace it, VRM_USE_GLTFSHADER
         (and an unknown shader) keeps it. 0.x colours are gamma-encoded; alpha is linear."""
-        shader = entry.get("shader")
+        shader = self.string(entry.get("shader"), f"{what} shader")
         floats = self.obj(entry.get("floatProperties"), f"{what} floatProperties")
         vectors = self.obj(entry.get("vectorProperties"), f"{what} vectorProperties")
         textures = self.obj(entry.get("textureProperties"), f"{what} textureProperties")
@@ -903,7 +923,7 @@ class _Reader:
         out = {}
         for name, node in pairs:
             if isinstance(node, bool) or not isinstance(node, int) or not 0 <= node < node_count:
-                raise self.error(f"humanoid bone {name} names node {node!r}, which does not exist ({node_count} nodes)",
+                raise self.error(f"humanoid bone {name} names node {_show(node)}, which does not exist ({node_count} nodes)",
                                  "fix the humanoid bone mapping in the VRM exporter and export again")
             if name in out:
                 raise self.error(f"humanoid bone {name} is mapped twice", "fix the humanoid bone mapping and export again")
@@ -953,5 +973,5 @@ class _Reader:
     def optional_bool(self, raw: dict, key: str) -> bool | None:
         value = raw.get(key)
         if value is not None and not isinstance(value, bool):
-            raise self.error(f"meta {key} is {value!r}, expected true or false")
+            raise self.error(f"meta {key} is {_show(value)}, expected true or false")
         return value

@@ -9,7 +9,8 @@ targets (mouth_open, blink, smile) whose defaults are not all zero (a slight smi
 
 Tessellation: `segments` sets the number of sectors around the limbs (twice that around the torso,
 head and hair) and, in proportion, the number of rings along them, so triangles grow about as
-`segments ** 2` (about 37 * segments ** 2 for the default spec; see `segments_for_triangles`).
+`segments ** 2`: about 60 * segments ** 2 (10 -> ~5.9k, 22 -> ~28k, 40 -> ~95k for the default spec;
+see `segments_for_triangles`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,19 @@ from pathlib import Path
 
 import numpy as np
 
-from sabun.avatar.types import REPEAT, Avatar, Material, Mesh, Meta, MToon, Node, Primitive, Skin, Texture, TextureRef
+from sabun.avatar.types import (
+    REPEAT,
+    Avatar,
+    Material,
+    Mesh,
+    Meta,
+    MToon,
+    Node,
+    Primitive,
+    Skin,
+    Texture,
+    TextureRef,
+)
 from sabun.avatar.write import extensions_for, turn_around
 from sabun.errors import SabunError
 
@@ -64,7 +77,7 @@ class HumanoidSpec:
     """A hair ribbon (a bow; one per tail for twintails)."""
     rest: str = "T"
     """Rest pose: "T" (arms along +-X) or "A" (arms A_POSE_DEGREES below horizontal)."""
-    segments: int = 12
+    segments: int = 10
     """Tessellation: sectors around a limb; triangles grow about as its square (see module docstring)."""
     version: str = "1.0"
     """The model's own version string for the meta."""
@@ -196,7 +209,7 @@ def segments_for_triangles(triangles: int, spec: HumanoidSpec = HumanoidSpec()) 
     Fits count = a s^2 + b s + c through three cheap builds and solves it, since small parts
     (eyes, brows) have a floor on their tessellation that makes the count not purely quadratic.
     """
-    probes = (6, 12, 18)
+    probes = (8, 16, 32)
     counts = [_Figure(replace(spec, segments=s)).triangle_count() for s in probes]
     a, b, c = np.polyfit(probes, counts, 2)
     roots = np.roots([a, b, c - triangles])
@@ -339,11 +352,12 @@ class _Builder:
         triangles = np.concatenate([p[2] + o for p, o in zip(self.parts, offsets, strict=False)])
         stack = [np.concatenate([p[k] for p in self.parts]) for k in (0, 1, 3, 4, 5)]
         positions, uvs, normals, joints, weights = stack
+        # + 0.0 turns -0.0 into 0.0, so that turning the model round twice gives back the same bytes
         return Primitive(
-            positions=positions.astype(np.float32), indices=triangles.astype(np.uint32),
-            normals=normals.astype(np.float32), texcoords=[uvs.astype(np.float32)],
+            positions=positions.astype(np.float32) + np.float32(0), indices=triangles.astype(np.uint32),
+            normals=normals.astype(np.float32) + np.float32(0), texcoords=[uvs.astype(np.float32)],
             joints=joints.astype(np.uint16), weights=weights.astype(np.float32), material=material,
-            targets=[{"POSITION": t.astype(np.float32)} for t in targets or []],
+            targets=[{"POSITION": t.astype(np.float32) + np.float32(0)} for t in targets or []],
         )  # fmt: skip
 
 
@@ -386,7 +400,7 @@ class _Figure:
 
     def _head_surface(self, x: float, y: float) -> tuple[np.ndarray, np.ndarray]:
         """The point on the front of the skull at (x, y), and the outward normal there."""
-        cx, cy, cz = HEAD_CENTRE
+        _, cy, cz = HEAD_CENTRE
         t = (y - cy) / HEAD_RADII[1]
         r = math.sqrt(max(1.0 - t * t, 1e-6))
         rx, rz = HEAD_RADII[0] * r * self._jaw(t), HEAD_RADII[2] * r
@@ -514,9 +528,13 @@ class _Figure:
                 dy = positions[:, 1] - mouth[1]
                 deltas[0][:, 1] = np.where(dy < 0, 3.0 * dy, dy)  # opens mostly downwards
                 deltas[2][:, 1] = 0.004 * (positions[:, 0] / 0.011) ** 2  # corners up
-            if name in ("EyeWhite", "Iris", "EyeHighlight", "Eyelash"):
-                # closing lids: everything collapses onto a line near the bottom of the eye
+            if name in ("EyeWhite", "Iris", "EyeHighlight"):
+                # closing lids: the eye collapses onto a line near its bottom, behind the lashes
                 deltas[1][:, 1] = (eye_line - 0.016) - positions[:, 1]
+            if name == "Eyelash":
+                # ... and the lashes slide down over it along the face, drawing the closed eye's arc
+                for v, (x, y, _) in enumerate(positions):
+                    deltas[1][v] = self._head_surface(x, y - 0.03)[0] - self._head_surface(x, y)[0]
             out.append((name, builder, deltas))
         return out
 
@@ -571,8 +589,7 @@ class _Figure:
             base = np.array([0.0, centre[1] + 0.03, centre[2] - rz + 0.01])
             tt = np.linspace(0.0, 1.0, 2 * self.seg)
             points = base + np.stack([0 * tt, -0.45 * tt, -0.09 * np.sin(np.pi * tt / 1.2)], -1)
-            radius = 0.045 * np.sqrt(np.clip(np.sin(np.pi * np.minimum(tt * 1.6, 1.0) ** 0.5), 0, None)) * (1.0 - 0.5 * tt)
-            radius[[0, -1]] = 0.0
+            radius = 0.045 * _tail_profile(tt)
             builder.add(_curve(points, (0, 0, -1), radius, radius * 0.8, self.seg), "head")
             anchors.append((base + np.array([0.0, -0.01, -0.025]), np.array([0.0, 0.0, -1.0])))
         elif style == "twintails":
@@ -580,8 +597,7 @@ class _Figure:
             for sign in (1, -1):
                 base = np.array([sign * 0.07, top - 0.05, centre[2] - 0.05])
                 points = base + np.stack([sign * 0.09 * np.sin(np.pi * tt / 1.4), -0.5 * tt, -0.04 * tt], -1)
-                radius = 0.04 * np.sqrt(np.clip(np.sin(np.pi * np.minimum(tt * 1.6, 1.0) ** 0.5), 0, None)) * (1 - 0.5 * tt)
-                radius[[0, -1]] = 0.0
+                radius = 0.04 * _tail_profile(tt)
                 builder.add(_curve(points, (0, 0, -1), radius, radius, self.seg), "head")
                 anchors.append((base + np.array([sign * 0.03, 0.0, -0.01]), _normalize(np.array([sign, 0.6, -0.4]))))
         else:
@@ -696,14 +712,14 @@ class _Figure:
         meshes, materials, textures = self.meshes()
         for mesh in meshes:
             for prim in mesh.primitives:
-                prim.positions = (prim.positions * k).astype(np.float32)
-                prim.targets = [{"POSITION": (t["POSITION"] * k).astype(np.float32)} for t in prim.targets]
+                prim.positions = (prim.positions * k).astype(np.float32) + np.float32(0)
+                prim.targets = [{"POSITION": (t["POSITION"] * k).astype(np.float32) + np.float32(0)} for t in prim.targets]
         world = {bone: self.bones[bone] * k for bone, _, _ in BONES}
         nodes = [Node(name="Root")]
         for bone, node_name, parent in BONES:
             origin = world[parent] if parent else np.zeros(3)
             nodes.append(Node(name=node_name, parent=JOINT[parent] + 1 if parent else 0,
-                              translation=(world[bone] - origin).astype(np.float32)))  # fmt: skip
+                              translation=(world[bone] - origin).astype(np.float32) + np.float32(0)))  # fmt: skip
         for i, node in enumerate(nodes[1:], start=1):
             nodes[node.parent].children.append(i)
         mesh_nodes = []
@@ -713,7 +729,7 @@ class _Figure:
         nodes[0].children += mesh_nodes
         # rest rotations are identity, so each inverse bind is a translation by minus the joint's world position
         inverse_bind = np.tile(np.eye(4, dtype=np.float32), (len(BONES), 1, 1))
-        inverse_bind[:, :3, 3] = -np.array([world[bone] for bone, _, _ in BONES], np.float32)
+        inverse_bind[:, :3, 3] = 0.0 - np.array([world[bone] for bone, _, _ in BONES], np.float32)
         spec = self.spec
         meta = Meta(name=spec.name, version=spec.version, authors=list(spec.authors), licence=spec.licence_url,
                     avatar_permission=spec.avatar_permission, commercial_usage=spec.commercial_usage,
@@ -725,6 +741,11 @@ class _Figure:
             materials=materials, textures=textures, humanoid={bone: JOINT[bone] + 1 for bone, _, _ in BONES},
             meta=meta,
         )  # fmt: skip
+
+
+def _tail_profile(t: np.ndarray) -> np.ndarray:
+    """Relative radius along a hair tail (t = 0 at the head, 1 at the tip): full quickly, tapering to a point."""
+    return np.interp(t, [0.0, 0.04, 0.18, 0.6, 0.9, 1.0], [0.0, 0.7, 1.0, 0.8, 0.45, 0.0])
 
 
 def _lash_texture() -> np.ndarray:

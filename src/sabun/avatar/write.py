@@ -89,24 +89,29 @@ def turn_around(avatar: Avatar) -> Avatar:
     """
     out = copy.deepcopy(avatar)
     flip = np.array([-1.0, 1.0, -1.0], np.float32)
+
+    def turn(a: np.ndarray, by: np.ndarray = flip) -> np.ndarray:
+        # adding 0 turns the -0.0 a negated zero gives back into 0.0, so turning twice is exact
+        return (np.asarray(a, np.float32) * by + np.float32(0)).astype(np.float32)
+
     for node in out.nodes:
-        node.translation = (np.asarray(node.translation, np.float32) * flip).astype(np.float32)
+        node.translation = turn(node.translation)
         # conjugating a rotation by a half-turn about Y negates the quaternion's x and z
-        node.rotation = (np.asarray(node.rotation, np.float32) * np.array([-1, 1, -1, 1], np.float32)).astype(np.float32)
+        node.rotation = turn(node.rotation, np.array([-1, 1, -1, 1], np.float32))
         if node.matrix is not None:
-            node.matrix = (_TURN @ np.asarray(node.matrix, np.float32) @ _TURN).astype(np.float32)
+            node.matrix = turn(_TURN @ np.asarray(node.matrix, np.float32) @ _TURN, np.float32(1))
     for mesh in out.meshes:
         for prim in mesh.primitives:
-            prim.positions = (prim.positions * flip).astype(np.float32)
+            prim.positions = turn(prim.positions)
             if prim.normals is not None:
-                prim.normals = (prim.normals * flip).astype(np.float32)
+                prim.normals = turn(prim.normals)
             prim.targets = [
-                {key: (delta * flip).astype(np.float32) if key in ("POSITION", "NORMAL") else delta
+                {key: turn(delta) if key in ("POSITION", "NORMAL") else delta
                  for key, delta in target.items()}
                 for target in prim.targets
             ]  # fmt: skip
     for skin in out.skins:
-        skin.inverse_bind = (_TURN @ np.asarray(skin.inverse_bind, np.float32) @ _TURN).astype(np.float32)
+        skin.inverse_bind = turn(_TURN @ np.asarray(skin.inverse_bind, np.float32) @ _TURN, np.float32(1))
     return out
 
 
@@ -313,10 +318,10 @@ def _primitive_problem(prim, n_materials: int, n_joints: int | None) -> str | No
     if (prim.joints is None) != (prim.weights is None):
         return "joints and weights must be given together"
     # joints of a mesh no skinned node draws are never used, so only a skin gives them a range
-    if prim.joints is not None and n_joints is not None:
-        if np.asarray(prim.joints).min() < 0 or np.asarray(prim.joints).max() >= n_joints:
-            return f"a joint index is out of range (the skin has {n_joints} joints)"
-    if prim.joints is not None and np.asarray(prim.joints).max() > 65535:
+    joints = None if prim.joints is None else np.asarray(prim.joints)
+    if joints is not None and n_joints is not None and (joints.min() < 0 or joints.max() >= n_joints):
+        return f"a joint index is out of range (the skin has {n_joints} joints)"
+    if joints is not None and joints.max() > 65535:
         return "a joint index does not fit glTF's unsigned short"
     if prim.material is not None and not 0 <= prim.material < n_materials:
         return f"material {prim.material} is out of range ({n_materials} materials)"
