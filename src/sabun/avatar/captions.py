@@ -100,14 +100,18 @@ def full_caption(meta: dict) -> str:
     return _join(tags(meta))
 
 
+def require_tags(model_file: str, tags_text: str, policy: str) -> None:
+    """The stepping-stone policy captions each character by its features: refuse a model without tags."""
+    if policy == "stepping-stone" and not split_tags(tags_text):
+        raise SabunError(
+            f"{model_file}: has no tags, and the stepping-stone policy captions each character by its features; write "
+            f"{Path(model_file).with_suffix('.toml').name} beside it with tags = \"red hair, long hair, ...\" and render again"
+        )
+
+
 def stepping_stone_caption(meta: dict) -> str:
     """The character's tags, clothes, the view (`from side` / `from behind`) and the zoom level."""
-    if not split_tags(meta.get("tags", "")):
-        model = meta.get("model", {}).get("file", "the model")
-        raise SabunError(
-            f"{model}: has no tags, and the stepping-stone policy captions each character by its features; write "
-            f"{Path(model).with_suffix('.toml').name} beside it with tags = \"red hair, long hair, ...\" and render again"
-        )
+    require_tags(meta.get("model", {}).get("file", "the model"), meta.get("tags", ""), "stepping-stone")
     return _join([t for t in tags(meta) if t[0] in ("character", "clothes", "view", "zoom")])
 
 

@@ -23,7 +23,7 @@ from PIL import Image
 
 from sabun import __version__
 from sabun.avatar.camera import METHOD_VIEWS, VIEWS, ZOOMS, camera_for
-from sabun.avatar.captions import NAMED_BACKGROUNDS, POLICIES, caption, read_tag_file, tags_beside
+from sabun.avatar.captions import NAMED_BACKGROUNDS, POLICIES, caption, read_tag_file, require_tags, tags_beside
 from sabun.avatar.gltf import load_avatar
 from sabun.avatar.pose import POSES, pose_avatar
 from sabun.avatar.raster import STYLES, Renderer, composite
@@ -232,9 +232,7 @@ def render_models(
             name = image_name(source.avatar.path, pose, view, zoom)
             for suffix in (".png", ".json", ".txt"):
                 check_writable(config.out / f"{name}{suffix}", config.overwrite)
-        # a caption that cannot be written (stepping-stone policy without tags) fails before any drawing
-        caption({"model": {"file": source.avatar.path.name}, "tags": source.tags, "clothes": source.clothes,
-                 "view": "front", "zoom": "full-body", "pose": "arms-at-sides", "background": config.background}, config.policy)
+        require_tags(source.avatar.path.name, source.tags, config.policy)  # before any drawing
     background = background_colour(config.background)
     hidden = frozenset(config.hide)
     written = []

@@ -13,6 +13,7 @@ skinned mesh, so a wide skirt or wide hips get a wider stance and no arm passes 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -149,8 +150,13 @@ class Posed:
         index = avatar.humanoid.get(name)
         return None if index is None else self.world[index][:3, 3]
 
-    def vertices(self) -> np.ndarray:
+    @functools.cached_property
+    def _all_vertices(self) -> np.ndarray:
         return np.concatenate([p.positions for p in self.primitives]) if self.primitives else np.zeros((0, 3), np.float32)
+
+    def vertices(self) -> np.ndarray:
+        """Every posed vertex, (V, 3); computed once (framing asks for it on every shot)."""
+        return self._all_vertices
 
 
 def _vertex_normals(positions: np.ndarray, indices: np.ndarray) -> np.ndarray:

@@ -385,14 +385,22 @@ class Renderer:
         self._outline(0.0, 0.0)
 
 
+_LUT_SIZE = 16384
+# linear 0..1 -> sRGB uint8, by table: 16384 steps keep the darkest tones within a fifth of a level of
+# the exact curve, and a lookup is ~5x faster than the power function on every pixel.
+_SRGB_LUT = np.round(linear_to_srgb(np.linspace(0.0, 1.0, _LUT_SIZE)) * 255.0).astype(np.uint8)
+
+
+def _to_srgb8(linear: np.ndarray) -> np.ndarray:
+    index = np.clip(linear, 0.0, 1.0) * (_LUT_SIZE - 1) + 0.5
+    return _SRGB_LUT[index.astype(np.int32)]
+
+
 def composite(pixels: np.ndarray, background: tuple[float, float, float] | None) -> np.ndarray:
     """Premultiplied linear RGBA -> uint8 sRGB: RGB over a background (sRGB 0..1), or RGBA if None."""
     alpha = np.clip(pixels[..., 3:4], 0.0, 1.0)
     if background is None:
         straight = np.where(alpha > 1e-6, pixels[..., :3] / np.maximum(alpha, 1e-6), 0.0)
-        rgb = linear_to_srgb(straight)
-        out = np.concatenate([rgb, alpha], axis=-1)
-    else:
-        bg = _srgb_to_linear(np.asarray(background, dtype=np.float64))
-        out = linear_to_srgb(pixels[..., :3] + bg * (1.0 - alpha))
-    return np.round(out * 255.0).astype(np.uint8)
+        return np.concatenate([_to_srgb8(straight), np.round(alpha * 255.0).astype(np.uint8)], axis=-1)
+    bg = _srgb_to_linear(np.asarray(background, dtype=np.float32)).astype(np.float32)
+    return _to_srgb8(pixels[..., :3] + bg * (1.0 - alpha))
