@@ -61,7 +61,7 @@ class MToon:
     """Linear RGB multiplied into the base colour in shadow."""
     shade_texture: TextureRef | None = None
     shading_shift: float = 0.0
-    """-1 (all lit) .. +1 (all shade) in VRM 1.0's sign: positive values move the terminator towards the light."""
+    """Added to dot(N, L) before the step (VRM 1.0): negative values widen the shade, positive ones the lit side."""
     shading_toony: float = 0.9
     """0 (smooth) .. 1 (hard two-tone)."""
     outline_mode: str = "none"
