@@ -84,11 +84,15 @@ def test_a_changed_user_folder_retrains_only_what_depends_on_it(tmp_path):
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"character": {"preset": "target", "folder": "x"}}, "character.preset: or folder: give exactly one"),
+        ({"character": {"preset": "target", "folder": "x"}}, "character.preset: folder or model: give exactly one"),
         ({"character": {"preset": "target", "colour": "red"}}, "character.colour: unknown field"),
         ({"character": {"preset": "target", "train": {"network": {"rnak": 4}}}}, "character.train.network.rnak: unknown field; did you mean `rank`"),
         ({"character": {"preset": "target", "train": {"output": {"name": "x"}}}}, "character.train.output: is set by the pipeline"),
-        ({"stepping_stone": {"presets": [], "folders": []}}, "stepping_stone.presets: and folders are both empty"),
+        ({"stepping_stone": {"presets": [], "folders": []}}, "stepping_stone.presets: folders and models are all empty"),
+        ({"character": {"preset": "target", "model": "x.vrm"}}, "character.preset: folder or model: give exactly one of them .got preset and model"),
+        ({"render": {"style": "cel"}}, "render.style: "),
+        ({"render": {"views": ["top"]}}, "render.views: "),
+        ({"stepping_stone": {"models": [{"tags": "red hair"}]}}, r"stepping_stone.models\[0\].path: is required"),
         ({"model": {"clip_skip": 2}}, "model.path: is required"),
     ],
 )

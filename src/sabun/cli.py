@@ -169,6 +169,41 @@ def toyworld_check_cmd(
     results = check_model(model, out, count, three_d_count, Sampler(steps=steps, guidance=guidance), overwrite=overwrite)
     typer.echo(json.dumps(results, indent=2))
 
+@toyworld_app.command("check-vrm")
+def toyworld_check_vrm_cmd(
+    out: Annotated[Path, typer.Option("--out", help="Folder for check_vrm.json and renders.png.")],
+    count: Annotated[int, typer.Option(help="Random characters besides the six presets.")] = 24,
+    seed: Annotated[int, typer.Option(help="Seed of the random characters.")] = 0,
+    styles: Annotated[str, typer.Option(help="Render styles of the exported models, comma-separated: toon, lit, unlit.")] = "lit,toon",
+    overwrite: Overwrite = False,
+) -> None:
+    """Export toy characters to VRM, render them as `sabun render model` does, and measure how well the toy evaluator reads them."""
+    from sabun.avatar.raster import STYLES
+    from sabun.toyworld.check_vrm import check_exported, table
+
+    chosen = tuple(s.strip() for s in styles.split(",") if s.strip())
+    bad = [s for s in chosen if s not in STYLES]
+    if bad or not chosen:
+        raise SabunError(f"--styles {styles!r}: choose from {', '.join(STYLES)}")
+    results = check_exported(out, count=count, seed=seed, styles=chosen, overwrite=overwrite)
+    typer.echo(table(results))
+    typer.echo(f"wrote {out / 'check_vrm.json'} and {results['sheet']}")
+
+@toyworld_app.command("export")
+def toyworld_export_cmd(
+    character: Annotated[str, typer.Option("--character", help="A preset (target, red_long, green_medium, blue_short, white_ponytail, black_twintails) or a character .toml.")],
+    out: Annotated[Path, typer.Option("--out", help="The model, NAME.vrm (VRM 1.0); its tag file NAME.toml is written beside it.")],
+    segments: Annotated[int, typer.Option("--segments", help="Tessellation: sectors around a limb (10 -> about 6k triangles).")] = 10,
+    overwrite: Overwrite = False,
+) -> None:
+    """Export a toy-world character as a VRM 1.0 model with its tag file, ready for `sabun render model`."""
+    from sabun.avatar.gltf import load_avatar
+    from sabun.toyworld.character import load_character
+    from sabun.toyworld.export import export_character
+
+    model, tag_file = export_character(load_character(character), out, overwrite=overwrite, segments=segments)
+    typer.echo(f"wrote {model} ({load_avatar(model).triangle_count()} triangles) and its tag file {tag_file}")
+
 @toyworld_app.command("train-evaluator")
 def toyworld_train_evaluator_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder for evaluator.safetensors, its config and its validation.")],
@@ -256,18 +291,20 @@ def generate_cmd(
 
 @app.command("demo")
 def demo_cmd(
-    out: Annotated[Path, typer.Option("--out", help="Folder for data, LoRAs, metrics.json and report.html; a re-run skips finished stages.")] = Path("sabun-demo"),
+    out: Annotated[Path | None, typer.Option("--out", help="Folder for data, LoRAs, metrics.json and report.html (default sabun-demo, or sabun-demo-vrm with --from-vrm); a re-run skips finished stages.")] = None,
     character: Annotated[list[str] | None, typer.Option("--character", help="Target: a preset name or a character .toml; repeat for several targets (the stepping-stone is shared).")] = None,
     steps: Annotated[int, typer.Option(help="Optimiser steps of each LoRA.")] = 300,
     character_min_timestep: Annotated[int, typer.Option(help="Character LoRAs train on timesteps >= this (0: all); the stepping-stones always on all.")] = 500,
     seeds: Annotated[int, typer.Option(help="Images per evaluation prompt.")] = 16,
     full: Annotated[bool, typer.Option("--full", help="Add the ablations: 1-character stone, uncaptioned stone, regularisation images.")] = False,
+    from_vrm: Annotated[bool, typer.Option("--from-vrm", help="Export the characters to VRM and train on their `sabun render model` renders (lit style) instead of the toy renderer's.")] = False,
 ) -> None:
     """The seed's experiment on the toy model: no plan vs a `3d` tag vs the stepping-stone, measured."""
     from sabun.pipelines.demo import DemoConfig, run_demo
 
     console = Console()
-    config = DemoConfig(characters=tuple(character or ("target",)), steps=steps, character_min_timestep=character_min_timestep, seeds=seeds, full=full)
+    config = DemoConfig(characters=tuple(character or ("target",)), steps=steps, character_min_timestep=character_min_timestep, seeds=seeds, full=full, from_vrm=from_vrm)
+    out = out or Path("sabun-demo-vrm" if from_vrm else "sabun-demo")
     summary = run_demo(out, config, log=lambda m: console.print(f"[dim]{m}[/dim]"))
     for name, report in summary["targets"].items():
         print_metrics(console, f"sabun demo: {name} (each LoRA alone on the plain toy model)", report)
@@ -291,6 +328,11 @@ def character_cmd(
         print_metrics(console, f"sabun character: {report['character']['name']} (character LoRA on the plain model)", report)
     norms = ", ".join(f"{part} {norm:.3f}" for part, norm in report["weight_change_norms"]["character"].items())
     console.print(f"character LoRA: {report['loras']['character']}   weight change ||dW||: {norms}")
+    if "coverage" in report:
+        console.print("stepping-stone coverage (hair colour in CIE L*a*b*, CIEDE2000 to the target):")
+        console.print(report["coverage"]["table"], markup=False, highlight=False)
+        for warning in report["coverage"]["warnings"]:
+            console.print(f"[yellow]warning:[/yellow] {warning}")
     console.print(f"samples: {report['samples']}   metrics: {Path(settings.out) / 'metrics.json'}   ({report['seconds']:.0f} s)")
 
 

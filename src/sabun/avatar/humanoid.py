@@ -40,7 +40,7 @@ from sabun.errors import SabunError
 
 HAIRSTYLES = ("long", "medium", "short", "ponytail", "twintails")
 BODIES = ("slim", "average", "curvy")
-OUTFITS = ("none", "dress", "swimsuit")
+OUTFITS = ("none", "dress", "swimsuit", "bodysuit")
 RESTS = ("T", "A")
 A_POSE_DEGREES = 35.0
 REFERENCE_HEIGHT = 1.55
@@ -64,7 +64,7 @@ class HumanoidSpec:
     eye_colour: RGB = (66, 42, 98)
     """sRGB 0-255 of the irises."""
     outfit_colour: RGB = (52, 72, 150)
-    """sRGB 0-255 of the dress or swimsuit."""
+    """sRGB 0-255 of the dress, swimsuit or bodysuit."""
     ribbon_colour: RGB = (214, 36, 72)
     """sRGB 0-255 of the hair ribbon."""
     hairstyle: str = "medium"
@@ -72,7 +72,7 @@ class HumanoidSpec:
     body: str = "average"
     """One of BODIES: widths of hips, waist, chest and thighs."""
     outfit: str = "dress"
-    """One of OUTFITS; "none" leaves featureless skin, like a mannequin."""
+    """One of OUTFITS; "none" leaves featureless skin, like a mannequin; "bodysuit" covers all but head, hands and feet."""
     ribbon: bool = True
     """A hair ribbon (a bow; one per tail for twintails)."""
     rest: str = "T"
@@ -432,7 +432,10 @@ class _Figure:
         return out
 
     def _torso(self, y_from: float, y_to: float, grow: float, rings: int):
-        y = np.linspace(y_from, y_to, rings)
+        return self._torso_at(np.linspace(y_from, y_to, rings), grow)
+
+    def _torso_at(self, y: np.ndarray, grow: float):
+        """The torso's surface with rings at heights `y` (bottom up), grown by `grow` metres."""
         rx, rz, cz = self._torso_rings(y, grow)
         positions, uvs, triangles = _straight((0, 0, 0), (0, 1, 0), (0, 0, 1), y, rx, rz, cz, sectors=2 * self.seg)
         return self._bust(positions), uvs, triangles
@@ -442,6 +445,25 @@ class _Figure:
         boundaries = [b[n][1] for n in ("spine", "chest", "upperChest", "neck", "head")]
         return _chain(positions[:, 1], boundaries, [0.03, 0.03, 0.03, 0.025, 0.02],
                       ["hips", "spine", "chest", "upperChest", "neck", "head"])  # fmt: skip
+
+    def _leg(self, side: str, ys: np.ndarray, grow: float = 0.0):
+        """The `side` leg's tube with rings at heights `ys` (top down), grown by `grow` metres; (shape, skin)."""
+        radius = np.interp(-ys, [-y for y, _ in LEG], [r * (self.thigh_w if y > 0.42 else 1.0) for y, r in LEG])
+        radius = radius + grow * (radius > 0)
+        # rings run downwards, so the axis points down too: the triangles then wind outwards
+        leg = _straight((self.bones[f"{side}UpperLeg"][0], 0, 0), (0, -1, 0), (0, 0, 1), -ys, radius, radius, sectors=self.seg)
+        bones = ["hips", *(f"{side}{n}" for n in ("UpperLeg", "LowerLeg", "Foot"))]
+        knee, ankle = self.bones[f"{side}LowerLeg"][1], self.bones[f"{side}Foot"][1]
+        return leg, lambda p: _chain(-p[:, 1], [-0.76, -knee, -ankle], [0.03, 0.035, 0.02], bones)
+
+    def _arm(self, sign: int, side: str, ss: np.ndarray, grow: float = 0.0):
+        """The `side` arm's tube with rings at distances `ss` from the shoulder joint, grown by `grow`; (shape, skin)."""
+        origin, d = self.bones[f"{side}UpperArm"], self.arm_dir[sign]
+        radius = np.interp(ss, [s for s, _ in ARM], [r for _, r in ARM])
+        radius = radius + grow * (radius > 0)
+        arm = _straight(origin, d, (0, 0, 1), ss, radius, radius, sectors=self.seg)
+        bones = [f"{side}{n}" for n in ("Shoulder", "UpperArm", "LowerArm", "Hand")]
+        return arm, lambda p: _chain((p - origin) @ d, [0.0, ARM_LENGTHS[0], sum(ARM_LENGTHS)], [0.03, 0.03, 0.015], bones)
 
     def body(self, builder: _Builder) -> None:
         seg = self.seg
@@ -454,16 +476,9 @@ class _Figure:
                          r * HEAD_RADII[2], sectors=2 * seg)  # fmt: skip
         builder.add(head, "head")
         for sign, side in ((1, "left"), (-1, "right")):
-            b = {n: self.bones[f"{side}{n}"] for n in ("UpperArm", "LowerArm", "Hand", "UpperLeg", "LowerLeg", "Foot")}
+            b = {n: self.bones[f"{side}{n}"] for n in ("Hand", "UpperLeg")}
             # leg: straight down from inside the pelvis into the foot
-            ys = np.linspace(LEG[0][0], LEG[-1][0], 2 * seg)
-            radius = np.interp(-ys, [-y for y, _ in LEG], [r * (self.thigh_w if y > 0.42 else 1.0) for y, r in LEG])
-            # rings run downwards, so the axis points down too: the triangles then wind outwards
-            leg = _straight((b["UpperLeg"][0], 0, 0), (0, -1, 0), (0, 0, 1), -ys, radius, radius, sectors=seg)
-            leg_bones = [f"{side}{n}" for n in ("UpperLeg", "LowerLeg", "Foot")]
-            knee, ankle = b["LowerLeg"][1], b["Foot"][1]
-            builder.add(leg, lambda p, lb=leg_bones, kn=knee, an=ankle: _chain(
-                -p[:, 1], [-0.76, -kn, -an], [0.03, 0.035, 0.02], ["hips", *lb]))
+            builder.add(*self._leg(side, np.linspace(LEG[0][0], LEG[-1][0], 2 * seg)))
             # foot: along +Z, its height profile along +Y
             zs = np.linspace(FOOT[0][0], FOOT[-1][0], seg)
             fz = [row[0] for row in FOOT]
@@ -474,12 +489,7 @@ class _Figure:
             builder.add(foot, lambda p, s=side, tz=toes_z: _chain(p[:, 2], [tz], [0.02], [f"{s}Foot", f"{s}Toes"]))
             # arm: from inside the shoulder to the wrist, along the rest-pose arm direction
             d = self.arm_dir[sign]
-            ss = np.linspace(ARM[0][0], ARM[-1][0], 2 * seg)
-            radius = np.interp(ss, [s for s, _ in ARM], [r for _, r in ARM])
-            arm = _straight(b["UpperArm"], d, (0, 0, 1), ss, radius, radius, sectors=seg)
-            arm_bones = [f"{side}{n}" for n in ("Shoulder", "UpperArm", "LowerArm", "Hand")]
-            builder.add(arm, lambda p, o=b["UpperArm"], d=d, ab=arm_bones: _chain(
-                (p - o) @ d, [0.0, ARM_LENGTHS[0], sum(ARM_LENGTHS)], [0.03, 0.03, 0.015], ab))
+            builder.add(*self._arm(sign, side, np.linspace(ARM[0][0], ARM[-1][0], 2 * seg)))
             # hand: a mitten, palm down in the T pose, and a thumb pointing forward
             hand = b["Hand"]
             builder.add(_ellipsoid(hand + 0.07 * d, d, (0, 0, 1), (0.016, 0.075, 0.040), seg, seg), f"{side}Hand")
@@ -625,6 +635,9 @@ class _Figure:
 
     def outfit(self, builder: _Builder) -> None:
         seg = self.seg
+        if self.spec.outfit == "bodysuit":
+            self._bodysuit(builder)
+            return
         if self.spec.outfit == "swimsuit":
             builder.add(self._torso(TORSO[0][0], 1.15, 0.004, 2 * seg), self._torso_skin)
         else:
@@ -645,6 +658,27 @@ class _Figure:
             radius = np.full_like(tt, 0.007)
             radius[[0, -1]] = 0.0
             builder.add(_curve(points, (0, 1, 0), radius, 0.35 * radius, self.small), "upperChest")
+
+    def _bodysuit(self, builder: _Builder) -> None:
+        """A tight suit: the torso from the crotch to the base of the neck, sleeves to the wrists, legs to the ankles.
+
+        Each piece is the skin's own surface grown a few millimetres and skinned like it, so the suit
+        bends with the body; it is open only at the neck, wrists and ankles, where its edge lies a few
+        millimetres off the skin (too little to see a gap).
+        """
+        seg = self.seg
+        # Every piece keeps the skin's own rings (as `body` places them): with rings elsewhere the
+        # skin's facets poke through the suit's where the profile turns sharply (the shoulders) or a
+        # joint bends (the shoulder in the arms-at-sides pose).
+        torso = np.linspace(TORSO[0][0], TORSO[-1][0], 3 * seg)
+        legs = np.linspace(LEG[0][0], LEG[-1][0], 2 * seg)
+        arms = np.linspace(ARM[0][0], ARM[-1][0], 2 * seg)
+        # a round neckline, above the foot (its top is at 0.085 m) and before the hand (at 0.43 m)
+        neck, ankle, wrist = 1.222, 0.11, 0.41
+        builder.add(self._torso_at(np.append(torso[torso < neck], neck), 0.004), self._torso_skin)
+        for sign, side in ((1, "left"), (-1, "right")):
+            builder.add(*self._leg(side, np.append(legs[legs > ankle], ankle), grow=0.003))
+            builder.add(*self._arm(sign, side, np.append(arms[arms < wrist], wrist), grow=0.003))
 
     def materials(self) -> tuple[list[Material], list[Texture]]:
         spec = self.spec

@@ -3,9 +3,14 @@
 Stages, each written under OUT and skipped on a re-run when its inputs have not changed
 (`sabun.pipelines.stages`):
 
-1. **data**: the stepping-stone characters and the target, either rendered by sabun from toy-world
-   presets (`3d` style, every view and zoom) or copied from the user's folders of captioned renders;
-   captions are rewritten by policy where a render carries sabun's metadata (NAME.json);
+1. **data**: the stepping-stone characters and the target, rendered by sabun from toy-world presets
+   (`3d` style, every view and zoom) or from 3D model files (`sabun render model` with the `[render]`
+   settings, one stage per model keyed by the file's sha256, its tag file and the settings), or
+   copied from the user's folders of captioned renders; captions are rewritten by policy where a
+   render carries sabun's metadata (NAME.json);
+   **coverage**: with 3D models on both sides, the target's hair colour (read from the hair
+   materials' pixels of its renders) against each stepping-stone character's in CIE L*a*b*, and its
+   hairstyle tags against theirs; a warning when nothing is near (OUT/coverage.json);
 2. **stepping-stone LoRA** on the other characters (their features in the captions, so the LoRA holds
    the 3D look);
 3. **merge**: the stepping-stone is merged into the model in fp32 by the trainer (`base_weights`),
@@ -29,6 +34,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sabun.avatar.camera import METHOD_VIEWS
+from sabun.avatar.camera import VIEWS as AVATAR_VIEWS
+from sabun.avatar.camera import ZOOMS as AVATAR_ZOOMS
+from sabun.avatar.pose import POSES as AVATAR_POSES
+from sabun.avatar.raster import STYLES as RENDER_STYLES
 from sabun.errors import SabunError
 from sabun.io import atomic_output
 from sabun.lora.file import file_sha256
@@ -55,31 +65,70 @@ TOY_CHARACTER_TRAIN = {"training": {"min_timestep": 500}}
 
 
 @dataclass
+class ModelSource:
+    """One character's 3D model file, rendered by sabun (`sabun render model`)."""
+
+    path: str  # a .vrm, .glb or .gltf file
+    tags: str | None = None  # the character's booru tags, e.g. "red hair, long hair"; default: `tags` of NAME.toml beside the model
+
+
+@dataclass
+class RenderConfig:
+    """How the 3D model files are rendered: one camera rule, light, pose and style for every model."""
+
+    views: list[str] = field(default_factory=lambda: list(METHOD_VIEWS))  # the method's: front and behind
+    zooms: list[str] = field(default_factory=lambda: list(AVATAR_ZOOMS))  # portrait, upper-body, cowboy-shot, full-body
+    poses: list[str] = field(default_factory=lambda: ["arms-at-sides"])
+    style: str = "toon"  # toon (MToon, as VRoid Studio shows the model), lit (a plain "3D render") or unlit
+    size: int | None = None  # image side in pixels; default: 64 on the toy model, else 768
+    supersample: int = 2  # drawn at this many times the size, then averaged down
+    background: str = "white"  # the method trains on white
+    author: bool = False  # you are the author of a model whose licence lets only its author use it
+
+    def __post_init__(self) -> None:
+        one_of(self.style, "style", RENDER_STYLES)
+        for name, values, valid in (("views", self.views, AVATAR_VIEWS), ("zooms", self.zooms, AVATAR_ZOOMS), ("poses", self.poses, AVATAR_POSES)):
+            check(bool(values), name, f"is empty; choose from: {', '.join(valid)}")
+            for value in values:
+                one_of(value, name, valid)
+        check(self.size is None or 64 <= self.size <= 2048, "size", f"must be 64 to 2048 pixels, got {self.size}")
+        check(1 <= self.supersample <= 4, "supersample", f"must be 1 to 4, got {self.supersample}")
+
+
+@dataclass
 class SteppingStoneConfig:
     """The other characters, in the 3D look, that the stepping-stone LoRA learns from."""
 
-    presets: list[str] = field(default_factory=lambda: list(STEPPING_STONE_PRESETS))  # toy-world characters rendered by sabun (toy model)
+    presets: list[str] | None = None  # toy-world characters rendered by sabun (toy model); default: the five when no folders or models are given
     folders: list[str] = field(default_factory=list)  # your own captioned 3D renders, one folder per character
+    models: list[ModelSource] = field(default_factory=list)  # 3D model files, each rendered by sabun: [{ path = "alice.vrm", tags = "red hair, long hair" }]
     caption_policy: str = "stepping-stone"  # applied to sabun renders (NAME.json beside the image); `keep` leaves captions as they are
     multiplier: float = 1.0  # weight at which it is merged under the character LoRA
+    hair_distance: float = 15.0  # warn when no stepping-stone character's hair is within this CIEDE2000 of the target's (3D models only)
     train: dict = field(default_factory=dict)  # `sabun train` tables overriding the defaults (e.g. training.max_steps)
 
     def __post_init__(self) -> None:
-        check(bool(self.presets or self.folders), "presets", "and folders are both empty; give the stepping-stone characters")
+        if self.presets is None:
+            self.presets = [] if (self.folders or self.models) else list(STEPPING_STONE_PRESETS)
+        check(bool(self.presets or self.folders or self.models), "presets", "folders and models are all empty; give the stepping-stone characters")
         one_of(self.caption_policy, "caption_policy", CAPTION_POLICIES)
+        check(self.hair_distance > 0, "hair_distance", f"must be > 0, got {self.hair_distance}")
 
 
 @dataclass
 class TargetConfig:
-    """The character the final LoRA draws: a toy preset or spec file, or a folder of its 3D renders."""
+    """The character the final LoRA draws: a toy preset or spec file, a folder of its 3D renders, or its 3D model."""
 
     preset: str | None = None  # toy-world preset name or character .toml, rendered by sabun (toy model)
     folder: str | None = None  # your own captioned 3D renders of the character
+    model: str | None = None  # the character's 3D model file (.vrm, .glb, .gltf), rendered by sabun
+    tags: str | None = None  # with `model`: its identity tags (hairstyle...), for the coverage check only; default: NAME.toml beside it
     caption_policy: str = "character"  # applied to sabun renders; `keep` leaves captions as they are
     train: dict = field(default_factory=dict)  # `sabun train` tables overriding the defaults
 
     def __post_init__(self) -> None:
-        check((self.preset is None) != (self.folder is None), "preset", "or folder: give exactly one of them")
+        given = [k for k in ("preset", "folder", "model") if getattr(self, k) is not None]
+        check(len(given) == 1, "preset", f"folder or model: give exactly one of them{f' (got {given[0]} and {given[1]})' if len(given) > 1 else ''}")
         one_of(self.caption_policy, "caption_policy", CAPTION_POLICIES)
 
 
@@ -108,6 +157,7 @@ class CharacterConfig:
     out: str = "sabun-character"  # folder for every stage's output
     model: ModelConfig = field(default_factory=lambda: ModelConfig(path="toy"))
     stepping_stone: SteppingStoneConfig = field(default_factory=SteppingStoneConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     save_merged: bool = False  # also write the model with the stepping-stone merged (OUT/merged.safetensors)
 
@@ -148,8 +198,13 @@ def resolve(config: CharacterConfig, root: Path) -> CharacterConfig:
         config,
         out=local(config.out),
         model=model,
-        stepping_stone=dataclasses.replace(config.stepping_stone, presets=[maybe_file(p) for p in config.stepping_stone.presets], folders=[local(f) for f in config.stepping_stone.folders]),
-        character=dataclasses.replace(config.character, preset=maybe_file(config.character.preset), folder=local(config.character.folder)),
+        stepping_stone=dataclasses.replace(
+            config.stepping_stone,
+            presets=[maybe_file(p) for p in config.stepping_stone.presets],
+            folders=[local(f) for f in config.stepping_stone.folders],
+            models=[dataclasses.replace(m, path=local(m.path)) for m in config.stepping_stone.models],
+        ),
+        character=dataclasses.replace(config.character, preset=maybe_file(config.character.preset), folder=local(config.character.folder), model=local(config.character.model)),
         evaluation=dataclasses.replace(config.evaluation, character=maybe_file(config.evaluation.character)),
     )
 
@@ -183,12 +238,11 @@ def train_config(
 # --- data ---------------------------------------------------------------------------------------
 
 
-def render_set(out: Path, character: str, policy: str, extra_tag: str | None = None) -> None:
-    """A toy character's `3d` renders (every view and zoom, white background, arms at sides), captioned."""
+def apply_policy(out: Path, policy: str, extra_tag: str | None = None) -> None:
+    """Re-caption a folder of sabun renders by policy (`none`: empty captions; `keep`: as rendered),
+    then append `extra_tag` to every caption."""
     from sabun.captions import caption_folder
-    from sabun.toyworld.commands import RenderToyConfig, render_toy
 
-    render_toy(RenderToyConfig(out=out, style="3d", character=character, views=VIEWS, zooms=ZOOMS))
     if policy == "none":
         for path in out.glob("*.txt"):
             path.write_text("")
@@ -198,6 +252,48 @@ def render_set(out: Path, character: str, policy: str, extra_tag: str | None = N
         for path in out.glob("*.txt"):
             text = path.read_text().strip()
             path.write_text(f"{text}, {extra_tag}\n" if text else f"{extra_tag}\n")
+
+
+def render_set(out: Path, character: str, policy: str, extra_tag: str | None = None) -> None:
+    """A toy character's `3d` renders (every view and zoom, white background, arms at sides), captioned."""
+    from sabun.toyworld.commands import RenderToyConfig, render_toy
+
+    render_toy(RenderToyConfig(out=out, style="3d", character=character, views=VIEWS, zooms=ZOOMS))
+    apply_policy(out, policy, extra_tag)
+
+
+def model_tags(source: ModelSource) -> str:
+    """A model's tags: given in the config, else `tags` of its tag file (NAME.toml beside it), else none."""
+    from sabun.avatar.captions import read_tag_file, tags_beside
+
+    if source.tags is not None:
+        return source.tags
+    tag_file = tags_beside(Path(source.path))
+    return read_tag_file(tag_file).get("tags", "") if tag_file.is_file() else ""
+
+
+def render_model_set(out: Path, source: ModelSource, policy: str, render: RenderConfig, size: int, log, extra_tag: str | None = None) -> None:
+    """One 3D model's shots (`sabun render model` with the pipeline's render settings), captioned by policy."""
+    from tqdm import tqdm
+
+    from sabun.avatar.commands import RenderModelConfig, render_models
+
+    config = RenderModelConfig(
+        models=(Path(source.path),),
+        out=out,
+        views=tuple(render.views),
+        zooms=tuple(render.zooms),
+        poses=tuple(render.poses),
+        style=render.style,
+        size=size,
+        supersample=render.supersample,
+        background=render.background,
+        tags=source.tags,
+        policy=policy if policy in ("stepping-stone", "character") else "full",
+        author=render.author,
+    )
+    render_models(config, note=log, bar=lambda total: tqdm(total=total, desc=f"rendering {Path(source.path).name}", unit="shot", leave=False))
+    apply_policy(out, "none" if policy == "none" else "keep", extra_tag)
 
 
 def folder_digest(folder: Path) -> str:
@@ -225,6 +321,16 @@ def copy_set(source: Path, out: Path, policy: str) -> None:
             caption_folder(folder, policy)
 
 
+def check_model_file(path: str, where: str) -> Path:
+    """A model file that exists and that sabun renders; errors name the config field and the file."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(where, f"{file}: no such file; give a .vrm, .glb or .gltf file")
+    if file.suffix.lower() not in (".vrm", ".glb", ".gltf"):
+        raise ConfigError(where, f"{file}: is not a .vrm, .glb or .gltf file; export the model as VRM or glTF")
+    return file
+
+
 @dataclass
 class Stages:
     """The stage runner of one pipeline: data sets and LoRAs under OUT, logged."""
@@ -235,6 +341,23 @@ class Stages:
     def toy_data(self, name: str, character: str, policy: str, extra_tag: str | None = None) -> Path:
         inputs = {"character": load_character(character).to_dict(), "policy": policy, "tag": extra_tag, "style": "3d"}
         return run_stage(self.out / "data", name, inputs, lambda p: render_set(p, character, policy, extra_tag), self.log)[0]
+
+    def model_data(self, name: str, source: ModelSource, policy: str, render: RenderConfig, size: int, extra_tag: str | None = None) -> Path:
+        """A 3D model's renders, keyed by the model file's and its tag file's content and the render settings."""
+        from sabun.avatar.captions import tags_beside
+        from sabun.avatar.commands import METADATA_FORMAT
+
+        model, tag_file = Path(source.path), tags_beside(Path(source.path))
+        inputs = {
+            "model": file_sha256(model),
+            "tag_file": file_sha256(tag_file) if tag_file.is_file() else None,
+            "tags": source.tags,
+            "policy": policy,
+            "tag": extra_tag,
+            "render": to_dict(render) | {"size": size},
+            "format": METADATA_FORMAT,
+        }
+        return run_stage(self.out / "data", name, inputs, lambda p: render_model_set(p, source, policy, render, size, self.log, extra_tag), self.log)[0]
 
     def user_data(self, name: str, folder: str, policy: str) -> Path:
         inputs = {"folder": folder, "digest": folder_digest(Path(folder)), "policy": policy}
@@ -271,12 +394,28 @@ def run_character(config: CharacterConfig, log: Callable[[str], None] = print, e
     if (stone.presets or target.preset) and not config.is_toy:
         log("note: toy-world presets are rendered in the toy world's 64 px style; on a real model use folders of your own renders")
 
-    stone_data = [stages.toy_data(f"stepping_stone_{Path(p).stem}", p, stone.caption_policy) for p in stone.presets]
-    stone_data += [stages.user_data(f"stepping_stone_{Path(f).name}", f, stone.caption_policy) for f in stone.folders]
+    names = stage_names(config)
+    for i, source in enumerate(stone.models):  # every input checked before the first stage runs
+        check_model_file(source.path, f"stepping_stone.models[{i}].path")
+        if stone.caption_policy == "stepping-stone" and not model_tags(source).strip():
+            raise ConfigError(f"stepping_stone.models[{i}].tags", f"{source.path}: has no tags, and the stepping-stone captions name each character's features; give tags = \"red hair, long hair, ...\"")
+    if target.model:
+        check_model_file(target.model, "character.model")
+    size = config.render.size or (64 if config.is_toy else 768)
+
+    stone_data = [stages.toy_data(names.pop(0), p, stone.caption_policy) for p in stone.presets]
+    stone_data += [stages.user_data(names.pop(0), f, stone.caption_policy) for f in stone.folders]
+    stone_models = [stages.model_data(names.pop(0), m, stone.caption_policy, config.render, size) for m in stone.models]
+    stone_data += stone_models
     if target.preset:
         character_data = stages.toy_data("character", target.preset, target.caption_policy)
-    else:
+    elif target.folder:
         character_data = stages.user_data("character", target.folder, target.caption_policy)
+    else:
+        character_data = stages.model_data("character", ModelSource(target.model, target.tags), target.caption_policy, config.render, size)
+    coverage = None
+    if target.model and stone.models:
+        coverage = check_coverage(config, character_data, stone_models, out, log)
 
     pipe = load_pipeline(config.model.path, allow_pickle=config.model.allow_pickle, prediction_type=config.model.prediction_type)
     stepping_stone = stages.lora("stepping_stone", train_config(config, stone.train, stone_data, out, "stepping_stone", where="stepping_stone.train"), pipe)
@@ -285,11 +424,43 @@ def run_character(config: CharacterConfig, log: Callable[[str], None] = print, e
     character = stages.lora("character", train_config(config, target.train, [character_data], out, "character", [stepping_stone], where="character.train", character=True), pipe)
 
     report = evaluate_character(config, pipe, character, out, log, evaluator)
+    if coverage is not None:
+        report["coverage"] = coverage
     report["loras"] = {"stepping_stone": str(stepping_stone), "character": str(character)}
     report["seconds"] = time.time() - started
     with atomic_output(out / "metrics.json", overwrite=True) as tmp:
         tmp.write_text(json.dumps(report, indent=2))
     return report
+
+
+def stage_names(config: CharacterConfig) -> list[str]:
+    """The data stage of each stepping-stone source, in order: presets, folders, models (one name each)."""
+    stone = config.stepping_stone
+    stems = [Path(p).stem for p in stone.presets] + [Path(f).name for f in stone.folders] + [Path(m.path).stem for m in stone.models]
+    names = [f"stepping_stone_{stem}" for stem in stems]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ConfigError("stepping_stone", f"two sources are both named {repeated[0].removeprefix('stepping_stone_')!r}; their renders would share a folder: rename one")
+    return names
+
+
+def check_coverage(config: CharacterConfig, character_data: Path, stone_data: list[Path], out: Path, log) -> dict:
+    """The target's hair colour and hairstyle against the stepping-stone characters' (from their
+    renders and tags): the table, printed with its warnings, and written to OUT/coverage.json."""
+    from sabun.avatar.coverage import Entry, coverage, hair_colour
+
+    stone = config.stepping_stone
+    target = Entry(Path(config.character.model).stem, hair_colour(character_data), model_tags(ModelSource(config.character.model, config.character.tags)))
+    stones = [Entry(Path(m.path).stem, hair_colour(d), model_tags(m)) for m, d in zip(stone.models, stone_data)]
+    result = coverage(target, stones, max_distance=stone.hair_distance)
+    log("stepping-stone coverage (hair colour in CIE L*a*b*, CIEDE2000 to the target):")
+    log(result.table())
+    for warning in result.warnings:
+        log(f"warning: {warning}")
+    record = result.to_dict() | {"table": result.table(), "warnings": list(result.warnings)}
+    with atomic_output(out / "coverage.json", overwrite=True) as tmp:
+        tmp.write_text(json.dumps(record, indent=2))
+    return record
 
 
 def save_merged(config: CharacterConfig, stepping_stone: Path, out: Path) -> None:

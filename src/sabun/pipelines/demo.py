@@ -23,14 +23,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from sabun import __version__
 from sabun.errors import SabunError
 from sabun.evaluate.metrics import Protocol, measure, weight_change_norms
 from sabun.evaluate.report import write_report
 from sabun.evaluate.toy_evaluator import ToyEvaluator
 from sabun.generate import Sampler, applied
 from sabun.io import atomic_output
-from sabun.pipelines.character import Stages
+from sabun.pipelines.character import ModelSource, RenderConfig, Stages
+from sabun.pipelines.stages import run_stage
 from sabun.toyworld.character import STEPPING_STONE_PRESETS, load_character
+from sabun.toyworld.render import ZOOMS
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,7 @@ class DemoConfig:
     sample_steps: int = 20  # sampling steps of the evaluation images
     seed: int = 0
     full: bool = False  # add the ablations: a 1-character and an uncaptioned stepping-stone, regularisation images
+    from_vrm: bool = False  # the characters exported to VRM and rendered by `sabun render model` (lit style) instead of the toy renderer
 
 
 def train_config(datasets: list[Path], name: str, config: DemoConfig, base_weights: list[Path] = (), repeats: dict[Path, int] | None = None, character: bool = True):
@@ -68,6 +72,26 @@ def train_config(datasets: list[Path], name: str, config: DemoConfig, base_weigh
     )
 
 
+# `--from-vrm`: the toy renderer's shot list (front, side, behind; every zoom; 64 px) drawn from the
+# exported VRM files, in the `lit` style as the 3D look
+VRM_RENDER = RenderConfig(views=["front", "right", "behind"], zooms=list(ZOOMS), style="lit", size=64, supersample=4)
+
+
+def exported(stages: Stages, character: str) -> Path:
+    """The toy character as a VRM 1.0 file (with its tag file), made once per spec: OUT/vrm/NAME/NAME.vrm."""
+    from sabun.toyworld.export import export_character
+
+    spec = load_character(character)
+
+    def build(folder: Path) -> None:
+        folder.mkdir(parents=True)
+        export_character(spec, folder / f"{spec.name}.vrm")
+
+    # keyed by the spec and sabun's version (a new humanoid builder re-exports)
+    folder, _ = run_stage(stages.out / "vrm", spec.name, {"character": spec.to_dict(), "sabun": __version__}, build, stages.log)
+    return folder / f"{spec.name}.vrm"
+
+
 CONDITIONS = ("plain model", "no plan x1", "no plan x0.5", "3d tag x1", "stepping-stone x1")
 ABLATIONS = ("1-character stone x1", "uncaptioned stone x1", "stone + reg. images x1")
 
@@ -85,19 +109,25 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), log=print, evaluator:
     pipe = load_pipeline(config.model)
     evaluator = evaluator or ToyEvaluator.load()
     shared = Stages(out, log)
-    stone_data = [shared.toy_data(f"stepping_stone_{c}", c, "stepping-stone") for c in STEPPING_STONE_PRESETS]
+
+    def data(stages: Stages, name: str, character: str, policy: str, extra_tag: str | None = None) -> Path:
+        if not config.from_vrm:
+            return stages.toy_data(name, character, policy, extra_tag)
+        return stages.model_data(name, ModelSource(str(exported(shared, character))), policy, VRM_RENDER, 64, extra_tag)
+
+    stone_data = [data(shared, f"stepping_stone_{c}", c, "stepping-stone") for c in STEPPING_STONE_PRESETS]
     stepping_stone = shared.lora("stepping_stone", train_config(stone_data, "stepping_stone", config, character=False), pipe)
     if config.full:  # the ablations' stepping-stones: one character only; five without captions
         one_stone = shared.lora("stepping_stone_1_character", train_config(stone_data[:1], "stepping_stone_1_character", config, character=False), pipe)
-        bare_data = [shared.toy_data(f"stepping_stone_{c}_uncaptioned", c, "none") for c in STEPPING_STONE_PRESETS]
+        bare_data = [data(shared, f"stepping_stone_{c}_uncaptioned", c, "none") for c in STEPPING_STONE_PRESETS]
         bare_stone = shared.lora("stepping_stone_uncaptioned", train_config(bare_data, "stepping_stone_uncaptioned", config, character=False), pipe)
 
     reports, plain_images = {}, {}  # the plain model's images do not depend on the target: made once
     for character, target in zip(config.characters, targets):
         log(f"target: {target.name}")
         stages = Stages(out / target.name, log)
-        character_data = stages.toy_data("character", character, "character")
-        character_3d_tag = stages.toy_data("character_3d_tag", character, "character", extra_tag="3d")
+        character_data = data(stages, "character", character, "character")
+        character_3d_tag = data(stages, "character_3d_tag", character, "character", extra_tag="3d")
         loras = {
             "no_plan": stages.lora("no_plan", train_config([character_data], "no_plan", config), pipe),
             "3d_tag": stages.lora("3d_tag", train_config([character_3d_tag], "3d_tag", config), pipe),

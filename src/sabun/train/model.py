@@ -11,12 +11,13 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from sabun.data.provenance import inherited
 from sabun.errors import SabunError
 from sabun.lora.file import file_sha256, load_lora
 from sabun.lora.ops import Weighted, merge_into_model
@@ -42,6 +43,7 @@ class SteppingStone:
     sha256: str
     multiplier: float
     layers: int
+    source_models: list = field(default_factory=list)  # the 3D models its data was rendered from (its metadata)
 
 
 class PlainWeights:
@@ -88,7 +90,7 @@ def merge_stepping_stones(targets: dict[str, LoRATarget], base_weights, allow_pi
     names = {name for _, lora, _ in loaded for name in lora.weights}
     plain = PlainWeights(targets, {n for n in names if n in targets})
     merge_into_model(targets, [Weighted(lora, weight.multiplier, f"model.base_weights: {weight.path}") for weight, lora, _ in loaded])
-    stones = [SteppingStone(str(w.path), sha, w.multiplier, len(lora.weights)) for w, lora, sha in loaded]
+    stones = [SteppingStone(str(w.path), sha, w.multiplier, len(lora.weights), inherited(lora.metadata)) for w, lora, sha in loaded]
     return plain, stones
 
 

@@ -31,6 +31,7 @@ from torch import nn
 import sabun
 from sabun.data.cache import LatentCache, encode_pixels, load_pixels
 from sabun.data.captions import shuffle_caption, tag_frequency
+from sabun.data.provenance import merged, source_models
 from sabun.data.dataset import BatchPlan, TrainImage, assign_buckets, scan_images, split_validation
 from sabun.errors import SabunError
 from sabun.io import atomic_output, check_writable
@@ -175,6 +176,8 @@ class Run:
         images = assign_buckets(self.found.images, cfg.datasets, cfg.data, pixel_stride(self.pipe))
         self.images, self.validation_images = split_validation(images, cfg.validation.split, cfg.training.seed)
         self.all_images = self.images + self.validation_images
+        # every 3D model behind the data (sabun render metadata) and behind the stepping-stones
+        self.source_models = merged(source_models(im.path for im in self.images), *(s.source_models for s in self.stones))
         self.plan = BatchPlan(self.images, cfg.data.batch_size, self.world, cfg.training.seed)
         micro_steps = cfg.training.epochs * self.plan.batches_per_epoch
         self.total_steps = cfg.training.max_steps or math.ceil(micro_steps / cfg.training.gradient_accumulation)
@@ -439,6 +442,7 @@ class Run:
             "ss_tag_frequency": json.dumps({f: tag_frequency([im.caption for im in ims], separators[f]) for f, ims in folders.items()}),
             "ss_dataset_dirs": json.dumps({f: {"n_repeats": ims[0].repeats, "img_count": len(ims)} for f, ims in folders.items()}),
             "sabun_base_weights": stones_metadata(self.stones),
+            "sabun_source_models": json.dumps(self.source_models),
             "sabun_config": json.dumps(to_dict(cfg)),
             "sabun_version": sabun.__version__,
         }
