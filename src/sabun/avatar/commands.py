@@ -145,6 +145,40 @@ def check_licence(avatar: Avatar, author: bool) -> str:
     return ""
 
 
+HAIR_NAME = re.compile(r"hair|髪", re.IGNORECASE)
+NOT_HAIR = re.compile(r"pin|clip|ribbon|acce|ornament|band", re.IGNORECASE)  # hair accessories
+MIN_HAIR_PIXELS = 20  # fewer fully covered hair pixels in a shot give no colour reading
+
+
+def hair_material_indices(source: Source) -> list[int]:
+    """The avatar's hair materials: those the tag file names (`hair_materials`), else those whose
+    name says hair (`hair`, `髪`) and not a hair accessory (pin, clip, ribbon, band...)."""
+    names = [m.name or "" for m in source.avatar.materials]
+    if source.hair_materials:
+        unknown = [n for n in source.hair_materials if n not in names]
+        if unknown:
+            raise SabunError(
+                f"{source.tag_file}: hair_materials names {unknown[0]!r}, which {source.avatar.path.name} does not have; "
+                f"its materials are: {', '.join(n or '(unnamed)' for n in names)}"
+            )
+        return [i for i, n in enumerate(names) if n in source.hair_materials]
+    return [i for i, n in enumerate(names) if HAIR_NAME.search(n) and not NOT_HAIR.search(n)]
+
+
+def hair_reading(pixels, coverage, names: list[str]) -> dict:
+    """The hair's colour in one shot: the median CIE L*a*b* of the pixels hair fully covers."""
+    import numpy as np
+
+    from sabun.toyworld.colours import srgb_to_lab, to_hex
+
+    inside = pixels[..., :3][coverage >= 0.99]
+    record = {"materials": names, "pixels": int(len(inside)), "lab": None, "srgb": None}
+    if len(inside) >= MIN_HAIR_PIXELS:
+        record["lab"] = [round(float(v), 3) for v in np.median(srgb_to_lab(inside), axis=0)]
+        record["srgb"] = to_hex(tuple(int(v) for v in np.median(inside, axis=0).round()))
+    return record
+
+
 def load_source(path: Path, config: RenderModelConfig) -> tuple[Source, str]:
     """Load one model, check its licence, read its tags; returns the source and a warning or ''."""
     avatar = load_avatar(path)
@@ -159,6 +193,7 @@ def load_source(path: Path, config: RenderModelConfig) -> tuple[Source, str]:
         source = Source(avatar, data.get("tags", ""), data.get("clothes", ""), list(data.get("hair_materials", [])), tag_file)
     if config.tags is not None:
         source.tags = config.tags
+    hair_material_indices(source)  # a wrong hair_materials name fails before anything is drawn
     return source, warning
 
 
@@ -239,6 +274,8 @@ def render_models(
     progress = bar(len(loaded) * len(shots)) if bar else None
     for source, _ in loaded:
         avatar = source.avatar
+        hair = hair_material_indices(source)
+        hair_names = [avatar.materials[i].name for i in hair]
         for pose in config.poses:
             posed = pose_avatar(avatar, pose, hidden)
             if posed.note:
@@ -249,7 +286,10 @@ def render_models(
                     camera = camera_for(posed, avatar, view, zoom)
                     pixels = composite(renderer.draw(camera), background)
                     name = image_name(avatar.path, pose, view, zoom)
-                    images.append((name, pixels, metadata(source, config, name, pose, view, zoom, camera, posed, posed.note)))
+                    meta = metadata(source, config, name, pose, view, zoom, camera, posed, posed.note)
+                    coverage = renderer.material_coverage(camera, set(hair)) if hair else None
+                    meta["hair"] = hair_reading(pixels, coverage, hair_names) if hair else {"materials": [], "pixels": 0, "lab": None, "srgb": None}
+                    images.append((name, pixels, meta))
                     if progress:
                         progress.set_postfix_str(name)
                         progress.update()
@@ -274,11 +314,12 @@ def describe(avatar: Avatar) -> str:
         morphs = max((len(p.targets) for p in mesh.primitives), default=0)
         lines.append(f"  {mesh.name or '(unnamed)'}: {len(mesh.primitives)} primitives, {triangles} triangles"
                      + (f", {morphs} morph targets" if morphs else ""))
-    lines.append("materials:")
-    for m in avatar.materials:
+    hair = set(hair_material_indices(Source(avatar)))
+    lines.append("materials (* hair, for the hair-colour reading; name others with hair_materials in NAME.toml):")
+    for i, m in enumerate(avatar.materials):
         kind = "MToon" if m.mtoon else "unlit" if m.unlit else "PBR"
         outline = f", outline {m.mtoon.outline_mode} {m.mtoon.outline_width:g}" if m.mtoon and m.mtoon.outline_mode != "none" else ""
-        lines.append(f"  {m.name or '(unnamed)'}: {kind}, {m.alpha_mode}{', double-sided' if m.double_sided else ''}{outline}")
+        lines.append(f"  {'*' if i in hair else ' '}{m.name or '(unnamed)'}: {kind}, {m.alpha_mode}{', double-sided' if m.double_sided else ''}{outline}")
     if avatar.humanoid:
         lines.append(f"humanoid bones ({len(avatar.humanoid)}):")
         lines.append("  " + ", ".join(f"{bone}={avatar.nodes[i].name}" for bone, i in avatar.humanoid.items()))

@@ -94,6 +94,7 @@ uniform vec3 u_outline_colour;
 uniform float u_outline_mix;
 uniform vec3 u_ground;
 uniform float u_shadow_radius;
+uniform int u_mask;
 in vec3 v_normal;
 in vec3 v_world;
 in vec2 v_uv0;
@@ -116,6 +117,10 @@ void main() {
     vec4 base = u_base * v_colour;
     if (u_has_tex) base *= texture(u_tex, uv_of(u_tex_coord, u_tex_xf));
     if (u_alpha_mode == 1 && base.a < u_cutoff) discard;
+    if (u_mask != 0) {  // material mask pass: 1 where a chosen material is the front-most surface
+        f_colour = vec4(u_mask == 1 ? 1.0 : 0.0, 0.0, 0.0, 1.0);
+        return;
+    }
     float alpha = u_alpha_mode == 2 ? base.a : 1.0;
     vec3 n = normalize(v_normal);
     if (!gl_FrontFacing) n = -n;
@@ -198,6 +203,7 @@ class Renderer:
         self.program = ctx.program(vertex_shader=_VERTEX_SHADER, fragment_shader=_FRAGMENT_SHADER)
         self.program["u_tex"].value = 0
         self.program["u_shade_tex"].value = 1
+        self.program["u_mask"].value = 0
         self._resources = []
         self.textures = [self._upload_texture(i) for i in range(len(avatar.textures))]
         self.draws = [self._upload_primitive(p) for p in posed.primitives]
@@ -365,6 +371,33 @@ class Renderer:
         pixels = pixels[::-1]  # GL's first row is the bottom one
         k = self.supersample
         return pixels.reshape(self.size, k, self.size, k, 4).mean(axis=(1, 3))
+
+    def material_coverage(self, camera: Camera, materials: set[int]) -> np.ndarray:
+        """(size, size) float32: the share of each output pixel where one of `materials` (indices
+        into the avatar's materials) is the front-most surface (outlines and the shadow left out)."""
+        mgl, ctx, u = self.moderngl, self.ctx, self.program
+        self.fbo.use()
+        side = self.size * self.supersample
+        ctx.viewport = (0, 0, side, side)
+        ctx.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
+        ctx.enable(mgl.DEPTH_TEST)
+        ctx.disable(mgl.BLEND)
+        u["u_view_proj"].write((camera.projection @ camera.view).T.astype("f4").tobytes())
+        u["u_eye"].value = tuple(float(c) for c in camera.eye)
+        u["u_tan_half_fov"].value = math.tan(math.radians(camera.fov) / 2)
+        self._outline(0.0, 0.0)
+        try:
+            for i, (vao, material, _) in enumerate(self.draws):  # transparent parts too: they cover what is behind
+                self._set_material(material, self.style)
+                u["u_mask"].value = 1 if self.posed.primitives[i].primitive.material in materials else 2
+                self._cull(material.double_sided)
+                vao.render(mgl.TRIANGLES)
+        finally:
+            u["u_mask"].value = 0
+        ctx.copy_framebuffer(self.resolved, self.fbo)
+        mask = np.frombuffer(self.resolved.read(components=4, dtype="f4"), dtype=np.float32).reshape(side, side, 4)[::-1, :, 0]
+        k = self.supersample
+        return mask.reshape(self.size, k, self.size, k).mean(axis=(1, 3))
 
     def _outline(self, world: float, screen: float) -> None:
         self.program["u_outline_world"].value = world
