@@ -323,14 +323,14 @@ def character_cmd(
 
     console = Console()
     settings = load_character_config(config, [*(set_ or []), *([f"out={out.resolve()}"] if out else [])])
-    report = run_character(settings, log=lambda m: console.print(f"[dim]{m}[/dim]"))
+    report = run_character(settings, log=lambda m: console.print(m, style="dim", markup=False, highlight=False, soft_wrap=True))
     if "conditions" in report:
         print_metrics(console, f"sabun character: {report['character']['name']} (character LoRA on the plain model)", report)
     norms = ", ".join(f"{part} {norm:.3f}" for part, norm in report["weight_change_norms"]["character"].items())
     console.print(f"character LoRA: {report['loras']['character']}   weight change ||dW||: {norms}")
     if "coverage" in report:
         console.print("stepping-stone coverage (hair colour in CIE L*a*b*, CIEDE2000 to the target):")
-        console.print(report["coverage"]["table"], markup=False, highlight=False)
+        console.print(report["coverage"]["table"], markup=False, highlight=False, soft_wrap=True)
         for warning in report["coverage"]["warnings"]:
             console.print(f"[yellow]warning:[/yellow] {warning}")
     console.print(f"samples: {report['samples']}   metrics: {Path(settings.out) / 'metrics.json'}   ({report['seconds']:.0f} s)")
