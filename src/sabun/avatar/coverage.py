@@ -77,7 +77,7 @@ def lab_to_hex(lab) -> str:
     )
     linear = np.clip(linear, 0.0, 1.0)
     srgb = np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)
-    return "#{:02x}{:02x}{:02x}".format(*(int(round(v * 255)) for v in srgb))
+    return "#{:02x}{:02x}{:02x}".format(*(round(float(v) * 255) for v in srgb))
 
 
 def hair_colour(folder: Path, model_file: str | None = None) -> HairColour:
@@ -153,16 +153,13 @@ class Coverage:
 
     def to_dict(self) -> dict:
         name, distance = self.nearest
-        return {
-            "max_distance": self.max_distance,
-            "nearest": {"name": name, "ciede2000": distance},
-            "characters": [
-                {"name": e.name, "role": role, "lab": list(e.hair.lab), "hex": e.hair.hex, "colour_name": e.hair.name, "shots": e.hair.shots,
-                 "ciede2000_to_target": d, "hairstyles": hairstyles(e.tags)}
-                for e, role, d in [(self.target, "target", None), *((s, "stepping-stone", d) for s, d in zip(self.stones, self.distances))]
-            ],  # fmt: skip
-            "warnings": self.warnings,
-        }
+        entries = [(self.target, "target", None), *((s, "stepping-stone", d) for s, d in zip(self.stones, self.distances))]
+        characters = [
+            {"name": e.name, "role": role, "lab": list(e.hair.lab), "hex": e.hair.hex, "colour_name": e.hair.name, "shots": e.hair.shots,
+             "ciede2000_to_target": d, "hairstyles": hairstyles(e.tags)}
+            for e, role, d in entries
+        ]  # fmt: skip
+        return {"max_distance": self.max_distance, "nearest": {"name": name, "ciede2000": distance}, "characters": characters, "warnings": self.warnings}
 
 
 def coverage(target: Entry, stones: list[Entry], max_distance: float = DEFAULT_DISTANCE) -> Coverage:

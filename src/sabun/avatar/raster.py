@@ -216,6 +216,7 @@ class Renderer:
         )
         self.resolved = ctx.framebuffer(color_attachments=[self._keep(ctx.renderbuffer((side, side), 4, dtype="f4"))])
         self._resources += [self.fbo, self.resolved, self.program]
+        self.mask_fbo = self.mask_resolved = None  # made on first use, at the output size
 
     def _keep(self, resource):
         self._resources.append(resource)
@@ -374,11 +375,20 @@ class Renderer:
 
     def material_coverage(self, camera: Camera, materials: set[int]) -> np.ndarray:
         """(size, size) float32: the share of each output pixel where one of `materials` (indices
-        into the avatar's materials) is the front-most surface (outlines and the shadow left out)."""
+        into the avatar's materials) is the front-most surface (outlines and the shadow left out).
+
+        Drawn at the output size with 4x MSAA (steps of 1/4), a single 8-bit channel: about a tenth
+        of a shot's cost at 768 px."""
         mgl, ctx, u = self.moderngl, self.ctx, self.program
-        self.fbo.use()
-        side = self.size * self.supersample
-        ctx.viewport = (0, 0, side, side)
+        if self.mask_fbo is None:
+            size = (self.size, self.size)
+            self.mask_fbo = self._keep(ctx.framebuffer(
+                color_attachments=[self._keep(ctx.renderbuffer(size, 1, samples=4, dtype="f1"))],
+                depth_attachment=self._keep(ctx.depth_renderbuffer(size, samples=4)),
+            ))
+            self.mask_resolved = self._keep(ctx.framebuffer(color_attachments=[self._keep(ctx.renderbuffer(size, 1, dtype="f1"))]))
+        self.mask_fbo.use()
+        ctx.viewport = (0, 0, self.size, self.size)
         ctx.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
         ctx.enable(mgl.DEPTH_TEST)
         ctx.disable(mgl.BLEND)
@@ -394,10 +404,9 @@ class Renderer:
                 vao.render(mgl.TRIANGLES)
         finally:
             u["u_mask"].value = 0
-        ctx.copy_framebuffer(self.resolved, self.fbo)
-        mask = np.frombuffer(self.resolved.read(components=4, dtype="f4"), dtype=np.float32).reshape(side, side, 4)[::-1, :, 0]
-        k = self.supersample
-        return mask.reshape(self.size, k, self.size, k).mean(axis=(1, 3))
+        ctx.copy_framebuffer(self.mask_resolved, self.mask_fbo)
+        mask = np.frombuffer(self.mask_resolved.read(components=1, dtype="f1"), dtype=np.uint8).reshape(self.size, self.size)[::-1]
+        return mask.astype(np.float32) / 255.0
 
     def _outline(self, world: float, screen: float) -> None:
         self.program["u_outline_world"].value = world

@@ -13,6 +13,10 @@ For each target character (default: the `target` preset) on the shipped toy mode
 4. per target `TARGET/metrics.json` and `TARGET/report.html` (metrics and image grids); all targets'
    figures in `metrics.json`; a summary table.
 
+`from_vrm` (`sabun demo --from-vrm`): every character is first exported to a VRM 1.0 file
+(`sabun toyworld export`, OUT/vrm/) and its data are that file's `sabun render model` renders in the
+`lit` style, in the toy renderer's shot list; training and evaluation are unchanged.
+
 Every stage is skipped on a re-run when its inputs have not changed (`sabun.pipelines.stages`).
 """
 
