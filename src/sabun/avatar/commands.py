@@ -166,12 +166,13 @@ def hair_material_indices(source: Source) -> list[int]:
 
 
 def hair_reading(pixels, coverage, names: list[str]) -> dict:
-    """The hair's colour in one shot: the median CIE L*a*b* of the pixels hair fully covers."""
+    """The hair's colour in one shot: the median CIE L*a*b* of the pixels hair fully covers
+    (`coverage` None: the model has no hair materials)."""
     import numpy as np
 
     from sabun.toyworld.colours import srgb_to_lab, to_hex
 
-    inside = pixels[..., :3][coverage >= 0.99]
+    inside = pixels[..., :3][coverage >= 0.99] if coverage is not None else pixels[:0, 0, :3]
     record = {"materials": names, "pixels": int(len(inside)), "lab": None, "srgb": None}
     if len(inside) >= MIN_HAIR_PIXELS:
         record["lab"] = [round(float(v), 3) for v in np.median(srgb_to_lab(inside), axis=0)]
@@ -288,7 +289,7 @@ def render_models(
                     name = image_name(avatar.path, pose, view, zoom)
                     meta = metadata(source, config, name, pose, view, zoom, camera, posed, posed.note)
                     coverage = renderer.material_coverage(camera, set(hair)) if hair else None
-                    meta["hair"] = hair_reading(pixels, coverage, hair_names) if hair else {"materials": [], "pixels": 0, "lab": None, "srgb": None}
+                    meta["hair"] = hair_reading(pixels, coverage, hair_names)
                     images.append((name, pixels, meta))
                     if progress:
                         progress.set_postfix_str(name)

@@ -30,6 +30,7 @@ from sabun.errors import SabunError
 from sabun.toyworld.colours import HAIR_COLOURS, ciede2000, srgb_to_lab
 
 DEFAULT_DISTANCE = 15.0
+_HAIR_ANCHORS = srgb_to_lab(np.array(list(HAIR_COLOURS.values())))
 
 # booru tags of hairstyle and hair length (not colour); lower case, spaces
 HAIRSTYLE_TAGS = (
@@ -61,9 +62,7 @@ class HairColour:
     @property
     def name(self) -> str:
         """The nearest named booru hair colour (by CIEDE2000)."""
-        names = list(HAIR_COLOURS)
-        anchors = srgb_to_lab(np.array(list(HAIR_COLOURS.values())))
-        return names[int(np.argmin(ciede2000(anchors, np.asarray(self.lab)[None])))]
+        return list(HAIR_COLOURS)[int(np.argmin(ciede2000(_HAIR_ANCHORS, np.asarray(self.lab)[None])))]
 
 
 def lab_to_hex(lab) -> str:
@@ -136,10 +135,14 @@ class Coverage:
         i = int(np.argmin(self.distances))
         return self.stones[i].name, self.distances[i]
 
+    def entries(self) -> list[tuple[Entry, str, float | None]]:
+        """(entry, role, CIEDE2000 to the target) of the target, then of each stepping-stone character."""
+        return [(self.target, "target", None), *((s, "stepping-stone", d) for s, d in zip(self.stones, self.distances))]
+
     def rows(self) -> list[list[str]]:
         header = ["character", "role", "L*", "a*", "b*", "hex", "nearest name", "CIEDE2000 to target", "hairstyle tags"]
         out = [header]
-        for entry, role, distance in [(self.target, "target", None), *((s, "stepping-stone", d) for s, d in zip(self.stones, self.distances))]:
+        for entry, role, distance in self.entries():
             L, a, b = entry.hair.lab
             out.append([entry.name, role, f"{L:.1f}", f"{a:.1f}", f"{b:.1f}", entry.hair.hex, entry.hair.name,
                         "-" if distance is None else f"{distance:.1f}", ", ".join(hairstyles(entry.tags)) or "(none)"])  # fmt: skip
@@ -153,11 +156,10 @@ class Coverage:
 
     def to_dict(self) -> dict:
         name, distance = self.nearest
-        entries = [(self.target, "target", None), *((s, "stepping-stone", d) for s, d in zip(self.stones, self.distances))]
         characters = [
             {"name": e.name, "role": role, "lab": list(e.hair.lab), "hex": e.hair.hex, "colour_name": e.hair.name, "shots": e.hair.shots,
              "ciede2000_to_target": d, "hairstyles": hairstyles(e.tags)}
-            for e, role, d in entries
+            for e, role, d in self.entries()
         ]  # fmt: skip
         return {"max_distance": self.max_distance, "nearest": {"name": name, "ciede2000": distance}, "characters": characters, "warnings": self.warnings}
 

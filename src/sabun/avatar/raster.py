@@ -331,11 +331,9 @@ class Renderer:
         right, up, back = view_inverse[:3, 0], view_inverse[:3, 1], view_inverse[:3, 2]
         key = -0.45 * right + 0.65 * up + 0.62 * back
         fill = 0.7 * right + 0.1 * up + 0.7 * back
-        u["u_view_proj"].write((camera.projection @ camera.view).T.astype("f4").tobytes())
-        u["u_eye"].value = tuple(float(c) for c in camera.eye)
+        self._use_camera(camera)
         u["u_key"].value = tuple(float(c) for c in key / np.linalg.norm(key))
         u["u_fill"].value = tuple(float(c) for c in fill / np.linalg.norm(fill))
-        u["u_tan_half_fov"].value = math.tan(math.radians(camera.fov) / 2)
         self._outline(0.0, 0.0)
 
         if self.style == "lit":  # the shadow first: the feet then cover it
@@ -392,9 +390,7 @@ class Renderer:
         ctx.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
         ctx.enable(mgl.DEPTH_TEST)
         ctx.disable(mgl.BLEND)
-        u["u_view_proj"].write((camera.projection @ camera.view).T.astype("f4").tobytes())
-        u["u_eye"].value = tuple(float(c) for c in camera.eye)
-        u["u_tan_half_fov"].value = math.tan(math.radians(camera.fov) / 2)
+        self._use_camera(camera)
         self._outline(0.0, 0.0)
         try:
             for i, (vao, material, _) in enumerate(self.draws):  # transparent parts too: they cover what is behind
@@ -407,6 +403,12 @@ class Renderer:
         ctx.copy_framebuffer(self.mask_resolved, self.mask_fbo)
         mask = np.frombuffer(self.mask_resolved.read(components=1, dtype="f1"), dtype=np.uint8).reshape(self.size, self.size)[::-1]
         return mask.astype(np.float32) / 255.0
+
+    def _use_camera(self, camera: Camera) -> None:
+        u = self.program
+        u["u_view_proj"].write((camera.projection @ camera.view).T.astype("f4").tobytes())
+        u["u_eye"].value = tuple(float(c) for c in camera.eye)
+        u["u_tan_half_fov"].value = math.tan(math.radians(camera.fov) / 2)
 
     def _outline(self, world: float, screen: float) -> None:
         self.program["u_outline_world"].value = world

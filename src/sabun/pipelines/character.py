@@ -457,7 +457,7 @@ def check_coverage(config: CharacterConfig, character_data: Path, stone_data: li
     log(result.table())
     for warning in result.warnings:
         log(f"warning: {warning}")
-    record = result.to_dict() | {"table": result.table(), "warnings": list(result.warnings)}
+    record = result.to_dict() | {"table": result.table()}
     with atomic_output(out / "coverage.json", overwrite=True) as tmp:
         tmp.write_text(json.dumps(record, indent=2))
     return record

@@ -83,18 +83,20 @@ def check_exported(out: Path, count: int = 24, seed: int = 0, styles: tuple[str,
     evaluator = evaluator or ToyEvaluator.load()
     specs = characters(count, seed)
     groups: dict[str, dict[str, list]] = {name: {"images": [], "specs": [], "views": [], "zooms": []} for name in ("toy 3d", *styles)}
+
+    def add(group: str, image: np.ndarray, spec: CharacterSpec, view: str, zoom: str) -> None:
+        for key, value in zip(("images", "specs", "views", "zooms"), (image, spec, view, zoom)):
+            groups[group][key].append(value)
+
     with tempfile.TemporaryDirectory(prefix="sabun-check-vrm-") as tmp, tqdm(total=len(specs), desc="export, render", unit="character") as bar:
         for spec in specs:
             vrm, _ = export_character(spec, Path(tmp) / f"{spec.name}.vrm")
             for style in styles:
                 for image, view, zoom in mesh_renders(vrm, style, size, supersample):
-                    for key, value in zip(("images", "specs", "views", "zooms"), (image, spec, view, zoom)):
-                        groups[style][key].append(value)
+                    add(style, image, spec, view, zoom)
             for view in VIEWS.values():
                 for zoom in ZOOMS:
-                    image = render(spec, Shot(view=view, zoom=zoom, pose="arms-at-sides", background="white"), "3d", size=64)
-                    for key, value in zip(("images", "specs", "views", "zooms"), (image, spec, view, zoom)):
-                        groups["toy 3d"][key].append(value)
+                    add("toy 3d", render(spec, Shot(view=view, zoom=zoom, pose="arms-at-sides", background="white"), "3d", size=64), spec, view, zoom)
             bar.update()
     results = {
         "characters": len(specs),
