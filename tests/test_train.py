@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -238,15 +240,36 @@ def test_bad_images_are_all_listed_before_training(workdir):
     assert load_lora(result.lora_path).metadata["ss_num_train_images"] == "2"
 
 
-def test_a_non_finite_loss_stops_with_the_last_good_checkpoint_kept(workdir, tiny_pipe):
+def test_a_diverging_run_stops_and_writes_no_blown_up_weights(workdir, tiny_pipe):
     cfg = config(workdir, "optimizer.learning_rate=1e15", "checkpoint.every_n_steps=1", "training.max_steps=6", "optimizer.max_grad_norm=0")
-    with pytest.raises(SabunError, match=r"training loss is (nan|inf) at step \d+, so training stopped; the last good checkpoint is kept at \S+test-step\d+") as info:
+    stopped = r"(training loss is (nan|inf) at step \d+|the LoRA's weights at step \d+ are out of range .*), so training stopped"
+    with pytest.raises(SabunError, match=stopped) as info:
+        train(cfg, pipe=tiny_pipe)
+    for _, path in list_checkpoints(workdir / "out", "test"):  # every checkpoint kept is one a reader accepts
+        lora = load_lora(path / "lora.safetensors")
+        assert all(torch.isfinite(w.up).all() and torch.isfinite(w.down).all() for w in lora.weights.values())
+    if list_checkpoints(workdir / "out", "test"):
+        assert str(list_checkpoints(workdir / "out", "test")[-1][1]) in str(info.value)
+    assert not (workdir / "out/test.safetensors").exists()
+
+
+def test_a_non_finite_loss_stops_with_the_last_good_checkpoint_kept(workdir, tiny_pipe, monkeypatch):
+    from sabun.train import trainer
+
+    cfg = config(workdir, "checkpoint.every_n_steps=1", "training.max_steps=6")
+    real, calls = trainer.diffusion_loss, {"n": 0}
+
+    def poisoned(*args, **kwargs):  # the loss turns NaN from the fourth step on
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] >= 4 else loss
+
+    monkeypatch.setattr(trainer, "diffusion_loss", poisoned)
+    with pytest.raises(SabunError, match=r"training loss is nan at step \d+, so training stopped; the last good checkpoint is kept at \S+test-step\d+") as info:
         train(cfg, pipe=tiny_pipe)
     checkpoints = list_checkpoints(workdir / "out", "test")
-    assert checkpoints, str(info.value)
-    assert str(checkpoints[-1][1]) in str(info.value)
-    lora = load_lora(checkpoints[-1][1] / "lora.safetensors")
-    assert all(torch.isfinite(w.up).all() and torch.isfinite(w.down).all() for w in lora.weights.values())
+    assert checkpoints and str(checkpoints[-1][1]) in str(info.value)
+    load_lora(checkpoints[-1][1] / "lora.safetensors")  # valid
     assert not (workdir / "out/test.safetensors").exists()
 
 
@@ -296,7 +319,7 @@ def test_sigkill_after_a_checkpoint_then_resume_equals_an_uninterrupted_run(work
     assert resumed.losses == pytest.approx(uninterrupted.losses[resumed_from:], abs=1e-6)
 
 
-def test_ctrl_c_writes_a_checkpoint_and_exits_cleanly(workdir):
+def test_ctrl_c_writes_a_checkpoint_and_the_printed_command_resumes_it(workdir):
     run = sabun("train", "train.toml", "--set", "training.max_steps=1000", "--set", "checkpoint.every_n_steps=1", cwd=workdir)
     wait_for_checkpoint(workdir, run)
     first = list_checkpoints(workdir / "out", "test")[-1][0]
@@ -304,8 +327,40 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_cleanly(workdir):
     _, stderr = run.communicate(timeout=120)
     assert run.returncode == 130, stderr
     assert "Traceback" not in stderr
-    assert "continue with: sabun train train.toml --resume" in stderr
-    assert list_checkpoints(workdir / "out", "test")[-1][0] > first
+    stopped = list_checkpoints(workdir / "out", "test")[-1][0]
+    assert stopped > first
+    hint = re.search(r"continue with: (.+)", stderr)
+    assert hint, stderr
+    command = shlex.split(hint.group(1))
+    assert command[:3] == ["sabun", "train", "train.toml"]
+    assert "--set=training.max_steps=1000" in command  # the run's overrides are kept
+    # the printed command, with the run shortened (a later --set wins; max_steps may change on resume)
+    resumed = sabun(*command[1:], "--set", f"training.max_steps={stopped + 1}", cwd=workdir)
+    _, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr
+    assert load_lora(workdir / "out/test.safetensors").metadata["ss_steps"] == str(stopped + 1)
+
+
+def test_a_bare_resume_flag_means_the_latest_checkpoint(workdir):
+    killed = sabun("train", "train.toml", "--set", "training.max_steps=1000", "--set", "checkpoint.every_n_steps=1", cwd=workdir)
+    wait_for_checkpoint(workdir, killed)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    step = list_checkpoints(workdir / "out", "test")[-1][0]
+    done = sabun("train", "train.toml", "--resume", "--set", f"training.max_steps={step + 1}", cwd=workdir)
+    _, stderr = done.communicate(timeout=300)
+    assert done.returncode == 0, stderr
+    assert load_lora(workdir / "out/test.safetensors").metadata["ss_steps"] == str(step + 1)
+
+
+def test_a_run_killed_between_its_lora_and_its_config_resumes(workdir, tiny_pipe):
+    cfg = config(workdir, "training.max_steps=4", "checkpoint.every_n_steps=2")
+    train(cfg, pipe=tiny_pipe)
+    cfg.config_path.unlink()  # as if killed after the LoRA was written, before its .toml
+    with pytest.raises(SabunError, match="already exists"):
+        train(cfg, pipe=tiny_pipe)  # not resuming: the file is still protected
+    result = train(cfg, resume=True, pipe=tiny_pipe)
+    assert result.config_path.exists() and load_lora(result.lora_path).metadata["ss_steps"] == "4"
 
 
 def test_two_cpu_processes_complete(workdir):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -21,6 +22,7 @@ app = typer.Typer(
 )
 
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
+Force = Annotated[bool, typer.Option("--force", help="Allow a LoRA multiplier beyond +-10.")]
 AllowPickle = Annotated[bool, typer.Option("--allow-pickle", help="Allow .ckpt/.pt pickles (loaded weights-only). Only for files you trust.")]
 
 # --- toy world commands (sabun render toy, sabun caption) ---
@@ -229,7 +231,7 @@ def toyworld_train_evaluator_cmd(
 def train_cmd(
     config: Annotated[Path, typer.Argument(help="Training config (TOML); see docs/training.md.")],
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config value: KEY=VALUE, e.g. network.rank=8; repeatable.")] = None,
-    resume: Annotated[str | None, typer.Option("--resume", help="Continue from a checkpoint folder, or `latest`.", is_flag=False, flag_value="latest")] = None,
+    resume: Annotated[str | None, typer.Option("--resume", help="Continue from a checkpoint folder, or `latest` (a bare --resume means latest).")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output and drop an earlier run's checkpoints.")] = False,
 ) -> None:
     """Train one LoRA (stepping-stone base_weights are merged into the model first)."""
@@ -241,7 +243,8 @@ def train_cmd(
         print("interrupted", file=sys.stderr)
         raise typer.Exit(130) from None
     if result.interrupted:
-        print(f"stopped at step {result.step}; checkpoint: {result.checkpoint}\ncontinue with: sabun train {config} --resume", file=sys.stderr)
+        again = " ".join(shlex.quote(part) for part in ["sabun", "train", str(config), *[f"--set={item}" for item in set_ or []], "--resume", "latest"])
+        print(f"stopped at step {result.step}; checkpoint: {result.checkpoint}\ncontinue with: {again}", file=sys.stderr)
         raise typer.Exit(130)
     print(f"wrote {result.lora_path} ({result.step} steps, final loss {result.losses[-1] if result.losses else float('nan'):.4f}); config: {result.config_path}")
 
@@ -270,14 +273,9 @@ def generate_cmd(
     from tqdm import tqdm
 
     from sabun.generate import Sampler, generate_command
-    from sabun.lora.commands import parse_weighted
+    from sabun.lora.commands import parse_multipliers, parse_weighted
 
-    weights = None
-    if grid_weights:
-        try:
-            weights = [float(w) for w in grid_weights.split(",")]
-        except ValueError:
-            raise SabunError(f"--grid-weights {grid_weights!r}: give numbers separated by commas, e.g. 0,0.5,1") from None
+    weights = parse_multipliers(grid_weights, "--grid-weights") if grid_weights else None
     loras = [parse_weighted(spec) for spec in lora or []]
     total = len(prompt) * count * len(weights or [1])
     with tqdm(total=total, desc="generate", unit="img", disable=total < 8) as bar:
@@ -360,12 +358,9 @@ def evaluate_cmd(
 ) -> None:
     """Measure what LoRAs do on the toy model: 3D leakage, identity, flexibility, beside the plain model."""
     from sabun.evaluate.commands import evaluate_loras
-    from sabun.lora.commands import parse_weighted
+    from sabun.lora.commands import parse_multipliers, parse_weighted
 
-    try:
-        scales = [float(w) for w in weights.split(",")]
-    except ValueError:
-        raise SabunError(f"--weights {weights!r}: give numbers separated by commas, e.g. 0.5,1") from None
+    scales = parse_multipliers(weights, "--weights")
     report = evaluate_loras(model, [parse_weighted(spec) for spec in lora], scales, character, out, seeds, overwrite)
     print_metrics(Console(), f"sabun evaluate: {character}", report)
     typer.echo(f"report: {out / 'report.html'}   metrics: {out / 'metrics.json'}")
@@ -445,12 +440,13 @@ def merge_cmd(
     overwrite: Overwrite = False,
     allow_pickle: AllowPickle = False,
     prediction_type: PredictionType = None,
+    force: Force = False,
 ) -> None:
     """Merge LoRAs into a model's weights (fp32, W += m * up@down * alpha/rank) and save the model."""
     from sabun.lora.commands import merge
 
     show_model_log()
-    changed = merge(model, lora, out, overwrite=overwrite, allow_pickle=allow_pickle, prediction_type=prediction_type)
+    changed = merge(model, lora, out, overwrite=overwrite, allow_pickle=allow_pickle, prediction_type=prediction_type, force=force)
     console.print(f"merged {len(lora)} LoRA(s) into {changed} layers -> {out}")
 
 
@@ -464,11 +460,12 @@ def combine_cmd(
     concat: Annotated[bool, typer.Option("--concat", help="Stack along the rank instead of SVD: exact, ranks add up.")] = False,
     overwrite: Overwrite = False,
     allow_pickle: AllowPickle = False,
+    force: Force = False,
 ) -> None:
     """Weighted sum of LoRAs' weight changes, exact (--concat or no rank) or compressed by SVD."""
     from sabun.lora.commands import combine
 
-    report = combine(loras, out, rank, conv_rank, energy, concat, overwrite, allow_pickle)
+    report = combine(loras, out, rank, conv_rank, energy, concat, overwrite, allow_pickle, force)
     if report is not None:
         print_approximation(report, "combine: SVD truncation error per layer")
     console.print(f"wrote {out}")
@@ -556,10 +553,35 @@ def info_cmd(
 # --- end LoRA core commands ---
 
 
+def bare_resume(argv: list[str]) -> list[str]:
+    """`sabun train CFG --resume` (no value, as the interrupted run prints it) means `--resume latest`;
+    typer's options take a value, so the bare flag is completed here."""
+    if len(argv) < 2 or argv[1] != "train":
+        return argv
+    out = []
+    for i, arg in enumerate(argv):
+        out.append(arg)
+        if arg == "--resume" and (i + 1 == len(argv) or argv[i + 1].startswith("-")):
+            out.append("latest")
+    return out
+
+
 def main() -> None:
     """Entry point: run the app; input errors become one line on stderr and exit status 2."""
     try:
-        app()
+        app(args=bare_resume(sys.argv)[1:])
     except SabunError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {destination(str(e))}", file=sys.stderr)
         sys.exit(2)
+    except OSError as e:  # read-only, full disk, permissions, a file where a folder should be: not sabun's bug
+        from sabun.errors import os_error_message
+
+        print(f"error: {destination(os_error_message(e))}", file=sys.stderr)
+        sys.exit(2)
+
+
+def destination(message: str) -> str:
+    """Name the output a failed write was for, not its temporary (`.NAME.tmp-PID-xxxx` -> `NAME`)."""
+    import re
+
+    return re.sub(r"\.([^/\\]+?)\.tmp-\d+-[A-Za-z0-9_]+", r"\1", message)

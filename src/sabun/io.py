@@ -8,9 +8,12 @@ file, and an existing output is never replaced unless the caller asked for it.
 from __future__ import annotations
 
 import contextlib
+import pickle
+import glob
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +21,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # torch takes ~2 s to import; `sabun render model` writes files here and never needs it
     import torch
 
-from sabun.errors import SabunError
+from sabun.errors import SabunError, write_error
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
@@ -29,9 +32,46 @@ def check_writable(path: Path, overwrite: bool) -> None:
         raise SabunError(f"{path}: already exists; choose another output path or pass --overwrite")
 
 
+STALE_AFTER_S = 3600  # a temporary of unknown owner this old is left over from a killed run
+
+
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove `.NAME.tmp-PID-*` siblings of `path` left by a killed process (never a live one's)."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.tmp-*"):
+        pid = tmp.name.rsplit(".tmp-", 1)[1].split("-", 1)[0]
+        if pid.isdigit():
+            if process_alive(int(pid)):
+                continue
+        elif time.time() - tmp.stat().st_mtime < STALE_AFTER_S:
+            continue
+        shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
+
+
+def process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, overwrite: bool = False, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary path next to `path`; move it onto `path` when the block succeeds.
+
+    The output gets the permissions the user's umask gives a new file or folder (0644 / 0755 under
+    022), not the private ones of a temporary. Temporaries a killed run left beside `path` are
+    removed. On failure the temporary is removed and an existing `path` is left as it was.
 
     Args:
         path: the final output (a file, or a folder if `directory`).
@@ -41,17 +81,21 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False, directory: b
     path = Path(path)
     check_writable(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
+    prefix = f".{path.name}.tmp-{os.getpid()}-"
     if directory:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
+        os.chmod(tmp, 0o777 & ~umask())
     else:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+        fd, name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
+        os.fchmod(fd, 0o666 & ~umask())
         os.close(fd)
         tmp = Path(name)
     try:
         yield tmp
         if directory:
             if path.exists():
-                old = path.with_name(f".{path.name}.old-{os.getpid()}")
+                old = path.with_name(f".{path.name}.old-{os.getpid()}")  # not a temporary: never removed as stale
                 path.rename(old)
                 tmp.rename(path)
                 shutil.rmtree(old)
@@ -94,8 +138,13 @@ def load_tensors(path: str | os.PathLike, allow_pickle: bool = False, what: str 
             )
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # a failed pickle load can raise nearly anything
-            raise SabunError(f"{path}: could not be read as a weights-only pickle ({type(e).__name__}: {e})") from None
+        except Exception as e:  # a failed pickle load can raise nearly anything; torch's message advises weights_only=False
+            if isinstance(e, pickle.UnpicklingError) or "weights_only" in str(e):
+                raise SabunError(
+                    f"{path}: holds objects other than tensors, which only a full unpickle (that can run code) would load; "
+                    "sabun never does that, even with --allow-pickle: convert the file to .safetensors with a tool you trust"
+                ) from None
+            raise SabunError(f"{path}: could not be read as a weights-only pickle ({type(e).__name__}); it may be truncated or corrupt") from None
         if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
             obj = obj["state_dict"]
         if not isinstance(obj, dict):
@@ -117,10 +166,14 @@ def save_tensors(
     tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None, overwrite: bool = False
 ) -> Path:
     """Write a safetensors file atomically; refuse to replace an existing file unless `overwrite`."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     path = Path(path)
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_output(path, overwrite=overwrite) as tmp:
-        save_file(contiguous, str(tmp), metadata=metadata)
+        try:
+            save_file(contiguous, str(tmp), metadata=metadata)
+        except SafetensorError as e:  # safetensors reports OS errors (a full disk) as its own error type
+            raise write_error(path, e) from None
     return path

@@ -12,35 +12,55 @@ from sabun.io import check_writable
 from sabun.lora.file import load_lora, save_lora
 from sabun.lora.fit import FitReport, check_fit
 from sabun.lora.info import BlockSummary, summarize
-from sabun.lora.ops import ApproximationReport, ExtractionReport, Weighted, combine_concat, combine_svd, extract_lora, merge_into_model, resize_lora
+from sabun.lora.ops import ApproximationReport, ExtractionReport, Weighted, check_multiplier, combine_concat, combine_svd, extract_lora, merge_into_model, resize_lora
 from sabun.lora.targets import pipeline_targets
 from sabun.models.families import TITLES, base_model_version, pipeline_family
 from sabun.models.load import load_pipeline, save_pipeline
 
 
-def parse_weighted(spec: str) -> tuple[str, float]:
-    """`path[:multiplier]` -> (path, multiplier); the multiplier defaults to 1.0."""
+def parse_weighted(spec: str, force: bool = False) -> tuple[str, float]:
+    """`path[:multiplier]` -> (path, multiplier); the multiplier defaults to 1.0 and must be finite
+    (beyond +-10 only with `force`)."""
     path, sep, tail = spec.rpartition(":")
-    if sep:
-        try:
-            return path, float(tail)
-        except ValueError:
-            pass
-    return spec, 1.0
+    if not sep or Path(spec).exists():
+        return spec, 1.0
+    try:
+        multiplier = float(tail)
+    except ValueError:
+        raise SabunError(f"{spec}: the weight {tail!r} after the last ':' is not a number; write PATH or PATH:0.8") from None
+    check_multiplier(multiplier, path, force)
+    return path, multiplier
 
 
-def load_weighted(specs: Sequence[str], allow_pickle: bool = False) -> list[Weighted]:
+def parse_multipliers(text: str, option: str, force: bool = False) -> list[float]:
+    """`0,0.5,1` -> [0.0, 0.5, 1.0]; each finite (beyond +-10 only with `force`)."""
+    try:
+        values = [float(w) for w in text.split(",")]
+    except ValueError:
+        raise SabunError(f"{option} {text!r}: give numbers separated by commas, e.g. 0,0.5,1") from None
+    for value in values:
+        check_multiplier(value, option, force)
+    return values
+
+
+def load_weighted(specs: Sequence[str], allow_pickle: bool = False, force: bool = False) -> list[Weighted]:
     if not specs:
         raise SabunError("no LoRA given; pass one or more PATH[:MULTIPLIER]")
     out = []
     for spec in specs:
-        path, multiplier = parse_weighted(spec)
+        path, multiplier = parse_weighted(spec, force)
         out.append(Weighted(load_lora(path, allow_pickle=allow_pickle), multiplier, os.path.basename(path)))
     return out
 
 
 def merge(
-    model: str, loras: Sequence[str], out: str | os.PathLike, overwrite: bool = False, allow_pickle: bool = False, prediction_type: str | None = None
+    model: str,
+    loras: Sequence[str],
+    out: str | os.PathLike,
+    overwrite: bool = False,
+    allow_pickle: bool = False,
+    prediction_type: str | None = None,
+    force: bool = False,
 ) -> int:
     """Merge LoRAs into a model and save it (a `.safetensors` name: one file in the original layout;
     otherwise a diffusers folder); returns the number of layers changed.
@@ -48,7 +68,7 @@ def merge(
     `prediction_type` overrides the model's (it is written into the output).
     """
     check_writable(Path(out), overwrite)
-    weighted = load_weighted(loras, allow_pickle)
+    weighted = load_weighted(loras, allow_pickle, force)
     pipe = load_pipeline(model, allow_pickle=allow_pickle, prediction_type=prediction_type)
     changed = merge_into_model(pipeline_targets(pipe, conv=True), weighted)
     save_pipeline(pipe, out, overwrite=overwrite)
@@ -64,12 +84,13 @@ def combine(
     concat: bool = False,
     overwrite: bool = False,
     allow_pickle: bool = False,
+    force: bool = False,
 ) -> ApproximationReport | None:
     """Write the weighted sum of LoRAs; returns the SVD error report (None for --concat, which is exact)."""
     if concat and (rank or conv_rank or energy):
         raise SabunError("combine: --concat keeps every rank exactly; do not give --rank/--conv-rank/--energy with it")
     check_writable(Path(out), overwrite)
-    weighted = load_weighted(loras, allow_pickle)
+    weighted = load_weighted(loras, allow_pickle, force)
     if concat:
         lora, report = combine_concat(weighted), None
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -31,8 +32,70 @@ def split_key(key: str) -> tuple[str, str] | None:
     return None
 
 
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+MAX_DELTA_NORM = 1e4  # a model's own layers have norms of ~1-100; a LoRA beyond this is corrupt
+FAMILY_PREFIXES = {"lora_te_": "SD 1.x / 2.x text encoder", "lora_te1_": "SDXL text encoder", "lora_te2_": "SDXL text encoder"}
+
+
+def check_layer(name: str, down: torch.Tensor, up: torch.Tensor, alpha: torch.Tensor | None) -> LoRAWeight:
+    """One layer's tensors as a LoRAWeight, or a ValueError saying what is wrong with them."""
+    for part, t in (("lora_down", down), ("lora_up", up)):
+        if t.dtype not in FLOAT_DTYPES:
+            raise ValueError(f"{part} is {str(t.dtype).removeprefix('torch.')}, not a floating-point tensor")
+        if t.dim() not in (2, 4):
+            raise ValueError(f"{part} has shape {tuple(t.shape)}; it must be 2-D (Linear) or 4-D (Conv2d)")
+        if t.numel() == 0:
+            raise ValueError(f"{part} has shape {tuple(t.shape)}, with no values")
+    if down.dim() != up.dim():
+        raise ValueError(f"lora_down is {down.dim()}-D but lora_up is {up.dim()}-D")
+    if up.dim() == 4 and tuple(up.shape[2:]) != (1, 1):
+        raise ValueError(f"lora_up has kernel {tuple(up.shape[2:])}; a conv LoRA's up is 1x1")
+    rank = down.shape[0]
+    if up.shape[1] != rank:
+        raise ValueError(f"rank mismatch: lora_down {tuple(down.shape)} vs lora_up {tuple(up.shape)}")
+    fan_in = down[0].numel()
+    if rank > min(up.shape[0], fan_in):
+        raise ValueError(f"rank {rank} is larger than the layer itself ({up.shape[0]} x {fan_in})")
+    if alpha is None:
+        alpha_value = float(rank)
+    else:
+        if alpha.dim() != 0 and alpha.numel() != 1:
+            raise ValueError(f"alpha has shape {tuple(alpha.shape)}; it must be a single number")
+        if alpha.dtype == torch.bool or alpha.is_complex():
+            raise ValueError(f"alpha is {str(alpha.dtype).removeprefix('torch.')}, not a number")
+        alpha_value = float(alpha.reshape(()))
+        if not math.isfinite(alpha_value) or alpha_value <= 0:
+            raise ValueError(f"alpha is {alpha_value}; it must be a finite number above 0")
+    for part, t in (("lora_down", down), ("lora_up", up)):
+        if not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise ValueError(f"{part} holds {bad} NaN or infinite value(s)")
+    weight = LoRAWeight(down, up, alpha_value)
+    bound = weight.scale * float(up.double().norm()) * float(down.double().norm())  # >= ||dW||_F
+    if not math.isfinite(bound) or bound > MAX_DELTA_NORM:
+        raise ValueError(f"its weight change has a norm up to {bound:.3g} (a model's own layers: ~1-100); the values are corrupt")
+    return weight
+
+
+def check_family(names: list[str], source: str) -> None:
+    """Refuse a file whose layers belong to two model families (SD 1.x/2.x and SDXL text encoders)."""
+    found = {prefix for prefix in FAMILY_PREFIXES if any(n.startswith(prefix) for n in names)}
+    if "lora_te_" in found and found & {"lora_te1_", "lora_te2_"}:
+        te = next(n for n in names if n.startswith("lora_te_"))
+        te1 = next(n for n in names if n.startswith(("lora_te1_", "lora_te2_")))
+        raise SabunError(
+            f"{source}: mixes layers of two model families ({te}: SD 1.x / 2.x, {te1}: SDXL); "
+            "it was put together wrongly: use the LoRA of one model"
+        )
+
+
 def lora_from_tensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str], source: str) -> LoRA:
-    """Group a kohya state dict into per-layer weights; raise a SabunError naming `source` if it is not one."""
+    """Group a kohya state dict into checked per-layer weights; raise a SabunError naming `source` if it is not one.
+
+    Every layer is checked: floating-point 2-D or 4-D down/up of one rank no larger than the layer,
+    a single finite positive alpha, finite values of a plausible size. A file that fails is refused
+    whole, so a corrupt LoRA never reaches a merge (where NaN would give a checkpoint that draws black).
+    """
     parts: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
     for key, tensor in tensors.items():
         split = split_key(key)
@@ -49,17 +112,18 @@ def lora_from_tensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
             f"{source}: is not a kohya-format LoRA: no `.lora_down.weight` / `.lora_up.weight` keys{hint}; "
             f"keys start with: {sample or 'nothing (empty file)'}"
         )
+    check_family(list(parts), source)
     weights = {}
     for name, p in sorted(parts.items()):
         if ".lora_down.weight" not in p or ".lora_up.weight" not in p:
             missing = ".lora_down.weight" if ".lora_down.weight" not in p else ".lora_up.weight"
             raise SabunError(f"{source}: layer {name} has no {missing}; the file is incomplete, write it again")
-        down, up = p[".lora_down.weight"], p[".lora_up.weight"]
-        alpha = float(p[".alpha"]) if ".alpha" in p else float(down.shape[0])
         try:
-            weights[name] = LoRAWeight(down, up, alpha)
+            weights[name] = check_layer(name, p[".lora_down.weight"], p[".lora_up.weight"], p.get(".alpha"))
         except ValueError as e:
-            raise SabunError(f"{source}: layer {name}: {e}; the file is inconsistent") from None
+            raise SabunError(f"{source}: layer {name}: {e}; the file is corrupt: train, download or write it again") from None
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise SabunError(f"{source}: its metadata is not a table of strings; the file is corrupt")
     return LoRA(weights, dict(metadata))
 
 

@@ -59,14 +59,41 @@ def merge_into_model(targets: dict[str, LoRATarget], loras: Sequence[Weighted]) 
     """
     for item in loras:
         require_fit(item.lora, targets, item.source)
-    changed = set()
-    for item in loras:
-        for name, weight in item.lora.weights.items():
-            layer = targets[name].module.weight
-            merged = layer.float() + item.multiplier * weight.delta().to(layer.device).reshape(layer.shape)
-            layer.copy_(merged.to(layer.dtype))
-            changed.add(name)
-    return len(changed)
+        check_multiplier(item.multiplier, item.source, force=True)
+    names = list(dict.fromkeys(name for item in loras for name in item.lora.weights))
+
+    def merged(name: str) -> torch.Tensor:
+        layer = targets[name].module.weight
+        value = layer.float()
+        for item in loras:
+            if name in item.lora.weights:
+                value = value + item.multiplier * item.lora.weights[name].delta().to(layer.device).reshape(layer.shape)
+        return value.to(layer.dtype)
+
+    for name in names:  # every layer checked before any is changed (computing twice costs less than a copy of the model)
+        if not bool(torch.isfinite(merged(name)).all()):
+            sources = ", ".join(item.source for item in loras if name in item.lora.weights)
+            dtype = str(targets[name].module.weight.dtype).removeprefix("torch.")
+            raise SabunError(
+                f"{sources}: merging gives NaN or infinite values in layer {name} (stored as {dtype}); "
+                "the model or the LoRA is corrupt, or the multiplier is too large; nothing was written"
+            )
+    for name in names:
+        targets[name].module.weight.copy_(merged(name))
+    return len(names)
+
+
+MAX_MULTIPLIER = 10.0
+
+
+def check_multiplier(multiplier: float, source: str, force: bool = False) -> None:
+    """A LoRA multiplier must be finite, and beyond +-10 only on purpose (LoRAs are used at ~0.3-1.5)."""
+    import math
+
+    if not math.isfinite(multiplier):
+        raise SabunError(f"{source}: multiplier {multiplier} is not a finite number; give one like 0.8 or 1")
+    if abs(multiplier) > MAX_MULTIPLIER and not force:
+        raise SabunError(f"{source}: multiplier {multiplier:g} is beyond +-{MAX_MULTIPLIER:g} (LoRAs are used at about 0.3-1.5); pass --force if you mean it")
 
 
 # --- combine ------------------------------------------------------------------------------------
@@ -79,20 +106,32 @@ def stacked_factors(loras: Sequence[Weighted], name: str) -> tuple[torch.Tensor,
         weight = item.lora.weights.get(name)
         if weight is None:
             continue
-        if shape is None:
-            shape = weight.weight_shape
-        elif weight.weight_shape != shape and weight.down.reshape(weight.rank, -1).shape[1] != downs[0].shape[1]:
-            raise SabunError(f"{item.source}: layer {name} has shape {weight.weight_shape}, others {shape}; they are for different models")
         up2d, down2d = weight.factors()
+        if shape is None:
+            shape, first = weight.weight_shape, item.source
+        elif up2d.shape[0] != ups[0].shape[0] or down2d.shape[1] != downs[0].shape[1]:  # a 1x1 conv and a Linear of one size agree
+            raise SabunError(
+                f"{item.source}: layer {name} changes a weight of shape {weight.weight_shape}, but in {first} one of shape {shape}; "
+                "they are LoRAs of different models and cannot be combined"
+            )
         ups.append(up2d * item.multiplier)
         downs.append(down2d)
     return torch.cat(ups, dim=1), torch.cat(downs, dim=0), shape
 
 
 def layer_names(loras: Sequence[Weighted]) -> list[str]:
+    """Every layer any of `loras` changes; refuses LoRAs that share no layer or mix model families."""
+    from sabun.lora.file import check_family
+
     names: dict[str, None] = {}
     for item in loras:
+        if names and len(loras) > 1 and not names.keys() & item.lora.weights.keys():
+            raise SabunError(
+                f"{item.source}: shares no layer with {loras[0].source}; they are LoRAs of different models "
+                "(e.g. SD 1.x and SDXL), and combining them gives nothing usable"
+            )
         names.update(dict.fromkeys(item.lora.weights))
+    check_family(list(names), " + ".join(item.source for item in loras))
     return list(names)
 
 
@@ -158,6 +197,15 @@ def resize_lora(lora: LoRA, rank: int | None = None, energy: float | None = None
         raise SabunError("resize: give exactly one of --rank or --energy")
     if energy is not None and not 0 < energy <= 1:
         raise SabunError(f"resize: --energy must be in (0, 1], got {energy}")
+    if rank is not None:
+        largest = max(w.rank for w in lora.weights.values())
+        if rank < 1:
+            raise SabunError(f"resize: --rank {rank}: a rank must be at least 1")
+        if rank >= largest:
+            raise SabunError(
+                f"resize: --rank {rank} is not below the LoRA's own rank (at most {largest}), so nothing would change; "
+                f"give a rank below {largest}, or --energy"
+            )
     report = ApproximationReport()
     weights = {}
     for name, weight in lora.weights.items():

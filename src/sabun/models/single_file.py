@@ -110,7 +110,15 @@ class CheckpointReader:
         return old if old in self.shapes else None
 
     def get(self, key: str) -> torch.Tensor:
-        return self._tensors[key] if self._file is None else self._file.get_tensor(key)
+        """One tensor, checked: a weight with NaN or infinite values (a broken merge or download) is
+        refused here, so it never reaches a merge, a training run or a picture."""
+        try:
+            tensor = self._tensors[key] if self._file is None else self._file.get_tensor(key)
+        except Exception as e:  # noqa: BLE001 - safetensors reports a short file's data as its own error
+            raise SabunError(f"{self.path}: tensor {key} cannot be read ({e}); the file is truncated or corrupt: download or write it again") from None
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise SabunError(f"{self.path}: tensor {key} holds NaN or infinite values; the checkpoint is corrupt: download or merge it again")
+        return tensor
 
 
 def matching(shapes: dict[str, tuple[int, ...]], pattern: str) -> list[re.Match]:

@@ -35,7 +35,8 @@ from sabun.data.provenance import merged, source_models
 from sabun.data.dataset import BatchPlan, TrainImage, assign_buckets, scan_images, split_validation
 from sabun.errors import SabunError
 from sabun.io import atomic_output, check_writable
-from sabun.lora.file import save_lora
+from sabun.lora.file import check_layer, save_lora
+from sabun.lora.weights import LoRA
 from sabun.lora.network import LoRANetwork
 from sabun.lora.sdxl_names import is_sdxl_unet
 from sabun.lora.targets import pipeline_targets
@@ -448,6 +449,22 @@ class Run:
         }
         return meta
 
+    def checked_lora(self, step: int, dtype: torch.dtype | None = None) -> LoRA:
+        """The LoRA as it would be written (cast to `dtype`), refused if a reader would refuse it:
+        weights that blew up are never written, as a checkpoint or as the output."""
+        lora = self.network.to_lora(self.metadata(step))
+        for name, weight in lora.weights.items():
+            try:
+                check_layer(name, weight.down.to(dtype) if dtype else weight.down, weight.up.to(dtype) if dtype else weight.up, None)
+            except ValueError as e:
+                where = (f"the last good checkpoint is kept at {self.last_checkpoint}; continue with --resume {self.last_checkpoint}"
+                         if self.last_checkpoint else "nothing was written")  # fmt: skip
+                raise SabunError(
+                    f"the LoRA's weights at step {step} are out of range (layer {name}: {e}), so training stopped; {where}. "
+                    "Lower optimizer.learning_rate, or check the data and base_weights"
+                ) from None
+        return lora
+
     def save_checkpoint(self, step: int) -> Path:
         cfg = self.config
         path = ckpt.checkpoint_path(cfg.output_dir, cfg.output.name, step)
@@ -462,7 +479,7 @@ class Run:
                 "training_started_at": self.started_at,
                 "sabun_version": sabun.__version__,
             }
-            ckpt.save_checkpoint(path, self.network.to_lora(self.metadata(step)), state, to_toml(cfg), overwrite=True)
+            ckpt.save_checkpoint(path, self.checked_lora(step), state, to_toml(cfg), overwrite=True)
             ckpt.prune_checkpoints(cfg.output_dir, cfg.output.name, cfg.checkpoint.keep_last)
         self.accelerator.wait_for_everyone()
         self.last_checkpoint = path
@@ -471,7 +488,7 @@ class Run:
     def save_output(self, step: int) -> tuple[Path, Path]:
         cfg = self.config
         if self.main:
-            lora = self.network.to_lora(self.metadata(step))
+            lora = self.checked_lora(step, DTYPES[cfg.output.dtype])
             save_lora(lora, cfg.lora_path, overwrite=True, dtype=DTYPES[cfg.output.dtype], family=pipeline_family(self.pipe))
             with atomic_output(cfg.config_path, overwrite=True) as tmp:
                 tmp.write_text(to_toml(cfg), encoding="utf-8")
@@ -568,7 +585,9 @@ def build_accelerator(config: TrainConfig):
 
 def prepare_output(config: TrainConfig, resume, overwrite: bool, accelerator) -> Path | None:
     """Check the outputs before any work; return the checkpoint to resume from, if any."""
-    check_writable(config.lora_path, overwrite)
+    # a run killed after writing its LoRA but before its config has not finished: resuming redoes both
+    unfinished = resume not in (None, False) and config.lora_path.exists() and not config.config_path.exists()
+    check_writable(config.lora_path, overwrite or unfinished)
     existing = ckpt.list_checkpoints(config.output_dir, config.output.name)
     if resume is None or resume is False:
         if existing and not overwrite:
