@@ -335,15 +335,20 @@ def character_cmd(
 
 
 def print_metrics(console, title: str, report: dict) -> None:
-    from sabun.evaluate.report import METRICS
+    """The metrics table, every condition a column: wider than the terminal, it is printed at its own
+    width (lines run on) rather than dropping columns."""
+    from rich.measure import Measurement
+
+    from sabun.evaluate.report import metrics_for
 
     table = Table(title=title)
     table.add_column("metric", min_width=24)
     for condition in report["conditions"]:
-        table.add_column(condition, justify="right")
-    for key, name, better in METRICS:
+        table.add_column(condition, justify="right", no_wrap=True)
+    for key, name, better in metrics_for(report.get("character")):
         table.add_row(f"{name} {'(lower: better)' if better == 'lower' else '(higher: better)'}", *(f"{m[key]:.3f}" for m in report["conditions"].values()))
-    console.print(table)
+    needed = Measurement.get(console, console.options.update(width=10_000), table).maximum
+    console.print(table, width=max(console.width, min(needed, 400)), crop=False)
 
 
 @app.command("evaluate")

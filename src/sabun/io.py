@@ -104,6 +104,7 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False, directory: b
         else:
             with open(tmp, "rb+") as f:
                 os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~umask())  # writers that replace the file (safetensors) drop the mode set above
             os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -5,6 +5,9 @@ Folder layout (sd-scripts' convention, so existing datasets work unchanged):
 - or a folder of `N_name` subfolders: N is how many times each image is repeated per epoch, and
   `name` is the caption of images that have no caption file.
 Every image is opened and fully decoded before training starts; all problems are reported at once.
+Files of image types that are not read (`.heic`, `.psd`, ...) are named in a warning, never skipped
+silently. Caption files are UTF-8 (a byte-order mark is accepted); one that is not is a problem
+naming the file.
 
 The batch order is a pure function of (seed, epoch), so the data position of a resumed run is
 given by the step alone and a resumed run sees exactly the batches an uninterrupted one would.
@@ -21,7 +24,12 @@ from pathlib import Path
 import numpy as np
 
 from sabun.data.buckets import make_buckets, nearest_bucket, square_bucket
-from sabun.data.images import IMAGE_SUFFIXES, ImageProblem, inspect_image
+from sabun.data.images import (
+    IMAGE_SUFFIXES,
+    UNREAD_IMAGE_SUFFIXES,
+    ImageProblem,
+    inspect_image,
+)
 from sabun.errors import SabunError
 
 REPEATS_FOLDER = re.compile(r"^(\d+)_(.*)$")
@@ -71,6 +79,16 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def unread_image_files(folder: Path) -> list[Path]:
+    """Files in `folder` of image types sabun does not read (they would otherwise vanish silently)."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in UNREAD_IMAGE_SUFFIXES)
+
+
+def _names(paths: list[Path], limit: int = 10) -> str:
+    shown = ", ".join(str(p) for p in paths[:limit])
+    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
+
+
 def find_subsets(path: Path, repeats: int | None, where: str) -> list[Subset]:
     """The image folders of one dataset entry: the folder itself and/or its `N_name` subfolders.
 
@@ -84,53 +102,99 @@ def find_subsets(path: Path, repeats: int | None, where: str) -> list[Subset]:
         own = int(match.group(1)) if match else 1
         subsets.append(Subset(path, repeats or own, match.group(2) if match else ""))
     ignored = []
+    unread = unread_image_files(path)
     for sub in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
         sub_match = REPEATS_FOLDER.match(sub.name)
         if sub_match and image_files(sub):
             subsets.append(Subset(sub, repeats or int(sub_match.group(1)), sub_match.group(2)))
         elif image_files(sub):
             ignored.append(sub.name)
+        if sub_match:
+            unread += unread_image_files(sub)
     if ignored:
         warnings.warn(f"{path}: subfolders {', '.join(ignored)} are not named N_name (N = repeats) and are ignored", stacklevel=2)
     if not subsets:
-        raise SabunError(f"{where}: {path}: holds no images ({', '.join(IMAGE_SUFFIXES)}), directly or in N_name subfolders")
+        also = f"; it holds {len(unread)} image(s) of types sabun does not read ({_names(unread)}): convert them to PNG" if unread else ""
+        raise SabunError(f"{where}: {path}: holds no images ({', '.join(IMAGE_SUFFIXES)}), directly or in N_name subfolders{also}")
+    if unread:
+        warnings.warn(
+            f"{where}: not training on {len(unread)} file(s) of image types sabun does not read: {_names(unread)}; "
+            f"convert them to PNG to train on them ({', '.join(IMAGE_SUFFIXES)} are read)",
+            stacklevel=2,
+        )
     return subsets
 
 
+def read_text_file(path: Path, what: str = "caption file") -> str:
+    """The text of a UTF-8 file (a leading byte-order mark dropped); SabunError naming it otherwise."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise SabunError(f"{path}: {what} cannot be read ({e.strerror or e}); check its permissions") from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise SabunError(f"{path}: {what} is UTF-16, not UTF-8; save it as UTF-8")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise SabunError(
+            f"{path}: {what} is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}; "
+            "perhaps saved as Windows-1252 / Latin-1 or Shift-JIS); save it as UTF-8"
+        ) from None
+
+
 def read_caption(image: Path, extension: str) -> str | None:
+    """The caption of `image` (NAME + `extension`, whitespace collapsed), or None when there is none.
+
+    Raises a SabunError naming the caption file when it is not UTF-8 text.
+    """
     caption_file = image.with_suffix(extension)
     if not caption_file.is_file():
         return None
-    return " ".join(caption_file.read_text(encoding="utf-8").split())
+    return " ".join(read_text_file(caption_file).split())
+
+
+def check_caption_extension(extension: str, where: str) -> None:
+    if not extension.startswith(".") or len(extension) < 2 or any(c in extension for c in "/\\"):
+        raise SabunError(f"{where}: {extension!r} is not a file extension; give one that starts with a dot, e.g. '.txt'")
 
 
 def scan_images(datasets, data) -> ImageSet:
     """Find, open and check every image of every dataset (a list of `DatasetConfig`).
 
     Needs no model, so bad data is reported before a large model is loaded.
-    Raises a SabunError listing every bad image at once, unless `data.skip_bad_images`.
+    Raises a SabunError listing every bad image (and every caption file that is not UTF-8) at once,
+    unless `data.skip_bad_images`, which skips them (the image of a bad caption file too) with a warning.
     """
     result = ImageSet()
     for index, dataset in enumerate(datasets):
         min_size = data.min_image_size or max(1, (dataset.resolution or data.resolution) // 2)
+        check_caption_extension(dataset.caption_extension, f"datasets[{index}].caption_extension")
         for subset in find_subsets(Path(dataset.path), dataset.repeats, f"datasets[{index}].path"):
             for path in image_files(subset.path):
                 size, problem = inspect_image(path, min_size)
                 if problem is not None:
                     result.problems.append(problem)
                     continue
-                caption = read_caption(path, dataset.caption_extension)
+                try:
+                    caption = read_caption(path, dataset.caption_extension)
+                except SabunError as e:
+                    caption_file = path.with_suffix(dataset.caption_extension)
+                    result.problems.append(ImageProblem(caption_file, str(e).removeprefix(f"{caption_file}: "), caption=True))
+                    continue
                 if caption is None:
                     result.missing_captions += 1
                     caption = dataset.default_caption if dataset.default_caption is not None else subset.class_caption
                 result.images.append(FoundImage(path, size, caption, subset.path.name, subset.repeats, index))
     if result.problems:
         listing = "; ".join(str(p) for p in result.problems)
+        captions = sum(p.caption for p in result.problems)
+        images = len(result.problems) - captions
+        what = " and ".join(
+            part for part in (f"{images} bad training image(s)" if images else "", f"{captions} bad caption file(s)" if captions else "") if part
+        )
         if not data.skip_bad_images:
-            raise SabunError(
-                f"{len(result.problems)} bad training image(s): {listing}. Fix or remove them, or set data.skip_bad_images = true"
-            )
-        warnings.warn(f"skipping {len(result.problems)} bad training image(s): {listing}", stacklevel=2)
+            raise SabunError(f"{what}: {listing}. Fix or remove them, or set data.skip_bad_images = true")
+        warnings.warn(f"skipping {what}: {listing}", stacklevel=2)
     if not result.images:
         raise SabunError("no usable training images left; check the dataset folders")
     return result

@@ -31,7 +31,7 @@ def source_models(images: Iterable[Path], role: str = "data") -> list[dict]:
     for image in images:
         sidecar = Path(image).with_suffix(".json")
         try:
-            meta = json.loads(sidecar.read_text(encoding="utf-8"))
+            meta = json.loads(sidecar.read_text(encoding="utf-8-sig"))  # a BOM (Notepad) is not an error
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             continue  # not a sabun render: nothing to record
         if not isinstance(meta, dict) or meta.get("format") != AVATAR_FORMAT:

@@ -14,6 +14,8 @@ from sabun.evaluate.metrics import Protocol
 from sabun.generate import grid_image
 from sabun.io import atomic_output
 
+# (metric key, label, which direction is better) for a target with the signature ribbon (the
+# `target` preset); `metrics_for` gives the table for any character.
 METRICS = (
     ("3d_leakage", "3D leakage, mean P(3d)", "lower"),
     ("hair_ciede2000", "hair colour error, CIEDE2000 (1girl)", "lower"),
@@ -23,6 +25,21 @@ METRICS = (
     ("background_obeyed", "prompted background obeyed", "higher"),
     ("pose_obeyed", "prompted pose obeyed", "higher"),
 )
+
+
+def metrics_for(character) -> tuple[tuple[str, str, str], ...]:
+    """METRICS for `character` (a CharacterSpec, or its `to_dict()` as stored in a report):
+    "ribbon seen" is better higher for a character with a ribbon and lower for one without, whose
+    drawing should show none. The metric keys are the same for every character."""
+    if character is None:
+        return METRICS
+    has_ribbon = character.get("ribbon", True) if isinstance(character, dict) else getattr(character, "ribbon", True)
+    if has_ribbon:
+        return METRICS
+    return tuple(
+        (key, "ribbon seen (1girl; the character has none)", "lower") if key == "ribbon" else (key, title, better)
+        for key, title, better in METRICS
+    )
 
 
 def _png_data(image: Image.Image) -> str:
@@ -56,12 +73,13 @@ def write_report(path: Path, report: dict, grids: dict[str, np.ndarray], protoco
     """A self-contained HTML page: the metrics table and one bar chart per metric; an image grid of
     prompts x conditions (first seed); per condition, one image row per prompt."""
     conditions = list(report["conditions"])
+    metrics = metrics_for(report.get("character"))
     rows = "".join(
         f"<tr><td>{html.escape(title)} <small>({better} is better)</small></td>" + "".join(f"<td>{report['conditions'][c][key]:.3f}</td>" for c in conditions) + "</tr>"
-        for key, title, better in METRICS
+        for key, title, better in metrics
     )
     head = "".join(f"<th>{html.escape(c)}</th>" for c in conditions)
-    charts = "".join(bar_chart(title, conditions, [report["conditions"][c][key] for c in conditions], better) for key, title, better in METRICS)
+    charts = "".join(bar_chart(title, conditions, [report["conditions"][c][key] for c in conditions], better) for key, title, better in metrics)
     prompts = [p for _, _, p in protocol.prompts()]
     side_by_side = np.stack([grids[c][:, 0] for c in conditions], axis=1)
     overview = f"<img src='data:image/png;base64,{_png_data(grid_image(side_by_side, prompts, [c[:14] for c in conditions], scale=2))}'>"

@@ -54,7 +54,7 @@ def check_layer(name: str, down: torch.Tensor, up: torch.Tensor, alpha: torch.Te
     if up.shape[1] != rank:
         raise ValueError(f"rank mismatch: lora_down {tuple(down.shape)} vs lora_up {tuple(up.shape)}")
     fan_in = down[0].numel()
-    if rank > min(up.shape[0], fan_in):
+    if rank > max(up.shape[0], fan_in):  # above min() is wasteful but harmless; above both sides is no LoRA anyone trained
         raise ValueError(f"rank {rank} is larger than the layer itself ({up.shape[0]} x {fan_in})")
     if alpha is None:
         alpha_value = float(rank)

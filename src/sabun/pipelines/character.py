@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import shutil
 import time
@@ -41,8 +40,7 @@ from sabun.avatar.pose import POSES as AVATAR_POSES
 from sabun.avatar.raster import STYLES as RENDER_STYLES
 from sabun.errors import SabunError
 from sabun.io import atomic_output
-from sabun.lora.file import file_sha256
-from sabun.pipelines.stages import run_stage, stage_key
+from sabun.pipelines.stages import file_hash, model_key, output_key, run_stage, tree_digest
 from sabun.toyworld.character import STEPPING_STONE_PRESETS, load_character
 from sabun.toyworld.render import VIEWS, ZOOMS
 from sabun.train.config import ConfigError, ModelConfig, TrainConfig, check, from_dict, local_path, model_path, one_of, read_config, to_dict
@@ -297,14 +295,11 @@ def render_model_set(out: Path, source: ModelSource, policy: str, render: Render
 
 
 def folder_digest(folder: Path) -> str:
-    """A hash of every file's relative path and content: a user's data set changes -> its stages rerun."""
+    """A hash of every file's relative path and content (not of the folder's own path): a user's
+    data set changes -> its stages rerun; the same files elsewhere -> they do not."""
     if not folder.is_dir():
         raise SabunError(f"{folder}: no such folder; give a folder of images with .txt captions")
-    h = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        h.update(str(path.relative_to(folder)).encode())
-        h.update(file_sha256(path).encode())
-    return h.hexdigest()
+    return tree_digest(folder)
 
 
 def copy_set(source: Path, out: Path, policy: str) -> None:
@@ -349,8 +344,8 @@ class Stages:
 
         model, tag_file = Path(source.path), tags_beside(Path(source.path))
         inputs = {
-            "model": file_sha256(model),
-            "tag_file": file_sha256(tag_file) if tag_file.is_file() else None,
+            "model": file_hash(model),
+            "tag_file": file_hash(tag_file) if tag_file.is_file() else None,
             "tags": source.tags,
             "policy": policy,
             "tag": extra_tag,
@@ -360,17 +355,14 @@ class Stages:
         return run_stage(self.out / "data", name, inputs, lambda p: render_model_set(p, source, policy, render, size, self.log, extra_tag), self.log)[0]
 
     def user_data(self, name: str, folder: str, policy: str) -> Path:
-        inputs = {"folder": folder, "digest": folder_digest(Path(folder)), "policy": policy}
+        inputs = {"digest": folder_digest(Path(folder)), "policy": policy}  # its files, wherever the folder is
         return run_stage(self.out / "data", name, inputs, lambda p: copy_set(Path(folder), p, policy), self.log)[0]
 
     def lora(self, name: str, config: TrainConfig, pipe=None) -> Path:
         """Train one LoRA (config's output folder is replaced by the stage's)."""
         from sabun.train import train
 
-        datasets = [Path(d.path) for d in config.datasets]
-        table = to_dict(config)
-        table.pop("output")
-        inputs = {"train": table, "data_keys": [stage_key(d) for d in datasets], "base": [file_sha256(b.path) for b in config.model.base_weights]}
+        inputs = lora_inputs(config)
 
         def build(folder: Path) -> None:
             self.log(f"training {name}")
@@ -378,6 +370,25 @@ class Stages:
 
         folder, _ = run_stage(self.out / "loras", name, inputs, build, self.log)
         return folder / f"{name}.safetensors"
+
+
+def lora_inputs(config: TrainConfig) -> dict:
+    """A LoRA stage's key: its training settings with every path replaced by what it stands for (the
+    model by `model_key`, each data set by the key of the stage that made it, each base weight by
+    its sha256); the output folder and a latent cache folder, which change nothing learnt, left out."""
+    table = to_dict(config)
+    output = table.pop("output")
+    table["output"] = {k: output[k] for k in ("dtype", "comment") if k in output}  # what the saved file holds
+    table["model"]["path"] = model_key(config.model.path)
+    table["model"]["base_weights"] = [{"multiplier": b.multiplier} for b in config.model.base_weights]
+    for dataset in table["datasets"]:
+        del dataset["path"]
+    table["data"].pop("cache_dir", None)
+    return {
+        "train": table,
+        "data_keys": [output_key(Path(d.path)) for d in config.datasets],
+        "base": [file_hash(b.path) for b in config.model.base_weights],
+    }
 
 
 # --- the pipeline -------------------------------------------------------------------------------
@@ -420,7 +431,8 @@ def run_character(config: CharacterConfig, log: Callable[[str], None] = print, e
     pipe = load_pipeline(config.model.path, allow_pickle=config.model.allow_pickle, prediction_type=config.model.prediction_type)
     stepping_stone = stages.lora("stepping_stone", train_config(config, stone.train, stone_data, out, "stepping_stone", where="stepping_stone.train"), pipe)
     if config.save_merged:
-        run_stage(out, "merged.safetensors", {"model": to_dict(config.model), "stone": file_sha256(stepping_stone), "multiplier": stone.multiplier}, lambda p: save_merged(config, stepping_stone, p), log)
+        merged_inputs = {"model": to_dict(config.model) | {"path": model_key(config.model.path)}, "stone": file_hash(stepping_stone), "multiplier": stone.multiplier}
+        run_stage(out, "merged.safetensors", merged_inputs, lambda p: save_merged(config, stepping_stone, p), log)
     character = stages.lora("character", train_config(config, target.train, [character_data], out, "character", [stepping_stone], where="character.train", character=True), pipe)
 
     report = evaluate_character(config, pipe, character, out, log, evaluator)

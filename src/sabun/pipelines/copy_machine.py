@@ -33,7 +33,7 @@ from PIL import Image
 from sabun.errors import SabunError
 from sabun.io import atomic_output
 from sabun.lora.file import file_sha256
-from sabun.pipelines.stages import run_stage, stage_key
+from sabun.pipelines.stages import file_hash, model_key, run_stage, stage_key
 from sabun.toyworld.render import BACKGROUNDS, STYLES, VIEWS, ZOOMS
 from sabun.train.config import check, from_dict, local_path, model_path, one_of, read_config
 
@@ -307,6 +307,20 @@ def train_config(config: CopyMachineConfig, settings: LoRASettings, dataset: Pat
     )
 
 
+def image_settings(section: ImageA | ImageB) -> dict:
+    """A or B in a stage key: its settings, with an image file as its sha256 and a character .toml as
+    the character it holds, never their paths (a preset name stays a name)."""
+    settings = dataclasses.asdict(section)
+    if section.image is not None:
+        settings["image"] = {"sha256": file_hash(section.image)}
+    character = settings.get("character")
+    if isinstance(character, str) and character.endswith(".toml"):
+        from sabun.toyworld.character import load_character
+
+        settings["character"] = load_character(character).to_dict()
+    return settings
+
+
 def hash_pixels(pixels: np.ndarray) -> str:
     return hashlib.sha256(pixels.tobytes()).hexdigest()
 
@@ -339,11 +353,7 @@ def run_copy_machine(config: CopyMachineConfig, log: Callable[[str], None] = pri
     rendered_a, rendered_b = render_pair(config) if config.a.image is None else (None, None)
     pixels_a = rendered_a if rendered_a is not None else load_image(config.a.image, size)
     pixels_b = rendered_b if rendered_b is not None else load_image(config.b.image, size)
-    image_inputs = {"a": dataclasses.asdict(config.a), "b": dataclasses.asdict(config.b), "resolution": size}
-    if config.a.image:
-        image_inputs["a_sha256"] = file_sha256(config.a.image)
-    if config.b.image:
-        image_inputs["b_sha256"] = file_sha256(config.b.image)
+    image_inputs = {"a": image_settings(config.a), "b": image_settings(config.b), "resolution": size}
     copy_data, _ = run_stage(out / "data", "a", image_inputs | {"captions": copy_captions(config)}, lambda p: write_dataset(p, pixels_a, copy_captions(config)), log)
     edit_data, _ = run_stage(out / "data", "b", image_inputs, lambda p: write_dataset(p, pixels_b, [config.a.caption]), log)
 
@@ -363,7 +373,7 @@ def run_copy_machine(config: CopyMachineConfig, log: Callable[[str], None] = pri
             check_result = {"difference": pixel_difference(images, pixels_a), "final_loss": float(np.mean(result.losses[-20:])), "steps": result.step}
             (folder / "check.json").write_text(json.dumps(check_result, indent=2))
 
-        inputs = {"settings": copy_settings, "model": config.model.path, "data": stage_key(copy_data), "earlier": [file_sha256(p) for p in rounds]}
+        inputs = {"settings": copy_settings, "model": model_key(config.model.path), "data": stage_key(copy_data), "earlier": [file_hash(p) for p in rounds]}
         folder, _ = run_stage(out / "copy", name, inputs, build_round, log)
         rounds.append(folder / f"{name}.safetensors")
         checks.append(json.loads((folder / "check.json").read_text()) | {"round": r})
@@ -378,7 +388,7 @@ def run_copy_machine(config: CopyMachineConfig, log: Callable[[str], None] = pri
     def build_copy(path: Path) -> None:
         save_lora(combine_concat([Weighted(load_lora(p), 1.0, p.name) for p in rounds]), path)
 
-    copy_lora, _ = run_stage(out / "copy", "copy.safetensors", {"rounds": [file_sha256(p) for p in rounds]}, build_copy, log)
+    copy_lora, _ = run_stage(out / "copy", "copy.safetensors", {"rounds": [file_hash(p) for p in rounds]}, build_copy, log)
 
     # 3. the edit LoRA on B, the copy merged
     def build_edit(folder: Path) -> None:
@@ -387,7 +397,7 @@ def run_copy_machine(config: CopyMachineConfig, log: Callable[[str], None] = pri
         (folder / "train.json").write_text(json.dumps({"final_loss": float(np.mean(result.losses[-20:])), "steps": result.step}, indent=2))
 
     edit_settings = {k: v for k, v in dataclasses.asdict(config.edit).items() if k != "resize_rank"}
-    edit_folder, _ = run_stage(out, "edit_training", {"settings": edit_settings, "model": config.model.path, "data": stage_key(edit_data), "copy": file_sha256(copy_lora)}, build_edit, log)
+    edit_folder, _ = run_stage(out, "edit_training", {"settings": edit_settings, "model": model_key(config.model.path), "data": stage_key(edit_data), "copy": file_hash(copy_lora)}, build_edit, log)
     edit_training = json.loads((edit_folder / "train.json").read_text())
 
     # 4. the edit LoRA for the plain model, resized if asked
@@ -400,7 +410,7 @@ def run_copy_machine(config: CopyMachineConfig, log: Callable[[str], None] = pri
         lora.metadata["sabun_copy_machine"] = json.dumps({"copy_lora_sha256": file_sha256(copy_lora), "copy_rounds": len(rounds), "caption": config.a.caption})
         save_lora(lora, path)
 
-    final_inputs = {"edit": file_sha256(edit_folder / "edit.safetensors"), "resize_rank": config.edit.resize_rank}
+    final_inputs = {"edit": file_hash(edit_folder / "edit.safetensors"), "resize_rank": config.edit.resize_rank}
     edit_lora, _ = run_stage(out, f"{config.output.name}.safetensors", final_inputs, build_final, log)
     resize_error = load_lora(edit_lora).metadata.get("sabun_resize_error")
 
@@ -426,10 +436,11 @@ def run_copy_machine(config: CopyMachineConfig, log: Callable[[str], None] = pri
         with atomic_output(path, overwrite=True) as tmp:
             tmp.write_text(json.dumps(report, indent=2))
 
-    metrics_inputs = {"edit": file_sha256(edit_lora), "copy": file_sha256(copy_lora), "a": hash_pixels(pixels_a), "b": hash_pixels(pixels_b),
+    metrics_inputs = {"edit": file_hash(edit_lora), "copy": file_hash(copy_lora), "a": hash_pixels(pixels_a), "b": hash_pixels(pixels_b),
                       "measure": dataclasses.asdict(config.measure), "checks": checks, "threshold": config.copy.threshold}
     metrics_path, _ = run_stage(out, "metrics.json", metrics_inputs, build_metrics, log)
     report = json.loads(metrics_path.read_text())
+    report["copy"]["lora"], report["edit"]["lora"] = str(copy_lora), str(edit_lora)  # this run's files (metrics.json may come from a copied run folder)
     report["seconds"] = time.time() - started
     return report
 

@@ -4,17 +4,33 @@ A stage's key is the hash of its inputs (settings, and the hashes of the files i
 beside its output as NAME.stage.json. A re-run skips a stage whose output exists under the same key,
 redoes one whose inputs changed (and so every stage downstream, whose inputs include its output's
 hash), and a failed stage leaves no marker, so the next run redoes it alone.
+
+Keys hold contents, never paths: an input made by an earlier stage enters as that stage's key (or
+its file's sha256), a user's file or folder as its sha256 or digest, a builtin model as its name.
+So a run folder copied, moved or spelled another way (`runs/demo`, `./runs/demo`, an absolute path)
+skips every stage whose inputs did not change.
+
+A stage's output is built in a temporary sibling and renamed into place only once its build
+succeeds: a failed or interrupted stage never leaves a partial output under its name.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from sabun.errors import SabunError
 from sabun.io import atomic_output
+from sabun.lora.file import file_sha256
+
+TMP_INFIX = ".tmp-"  # a stage NAME is built in ROOT/.NAME.tmp-XXXX/NAME
+
+_FILE_HASHES: dict[tuple, str] = {}  # (real path, device, inode, size, mtime) -> sha256, for this process
 
 
 def key_of(inputs: dict) -> str:
@@ -26,8 +42,66 @@ def stage_key(output: Path) -> str:
     return json.loads((output.parent / f"{output.name}.stage.json").read_text())["key"]
 
 
+def file_hash(path: str | os.PathLike) -> str:
+    """A file's sha256, remembered while the file is unchanged (size, mtime), so a multi-GB model
+    read by several stages of a run is hashed once."""
+    path = Path(path)
+    stat = path.stat()
+    memo = (os.path.realpath(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if memo not in _FILE_HASHES:
+        _FILE_HASHES[memo] = file_sha256(path)
+    return _FILE_HASHES[memo]
+
+
+def tree_digest(folder: Path) -> str:
+    """A hash of every file's path relative to `folder` and of its content (not of `folder`'s own path)."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(folder)).encode())
+        h.update(file_hash(path).encode())
+    return h.hexdigest()
+
+
+def model_key(path: str) -> str | dict:
+    """A model in a key: a builtin model (`toy`, `tiny`) by its name; a checkpoint file by its
+    sha256; a diffusers folder by the digest of its files. Never by its path."""
+    from sabun.models.load import BUILTIN
+
+    if path in BUILTIN:
+        return path
+    model = Path(path)
+    if model.is_file():
+        return {"sha256": file_hash(model)}
+    if model.is_dir():
+        return {"digest": tree_digest(model)}
+    raise SabunError(f"{path}: no such model; give a diffusers folder, a checkpoint file or one of: {', '.join(BUILTIN)}")
+
+
+def output_key(path: Path) -> str:
+    """An input folder or file in a key: the key of the stage that made it (NAME.stage.json beside
+    it), else the digest of its content."""
+    path = Path(path)
+    if (path.parent / f"{path.name}.stage.json").is_file():
+        return stage_key(path)
+    if path.is_dir():
+        return tree_digest(path)
+    if path.is_file():
+        return file_hash(path)
+    raise SabunError(f"{path}: no such file or folder")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
 def run_stage(root: Path, name: str, inputs: dict, build: Callable[[Path], None], log: Callable[[str], None] = print) -> tuple[Path, bool]:
-    """Build `root/name` with `build(path)` unless it is up to date; returns (path, whether it ran)."""
+    """Build `root/name` with `build(path)` unless it is up to date; returns (path, whether it ran).
+
+    `build` is given a path that does not exist yet, in a temporary folder beside `root/name`; what
+    it writes there is moved onto `root/name` only when it returns, and removed when it raises."""
     target = root / name
     marker = root / f"{name}.stage.json"
     key = key_of(inputs)
@@ -35,10 +109,21 @@ def run_stage(root: Path, name: str, inputs: dict, build: Callable[[Path], None]
         log(f"{name}: up to date, skipped")
         return target, False
     marker.unlink(missing_ok=True)
-    if target.exists():  # this stage's own earlier output, made from other inputs
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    if target.exists() or target.is_symlink():  # this stage's own earlier output, made from other inputs
+        _remove(target)
     root.mkdir(parents=True, exist_ok=True)
-    build(target)
+    prefix = f".{name}{TMP_INFIX}"
+    for stale in [p for p in root.iterdir() if p.name.startswith(prefix)]:  # left by a run killed mid-build
+        _remove(stale)
+    work = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+    try:
+        built = work / name
+        build(built)
+        if not (built.exists() or built.is_symlink()):
+            raise SabunError(f"stage {name}: its build wrote no output")
+        built.rename(target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     with atomic_output(marker, overwrite=True) as tmp:
         tmp.write_text(json.dumps({"key": key, "inputs": inputs}, indent=2, default=str))
     return target, True

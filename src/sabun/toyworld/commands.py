@@ -18,7 +18,7 @@ from PIL import Image
 from sabun import __version__
 from sabun.errors import SabunError
 from sabun.io import atomic_output, check_writable
-from sabun.toyworld.captions import POLICIES, caption, full_caption
+from sabun.toyworld.captions import full_caption
 from sabun.toyworld.character import TARGET_PRESET, CharacterSpec, load_character, random_character
 from sabun.toyworld.geometry import POSES
 from sabun.toyworld.render import BACKGROUNDS, STYLES, VIEWS, ZOOMS, Shot, render
