@@ -320,3 +320,58 @@ def test_render_model_refuses_files_that_are_not_models(capsys, tmp_path):
     text = tmp_path / "notes.vrm"
     text.write_text(json.dumps({"not": "gltf"}))
     assert_refused(capsys, tmp_path, ["render", "model", text, "--out", tmp_path / "renders"], "notes.vrm")
+
+
+def test_a_file_where_a_folder_goes_and_the_other_way_round(capsys, files):
+    root, _, good = files
+    (root / "a_file").write_text("keep me")
+    (root / "a_folder.safetensors").mkdir()
+    assert_refused(capsys, root, ["merge", "--model", "tiny", "--lora", good, "--out", root / "a_file", "--overwrite"], "a_file", "is a file")
+    assert_refused(capsys, root, ["lora", "resize", good, "--rank", "2", "--out", root / "a_folder.safetensors", "--overwrite"],
+                   "a_folder.safetensors", "is a folder")  # fmt: skip
+
+
+# --- training data --------------------------------------------------------------------------------------
+
+TRAIN_TOML = """
+[model]
+path = "tiny"
+[[datasets]]
+path = "data"
+[data]
+resolution = 32
+bucket_step = 8
+[training]
+max_steps = 1
+[output]
+dir = "out"
+name = "test"
+progress_bar = false
+tensorboard = false
+"""
+
+
+@pytest.mark.parametrize("bad", ["caption-cp1252", "animated-gif", "truncated-png"])
+def test_bad_training_data_is_named_and_nothing_is_trained(capsys, tmp_path, bad):
+    from PIL import Image
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(2):
+        Image.new("RGB", (32, 32), (40 * i, 90, 200)).save(data / f"ok{i}.png")
+        (data / f"ok{i}.txt").write_text("1girl, red hair", encoding="utf-8")
+    if bad == "caption-cp1252":
+        (data / "ok1.txt").write_bytes("1girl, caf\xe9".encode("cp1252"))
+        name = "ok1.txt"
+    elif bad == "animated-gif":
+        frames = [Image.new("RGB", (32, 32), (200 * i, 10, 10)) for i in range(2)]
+        frames[0].save(data / "moving.gif", save_all=True, append_images=frames[1:])
+        name = "moving.gif"
+    else:
+        buffer = data / "cut.png"
+        Image.new("RGB", (32, 32), (1, 2, 3)).save(buffer)
+        buffer.write_bytes(buffer.read_bytes()[:60])
+        name = "cut.png"
+    (tmp_path / "train.toml").write_text(TRAIN_TOML)
+    os.chdir(tmp_path)
+    assert_refused(capsys, tmp_path, ["train", tmp_path / "train.toml"], name)

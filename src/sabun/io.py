@@ -26,10 +26,16 @@ from sabun.errors import SabunError, write_error
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 
 
-def check_writable(path: Path, overwrite: bool) -> None:
-    """Raise before any work is done if `path` exists and may not be replaced."""
+def check_writable(path: Path, overwrite: bool, directory: bool | None = None) -> None:
+    """Raise before any work is done if `path` exists and may not be replaced (or, when `directory`
+    is given, is a file where a folder is to go or the other way round)."""
+    path = Path(path)
     if path.exists() and not overwrite:
         raise SabunError(f"{path}: already exists; choose another output path or pass --overwrite")
+    if directory is True and path.exists() and not path.is_dir():
+        raise SabunError(f"{path}: is a file, and the output is a folder; choose another name")
+    if directory is False and path.is_dir():
+        raise SabunError(f"{path}: is a folder, and the output is a file; choose another name")
 
 
 STALE_AFTER_S = 3600  # a temporary of unknown owner this old is left over from a killed run
@@ -79,7 +85,7 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False, directory: b
         directory: the output is a folder (e.g. a diffusers model).
     """
     path = Path(path)
-    check_writable(path, overwrite)
+    check_writable(path, overwrite, directory)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     prefix = f".{path.name}.tmp-{os.getpid()}-"

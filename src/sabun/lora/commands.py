@@ -67,7 +67,7 @@ def merge(
 
     `prediction_type` overrides the model's (it is written into the output).
     """
-    check_writable(Path(out), overwrite)
+    check_writable(Path(out), overwrite, directory=Path(out).suffix.lower() != ".safetensors")
     weighted = load_weighted(loras, allow_pickle, force)
     pipe = load_pipeline(model, allow_pickle=allow_pickle, prediction_type=prediction_type)
     changed = merge_into_model(pipeline_targets(pipe, conv=True), weighted)
@@ -89,7 +89,7 @@ def combine(
     """Write the weighted sum of LoRAs; returns the SVD error report (None for --concat, which is exact)."""
     if concat and (rank or conv_rank or energy):
         raise SabunError("combine: --concat keeps every rank exactly; do not give --rank/--conv-rank/--energy with it")
-    check_writable(Path(out), overwrite)
+    check_writable(Path(out), overwrite, directory=False)
     weighted = load_weighted(loras, allow_pickle, force)
     if concat:
         lora, report = combine_concat(weighted), None
@@ -100,7 +100,7 @@ def combine(
 
 
 def resize(lora_path: str, out: str | os.PathLike, rank: int | None = None, energy: float | None = None, overwrite: bool = False, allow_pickle: bool = False) -> ApproximationReport:
-    check_writable(Path(out), overwrite)
+    check_writable(Path(out), overwrite, directory=False)
     lora, report = resize_lora(load_lora(lora_path, allow_pickle), rank=rank, energy=energy)
     save_lora(lora, out, overwrite=overwrite)
     return report
@@ -123,7 +123,7 @@ def extract(
     The LoRA's `ss_base_model_version` names the original's family and prediction type
     (`prediction_type` overrides the detected one) as sd-scripts does.
     """
-    check_writable(Path(out), overwrite)
+    check_writable(Path(out), overwrite, directory=False)
     if rank < 1 or (conv_rank is not None and conv_rank < 1):
         raise SabunError("extract: --rank and --conv-rank must be >= 1")
     m0 = load_pipeline(original, allow_pickle=allow_pickle, prediction_type=prediction_type)
