@@ -116,6 +116,9 @@ class LoRANetwork(nn.Module):
             conv_rank, conv_alpha: for 3x3 convs; None leaves them out.
             components: keep only these (`unet`, `te`, `te1`, `te2`); None keeps all.
         """
+        for option, value in (("network.rank", rank), ("network.alpha", alpha), ("network.conv_rank", conv_rank), ("network.conv_alpha", conv_alpha)):
+            if value is not None and not (math.isfinite(value) and value > 0) and not (option == "network.conv_rank" and value == 0):
+                raise SabunError(f"{option} = {value}: must be a number above 0")
         modules = {}
         for name, target in targets.items():
             if components is not None and target.component not in components:
