@@ -335,39 +335,53 @@ def character_cmd(
 
 
 def print_metrics(console, title: str, report: dict) -> None:
-    """The metrics table, every condition a column: wider than the terminal, it is printed at its own
-    width (lines run on) rather than dropping columns."""
+    """The metrics table, every condition a column, each figure with its 95 % interval: wider than
+    the terminal, it is printed at its own width (lines run on) rather than dropping columns."""
     from rich.measure import Measurement
 
-    from sabun.evaluate.report import metrics_for
+    from sabun.evaluate.report import rows_of, with_interval
 
-    table = Table(title=title)
+    table = Table(title=title, caption="[95 % interval]: Wilson for rates, bootstrap over images for means and medians")
     table.add_column("metric", min_width=24)
     for condition in report["conditions"]:
         table.add_column(condition, justify="right", no_wrap=True)
-    for key, name, better in metrics_for(report.get("character")):
-        table.add_row(f"{name} {'(lower: better)' if better == 'lower' else '(higher: better)'}", *(f"{m[key]:.3f}" for m in report["conditions"].values()))
+    for key, name, better in rows_of(report):
+        table.add_row(f"{name} {'(lower: better)' if better == 'lower' else '(higher: better)'}", *(with_interval(m, key) for m in report["conditions"].values()))
     needed = Measurement.get(console, console.options.update(width=10_000), table).maximum
-    console.print(table, width=max(console.width, min(needed, 400)), crop=False)
+    width = console.width
+    console.width = max(width, min(needed, 400))  # rich caps a print's width at the console's
+    try:
+        console.print(table, crop=False)
+    finally:
+        console.width = width
+    for claim in report.get("claims", []):
+        colour = {"holds": "green", "fails": "red"}.get(claim["verdict"], "yellow")
+        console.print(f"  [{colour}]{claim['verdict']}[/{colour}]: {claim['claim']} ({claim['figures']})", highlight=False, soft_wrap=True)
 
 
 @app.command("evaluate")
 def evaluate_cmd(
     lora: Annotated[list[str], typer.Option("--lora", "-l", help="PATH[:WEIGHT], repeatable; all are applied together.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for metrics.json and report.html.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="The toy model (`toy`) or a model folder of the toy architecture.")] = "toy",
-    character: Annotated[str, typer.Option("--character", help="The character the LoRA should draw: a preset or a character .toml.")] = "target",
+    model: Annotated[str, typer.Option("--model", "-m", help="`toy`, or with --tagger any model: a checkpoint file or diffusers folder.")] = "toy",
+    character: Annotated[str, typer.Option("--character", help="The character the LoRA should draw: a toy preset or character .toml; with --tagger a .toml of its identity tags.")] = "target",
     weights: Annotated[str, typer.Option("--weights", help="Multipliers of the LoRAs to measure at, e.g. 0.5,1.")] = "0.5,1",
     seeds: Annotated[int, typer.Option(help="Images per prompt.")] = 16,
+    seed_start: Annotated[int, typer.Option(help="The first seed (images of a prompt use seeds S .. S+N-1).")] = 1000,
+    prompts: Annotated[Path | None, typer.Option("--prompts", help="Prompt file, one per line; [bare], [background:NAME], [pose:NAME] labels say what a line tests (see docs/evaluation.md).")] = None,
+    tagger: Annotated[Path | None, typer.Option("--tagger", help="Read the images with a booru tagger: a folder with model.onnx and selected_tags.csv.")] = None,
+    tag_map: Annotated[Path | None, typer.Option("--tag-map", help="With --tagger: a TOML [tags] table extending the concept -> tag map.")] = None,
+    threshold: Annotated[float, typer.Option(help="With --tagger: a tag is seen at this probability or above.")] = 0.35,
     overwrite: Overwrite = False,
 ) -> None:
-    """Measure what LoRAs do on the toy model: 3D leakage, identity, flexibility, beside the plain model."""
+    """Measure what LoRAs do: 3D leakage, identity, flexibility, beside the plain model, with 95 % intervals."""
     from sabun.evaluate.commands import evaluate_loras
     from sabun.lora.commands import parse_multipliers, parse_weighted
 
     scales = parse_multipliers(weights, "--weights")
-    report = evaluate_loras(model, [parse_weighted(spec) for spec in lora], scales, character, out, seeds, overwrite)
-    print_metrics(Console(), f"sabun evaluate: {character}", report)
+    report = evaluate_loras(model, [parse_weighted(spec) for spec in lora], scales, character, out, seeds, overwrite,
+                            prompts=prompts, seed_start=seed_start, tagger=tagger, tag_map=tag_map, threshold=threshold)  # fmt: skip
+    print_metrics(Console(), f"sabun evaluate: {report['character']['name']} (read by the {report['reader']})", report)
     typer.echo(f"report: {out / 'report.html'}   metrics: {out / 'metrics.json'}")
 
 # --- end demo and evaluate commands ---

@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from sabun.errors import SabunError
-from sabun.evaluate.metrics import Protocol, measure, weight_change_norms
-from sabun.evaluate.report import write_report
-from sabun.evaluate.toy_evaluator import ToyEvaluator
-from sabun.generate import applied
-from sabun.io import atomic_output, check_writable
-from sabun.toyworld.character import load_character
+from sabun.evaluate.metrics import Protocol, measure_conditions, read_prompts, weight_change_norms
+from sabun.evaluate.report import write_evaluation
+from sabun.io import check_writable
+
+
+def reader_and_target(character: str, tagger: str | os.PathLike | None = None, tag_map: str | os.PathLike | None = None, threshold: float = 0.35, evaluator=None):
+    """The reader of the images and the character to judge against: the toy evaluator and a toy
+    character spec; or, given `tagger`, a booru tagger and a real character spec (identity tags)."""
+    if tagger is None:
+        from sabun.evaluate.toy_evaluator import ToyEvaluator
+        from sabun.toyworld.character import load_character
+
+        return evaluator or ToyEvaluator.load(), load_character(character)
+    from sabun.evaluate.tagged_character import load_tagged_character
+    from sabun.evaluate.tagger import Tagger, TaggerReader, load_tag_map
+
+    reader = TaggerReader(Tagger.load(tagger), threshold=threshold, tag_map=load_tag_map(tag_map))
+    target = load_tagged_character(character)
+    reader.check(target)
+    return reader, target
 
 
 def evaluate_loras(
@@ -25,10 +38,23 @@ def evaluate_loras(
     out: str | os.PathLike,
     seeds: int = 16,
     overwrite: bool = False,
-    evaluator: ToyEvaluator | None = None,
+    evaluator=None,
+    prompts: str | os.PathLike | None = None,
+    seed_start: int = 1000,
+    tagger: str | os.PathLike | None = None,
+    tag_map: str | os.PathLike | None = None,
+    threshold: float = 0.35,
 ) -> dict:
     """Metrics of the plain model and of the LoRAs at each weight (scaling every LoRA's own
-    multiplier); writes OUT/metrics.json and OUT/report.html and returns the report."""
+    multiplier); writes OUT/metrics.json and OUT/report.html and returns the report.
+
+    Args:
+        prompts: a prompt file (see `read_prompts`) instead of the protocol's own prompts.
+        seeds, seed_start: images per prompt, and the first seed.
+        tagger, tag_map, threshold: read the images with a booru tagger (a folder with model.onnx
+            and selected_tags.csv) instead of the toy evaluator; `character` is then a real
+            character spec (its identity tags).
+    """
     from sabun.models.load import load_pipeline
 
     out = Path(out)
@@ -37,28 +63,17 @@ def evaluate_loras(
     for name in ("metrics.json", "report.html"):
         check_writable(out / name, overwrite)
     started = time.time()
-    target = load_character(character)
+    protocol = Protocol(seeds=seeds, seed_start=seed_start, custom=read_prompts(prompts) if prompts else None)
+    reader, target = reader_and_target(character, tagger, tag_map, threshold, evaluator)
     pipe = load_pipeline(model)
-    evaluator = evaluator or ToyEvaluator.load()
-    protocol = Protocol(seeds=seeds)
-    conditions, grids = {}, {}
-    with applied(pipe, loras) as networks:
-        for weight in [0.0, *weights]:
-            for network, (_, multiplier) in zip(networks, loras):
-                network.multiplier = weight * multiplier
-            label = "plain model" if weight == 0.0 else f"LoRA x{weight:g}"
-            conditions[label], images = measure(pipe, evaluator, target, protocol)
-            grids[label] = images[:, :6]
+    conditions = {"plain model": []} | {f"LoRA x{w:g}": [(p, w * m) for p, m in loras] for w in weights}
+    results, grids = measure_conditions(pipe, reader, target, protocol, conditions)
     report = {
         "character": target.to_dict(),
         "model": model,
         "loras": [{"path": str(p), "multiplier": m} for p, m in loras],
-        "conditions": conditions,
+        "conditions": results,
         "weight_change_norms": {str(p): weight_change_norms(Path(p)) for p, _ in loras},
         "seconds": time.time() - started,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_output(out / "metrics.json", overwrite=overwrite) as tmp:
-        tmp.write_text(json.dumps(report, indent=2))
-    write_report(out / "report.html", report, grids, protocol)
-    return report
+    return write_evaluation(out, report, grids, protocol, reader, target, overwrite=overwrite)

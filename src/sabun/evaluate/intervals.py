@@ -23,16 +23,22 @@ def wilson(successes: int, trials: int, z: float = Z95) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def bootstrap_mean(values, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """Percentile-bootstrap 95 % interval of the mean of `values` (resampled with replacement)."""
+def bootstrap(values, statistic=np.mean, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap 95 % interval of `statistic` (np.mean, np.median: reducing along axis 1)
+    of `values`, resampled with replacement under a fixed seed (the same data give the same interval)."""
     x = np.asarray(values, dtype=np.float64).ravel()
     if x.size == 0:
         return (math.nan, math.nan)
     if x.size == 1:
         return (float(x[0]), float(x[0]))
     rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, size=(resamples, x.size))].mean(axis=1)
-    return (float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975)))
+    stats = statistic(x[rng.integers(0, x.size, size=(resamples, x.size))], axis=1)
+    return (float(np.quantile(stats, 0.025)), float(np.quantile(stats, 0.975)))
+
+
+def bootstrap_mean(values, resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap 95 % interval of the mean of `values`."""
+    return bootstrap(values, np.mean, resamples, seed)
 
 
 def rate(hits) -> dict:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sabun.evaluate.metrics import Protocol
+from sabun.evaluate.metrics import Protocol, metric_rows
 from sabun.generate import grid_image
 from sabun.io import atomic_output
 
@@ -48,20 +48,27 @@ def _png_data(image: Image.Image) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def bar_chart(title: str, labels: list[str], values: list[float], better: str) -> str:
-    """One metric across the conditions as an inline SVG bar chart (the plain model's bar grey)."""
-    width, bar, gap, top = 360, 16, 6, 22
+def bar_chart(title: str, labels: list[str], values: list[float], better: str, intervals: list | None = None) -> str:
+    """One metric across the conditions as an inline SVG bar chart (the plain model's bar grey), with
+    each figure's 95 % interval drawn as a whisker."""
+    width, bar, gap, top = 400, 16, 6, 22
     height = top + len(values) * (bar + gap)
-    scale = max([abs(v) for v in values] + [1e-9])
+    intervals = intervals or [None] * len(values)
+    scale = max([abs(v) for v in values] + [abs(i[1]) for i in intervals if i] + [1e-9])
     bars = []
-    for i, (label, value) in enumerate(zip(labels, values)):
+    for i, (label, value, interval) in enumerate(zip(labels, values, intervals)):
         y = top + i * (bar + gap)
         w = 180 * abs(value) / scale
         colour = "#999" if i == 0 else "#3a7bd5"
+        whisker = ""
+        if interval:
+            lo, hi = (150 + 180 * abs(v) / scale for v in interval)
+            whisker = f"<line x1='{lo:.1f}' x2='{hi:.1f}' y1='{y + bar / 2}' y2='{y + bar / 2}' stroke='#222' stroke-width='1.5'/>"
+        right = 155 + max(w, 180 * abs(interval[1]) / scale if interval else 0)
         bars.append(
             f"<text x='0' y='{y + 12}' font-size='11'>{html.escape(label[:24])}</text>"
-            f"<rect x='150' y='{y}' width='{w:.1f}' height='{bar}' fill='{colour}'/>"
-            f"<text x='{155 + w:.1f}' y='{y + 12}' font-size='11'>{value:.3f}</text>"
+            f"<rect x='150' y='{y}' width='{w:.1f}' height='{bar}' fill='{colour}'/>{whisker}"
+            f"<text x='{right:.1f}' y='{y + 12}' font-size='11'>{value:.3f}</text>"
         )
     return (
         f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' style='margin:6px'>"
@@ -69,17 +76,60 @@ def bar_chart(title: str, labels: list[str], values: list[float], better: str) -
     )
 
 
+def write_evaluation(
+    out: Path, report: dict, grids: dict[str, np.ndarray], protocol: Protocol, reader, target, overwrite: bool = True, metrics_json: bool = True
+) -> dict:
+    """Complete `report` (the metrics' rows, the reader, the protocol) and write OUT/report.html and
+    (unless the caller writes a fuller one) OUT/metrics.json; returns the report."""
+    import json
+
+    report["metrics"] = [list(row) for row in metric_rows(reader, target, protocol)]
+    report["reader"] = reader.name
+    report["protocol"] = {"seeds": protocol.seeds, "seed_start": protocol.seed_start, "prompts": protocol.prompts(),
+                          "sampler": {"steps": protocol.sampler.steps, "guidance": protocol.sampler.guidance}}  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    if metrics_json:
+        with atomic_output(out / "metrics.json", overwrite=overwrite) as tmp:
+            tmp.write_text(json.dumps(report, indent=2))
+    write_report(out / "report.html", report, grids, protocol)
+    return report
+
+
+def rows_of(report: dict) -> list[tuple[str, str, str]]:
+    """The (key, title, better) rows of a report: as it recorded them, or the toy metrics of old reports."""
+    if report.get("metrics"):
+        return [tuple(row) for row in report["metrics"]]
+    return list(metrics_for(report.get("character")))
+
+
+def with_interval(condition: dict, key: str) -> str:
+    """`0.528 [0.44, 0.61]`, or the bare figure when no interval was recorded."""
+    value = condition.get(key)
+    if value is None:
+        return "-"
+    interval = condition.get("intervals", {}).get(key)
+    digits = 1 if key == "hair_ciede2000" else 3
+    if interval is None:
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} [{interval[0]:.{digits if digits == 1 else 2}f}, {interval[1]:.{digits if digits == 1 else 2}f}]"
+
+
 def write_report(path: Path, report: dict, grids: dict[str, np.ndarray], protocol: Protocol) -> None:
     """A self-contained HTML page: the metrics table and one bar chart per metric; an image grid of
     prompts x conditions (first seed); per condition, one image row per prompt."""
     conditions = list(report["conditions"])
-    metrics = metrics_for(report.get("character"))
+    metrics = [row for row in rows_of(report) if all(row[0] in report["conditions"][c] for c in conditions)]
     rows = "".join(
-        f"<tr><td>{html.escape(title)} <small>({better} is better)</small></td>" + "".join(f"<td>{report['conditions'][c][key]:.3f}</td>" for c in conditions) + "</tr>"
+        f"<tr><td>{html.escape(title)} <small>({better} is better)</small></td>"
+        + "".join(f"<td>{html.escape(with_interval(report['conditions'][c], key))}</td>" for c in conditions)
+        + "</tr>"
         for key, title, better in metrics
     )
     head = "".join(f"<th>{html.escape(c)}</th>" for c in conditions)
-    charts = "".join(bar_chart(title, conditions, [report["conditions"][c][key] for c in conditions], better) for key, title, better in metrics)
+    charts = "".join(
+        bar_chart(title, conditions, [report["conditions"][c][key] for c in conditions], better, [report["conditions"][c].get("intervals", {}).get(key) for c in conditions])
+        for key, title, better in metrics
+    )
     prompts = [p for _, _, p in protocol.prompts()]
     side_by_side = np.stack([grids[c][:, 0] for c in conditions], axis=1)
     overview = f"<img src='data:image/png;base64,{_png_data(grid_image(side_by_side, prompts, [c[:14] for c in conditions], scale=2))}'>"
@@ -95,7 +145,7 @@ def write_report(path: Path, report: dict, grids: dict[str, np.ndarray], protoco
     page = f"""<!doctype html><meta charset="utf-8"><title>sabun report</title>
 <style>body{{font-family:sans-serif;margin:2em}} td,th{{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}} td:first-child{{text-align:left}}</style>
 <h1>sabun: {html.escape(report['character']['name'])}</h1>
-<p>Each LoRA is used alone on the plain model; the first column is the plain model's own figures. {protocol.seeds} images per prompt, read by the toy evaluator.</p>
+<p>Each LoRA is used alone on the plain model; the first column is the plain model's own figures. {protocol.seeds} images per prompt, read by the {html.escape(report.get('reader', 'toy evaluator'))}. In brackets: 95 % intervals (Wilson for rates, a bootstrap over images for means and medians); figures whose intervals overlap are not told apart by this many images.</p>
 <table><tr><th>metric</th>{head}</tr>{rows}</table>
 <div>{charts}</div>
 {norms}

@@ -29,6 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 from sabun.errors import SabunError
+from sabun.evaluate.readings import Attribute, Readings
 from sabun.io import atomic_output
 from sabun.toyworld.character import HAIRSTYLES, THING_COLOURS, random_character
 from sabun.toyworld.colours import EYE_COLOURS, HAIR_COLOURS, ciede2000, srgb_to_lab
@@ -121,8 +122,40 @@ class Predictions:
 
 
 class ToyEvaluator:
+    """The toy world's reader (`sabun.evaluate.readings.Reader`): a small CNN trained on toy renders
+    with known labels, which reads style, hairstyle, ribbon, background, pose and the hair's L*a*b*."""
+
+    name = "toy evaluator"
+    measures_colour = True
+
     def __init__(self, net: EvaluatorNet):
         self.net = net.eval()
+
+    def attributes(self, target) -> list[Attribute]:
+        """The target's hairstyle, hair-colour name and ribbon (seeing a ribbon is wrong for a
+        character without one)."""
+        ribbon = Attribute("ribbon", "ribbon seen (1girl)") if target.ribbon else Attribute("ribbon", "ribbon seen (1girl; the character has none)", "lower")
+        return [Attribute("hairstyle", "target hairstyle (1girl)"), Attribute("hair_colour_name", "target hair-colour name (1girl)"), ribbon]
+
+    def read(self, images: np.ndarray, target) -> Readings:
+        read = self.predict(images)
+        names = read.hair_colour_name
+        return Readings(
+            p_3d=read.p_3d,
+            identity={
+                "hairstyle": np.array([h == target.hairstyle for h in read.label("hairstyle")]),
+                "hair_colour_name": np.array([n == target.hair_colour_name for n in names]),
+                "ribbon": np.array([r == "yes" for r in read.label("ribbon")]),
+            },
+            backgrounds=[frozenset([b]) for b in read.label("background")],
+            poses=[frozenset([p]) for p in read.label("pose")],
+            hair_lab=read.hair_lab,
+        )
+
+    @staticmethod
+    def hair_colour_error(hair_lab: np.ndarray, rgb: tuple[int, int, int]) -> np.ndarray:
+        """CIEDE2000 between read hair colours (N, 3) and `rgb`."""
+        return ciede2000(hair_lab, srgb_to_lab(rgb)[None])
 
     @classmethod
     def load(cls, path: Path | None = None) -> ToyEvaluator:

@@ -511,23 +511,16 @@ def evaluate_character(config: CharacterConfig, pipe, lora: Path, out: Path, log
     if not (config.is_toy and toy_character):
         log("no toy character to compare with: wrote the sample grid and weight-change norms only")
         return report
-    from sabun.evaluate.metrics import Protocol, measure
-    from sabun.evaluate.report import write_report
+    from sabun.evaluate.metrics import Protocol, measure_conditions
+    from sabun.evaluate.report import write_evaluation
     from sabun.evaluate.toy_evaluator import ToyEvaluator
 
     evaluator = evaluator or ToyEvaluator.load()
     target = load_character(toy_character)
     protocol = Protocol(seeds=evaluation.seeds, sampler=Sampler(steps=evaluation.sample_steps, guidance=evaluation.guidance, batch=32))
-    conditions, grids = {}, {}
-    with applied(pipe, [(lora, 1.0)]) as (network,):
-        for weight in weights:
-            network.multiplier = weight
-            label = "plain model" if weight == 0.0 else f"character LoRA x{weight:g}"
-            log(f"evaluating {label}")
-            conditions[label], images = measure(pipe, evaluator, target, protocol)
-            grids[label] = images[:, :6]
+    conditions = {("plain model" if w == 0.0 else f"character LoRA x{w:g}"): ([(lora, w)] if w else []) for w in weights}
+    report["conditions"], grids = measure_conditions(pipe, evaluator, target, protocol, conditions, log)
     report["character"] = target.to_dict()
-    report["conditions"] = conditions
-    write_report(out / "report.html", report, grids, protocol)
+    write_evaluation(out, report, grids, protocol, evaluator, target, metrics_json=False)  # run_character writes the whole report
     report["report"] = str(out / "report.html")
     return report

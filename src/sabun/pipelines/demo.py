@@ -29,10 +29,11 @@ from pathlib import Path
 
 from sabun import __version__
 from sabun.errors import SabunError
-from sabun.evaluate.metrics import Protocol, measure, weight_change_norms
-from sabun.evaluate.report import write_report
+from sabun.evaluate.claims import claims
+from sabun.evaluate.metrics import Protocol, measure_conditions, weight_change_norms
+from sabun.evaluate.report import write_evaluation
 from sabun.evaluate.toy_evaluator import ToyEvaluator
-from sabun.generate import Sampler, applied
+from sabun.generate import Sampler
 from sabun.io import atomic_output
 from sabun.pipelines.character import ModelSource, RenderConfig, Stages
 from sabun.pipelines.stages import run_stage
@@ -162,15 +163,8 @@ def evaluate_target(pipe, evaluator, target, loras: dict[str, Path], config: Dem
     weights = dict(zip(CONDITIONS, [(None, 0.0), (loras["no_plan"], 1.0), (loras["no_plan"], 0.5), (loras["3d_tag"], 1.0), (loras["character_on_stepping_stone"], 1.0)]))
     if config.full:
         weights |= dict(zip(ABLATIONS, [(loras[k], 1.0) for k in ("character_on_1_character_stone", "character_on_uncaptioned_stone", "character_with_regularisation")]))
-    results, grids = {}, {}
-    for label, (lora, weight) in weights.items():
-        log(f"evaluating {target.name}: {label}")
-        with applied(pipe, [(lora, weight)] if lora else []):
-            metrics, images = measure(pipe, evaluator, target, protocol, None if lora else plain_images.get("images"))
-        if lora is None:
-            plain_images["images"] = images
-        results[label] = metrics
-        grids[label] = images[:, :6]
+    conditions = {label: [(lora, weight)] if lora else [] for label, (lora, weight) in weights.items()}
+    results, grids = measure_conditions(pipe, evaluator, target, protocol, conditions, log, plain_images)
     report = {
         "character": target.to_dict(),
         "settings": {k: v for k, v in config.__dict__.items()},
@@ -179,7 +173,6 @@ def evaluate_target(pipe, evaluator, target, loras: dict[str, Path], config: Dem
         "weight_change_norms": {k: weight_change_norms(v) for k, v in loras.items() if not k.startswith("stepping_stone")},
         "seconds": time.time() - started,
     }
-    with atomic_output(out / "metrics.json", overwrite=True) as tmp:
-        tmp.write_text(json.dumps(report, indent=2))
-    write_report(out / "report.html", report, grids, protocol)
+    report["claims"] = claims(results)
+    write_evaluation(out, report, grids, protocol, evaluator, target)
     return report
