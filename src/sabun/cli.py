@@ -122,13 +122,24 @@ def render_model_cmd(
 
 @app.command("caption")
 def caption_cmd(
-    folder: Annotated[Path, typer.Argument(help="A folder written by `sabun render toy` or `sabun render model`.")],
-    policy: Annotated[str, typer.Option("--policy", help="full, stepping-stone or character (see docs/toyworld.md and docs/render.md).")] = "full",
+    folder: Annotated[Path, typer.Argument(help="A folder written by `sabun render toy` / `sabun render model`, or (with --tagger) any folder of images.")],
+    policy: Annotated[str, typer.Option("--policy", help="full, stepping-stone or character (see docs/toyworld.md, docs/render.md, docs/tagger.md).")] = "full",
+    tagger: Annotated[Path | None, typer.Option("--tagger", help="Tag images without render metadata (screenshots) with this booru tagger: a folder with model.onnx and selected_tags.csv.")] = None,
+    tag_map: Annotated[Path | None, typer.Option("--tag-map", help="With --tagger: a TOML [tags] table extending the concept -> tag map.")] = None,
+    threshold: Annotated[float, typer.Option(help="With --tagger: keep tags at this probability or above.")] = 0.35,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="With --tagger: replace existing NAME.txt captions.")] = False,
 ) -> None:
-    """Rewrite every NAME.txt caption from its NAME.json render metadata under a caption policy."""
-    from sabun.captions import caption_folder
+    """Write NAME.txt captions under a caption policy: from NAME.json render metadata, or with --tagger from a booru tagger."""
+    if tagger is None:
+        from sabun.captions import caption_folder
 
-    print(f"wrote {len(caption_folder(folder, policy))} {policy} captions in {folder}")
+        print(f"wrote {len(caption_folder(folder, policy))} {policy} captions in {folder}")
+        return
+    from sabun.captions_tagger import caption_folder_with_tagger
+    from sabun.evaluate.tagger import load_tag_map
+
+    written = caption_folder_with_tagger(folder, tagger, policy, threshold, overwrite, tag_map=load_tag_map(tag_map))
+    print(f"wrote {len(written)} {policy} captions in {folder} (tagged by {tagger})")
 
 
 toyworld_app = typer.Typer(help="The embedded toy model: pretraining.", no_args_is_help=True)

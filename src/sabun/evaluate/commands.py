@@ -13,7 +13,9 @@ from sabun.evaluate.report import write_evaluation
 from sabun.io import check_writable
 
 
-def reader_and_target(character: str, tagger: str | os.PathLike | None = None, tag_map: str | os.PathLike | None = None, threshold: float = 0.35, evaluator=None):
+def reader_and_target(
+    character: str, tagger: str | os.PathLike | None = None, tag_map: str | os.PathLike | None = None, threshold: float = 0.35, evaluator=None, protocol=None
+):
     """The reader of the images and the character to judge against: the toy evaluator and a toy
     character spec; or, given `tagger`, a booru tagger and a real character spec (identity tags)."""
     if tagger is None:
@@ -26,7 +28,7 @@ def reader_and_target(character: str, tagger: str | os.PathLike | None = None, t
 
     reader = TaggerReader(Tagger.load(tagger), threshold=threshold, tag_map=load_tag_map(tag_map))
     target = load_tagged_character(character)
-    reader.check(target)
+    reader.check(target, protocol.prompt_list() if protocol else ())  # every tag the run will read is in the tagger's CSV
     return reader, target
 
 
@@ -64,7 +66,7 @@ def evaluate_loras(
         check_writable(out / name, overwrite)
     started = time.time()
     protocol = Protocol(seeds=seeds, seed_start=seed_start, custom=read_prompts(prompts) if prompts else None)
-    reader, target = reader_and_target(character, tagger, tag_map, threshold, evaluator)
+    reader, target = reader_and_target(character, tagger, tag_map, threshold, evaluator, protocol)
     pipe = load_pipeline(model)
     conditions = {"plain model": []} | {f"LoRA x{w:g}": [(p, w * m) for p, m in loras] for w in weights}
     results, grids = measure_conditions(pipe, reader, target, protocol, conditions)
