@@ -155,3 +155,25 @@ def test_save_merged_writes_the_model_with_the_stepping_stone_in_it(tmp_path):
         torch.testing.assert_close(merged.unet.state_dict()[name], tensor, atol=1e-5, rtol=1e-5)
         changed += not torch.equal(tensor, plain[name])
     assert changed > 0  # the stepping-stone is in it
+
+
+def test_the_evaluation_stage_reads_with_a_tagger_on_any_model(tmp_path):
+    pytest.importorskip("onnx")
+    from test_tagger import make_tagger
+
+    tagger = make_tagger(tmp_path / "tagger")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("[bare] 1girl\n[pose:arms-up] 1girl, arms up\n", encoding="utf-8")
+    config = tiny_config(tmp_path / "run")
+    config = dataclasses.replace(config, evaluation=dataclasses.replace(
+        config.evaluation, character=None, tagger=str(tagger), identity="blonde hair, twintails", protocol_prompts=str(prompts)))  # fmt: skip
+    report = run_character(config, log=lambda m: None)
+    assert report["reader"].startswith("tagger")
+    assert [row[0] for row in report["metrics"]] == ["3d_leakage", "tag:blonde_hair", "tag:twintails", "pose_obeyed"]
+    assert set(report["conditions"]["character LoRA x1"]["intervals"]) >= {"3d_leakage", "tag:twintails", "pose_obeyed"}
+
+    messages = []
+    bad = dataclasses.replace(config, out=str(tmp_path / "bad"), evaluation=dataclasses.replace(config.evaluation, identity="cat ears"))
+    with pytest.raises(SabunError, match="cat_ears"):
+        run_character(bad, log=messages.append)
+    assert not any(m.startswith("training") for m in messages)  # refused before any work

@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 import shutil
 import time
 from collections.abc import Callable
@@ -140,6 +141,11 @@ class EvaluationConfig:
     guidance: float = 5.0
     character: str | None = None  # toy character the evaluator compares with; default: the target preset
     prompts: list[str] = field(default_factory=lambda: ["1girl", "1girl, outdoors, sky, grass", "1girl, cowboy shot, arms up"])  # sample grid
+    tagger: str | None = None  # a booru tagger folder (model.onnx, selected_tags.csv): the metrics on any model
+    identity: str | None = None  # with tagger: the character's identity tags, "tag, tag" or a .toml; default: character.tags / NAME.toml
+    tag_map: str | None = None  # with tagger: a TOML [tags] table extending the concept -> tag map
+    threshold: float = 0.35  # with tagger: a tag is seen at this probability or above
+    protocol_prompts: str | None = None  # a prompt file for the metrics (see docs/evaluation.md); default: the protocol's own
 
     def __post_init__(self) -> None:
         check(bool(self.weights), "weights", "is empty; give at least one weight, e.g. [1.0]")
@@ -203,7 +209,14 @@ def resolve(config: CharacterConfig, root: Path) -> CharacterConfig:
             models=[dataclasses.replace(m, path=local(m.path)) for m in config.stepping_stone.models],
         ),
         character=dataclasses.replace(config.character, preset=maybe_file(config.character.preset), folder=local(config.character.folder), model=local(config.character.model)),
-        evaluation=dataclasses.replace(config.evaluation, character=maybe_file(config.evaluation.character)),
+        evaluation=dataclasses.replace(
+            config.evaluation,
+            character=maybe_file(config.evaluation.character),
+            tagger=local(config.evaluation.tagger),
+            identity=maybe_file(config.evaluation.identity),
+            tag_map=local(config.evaluation.tag_map),
+            protocol_prompts=local(config.evaluation.protocol_prompts),
+        ),
     )
 
 
@@ -412,6 +425,10 @@ def run_character(config: CharacterConfig, log: Callable[[str], None] = print, e
             raise ConfigError(f"stepping_stone.models[{i}].tags", f"{source.path}: has no tags, and the stepping-stone captions name each character's features; give tags = \"red hair, long hair, ...\"")
     if target.model:
         check_model_file(target.model, "character.model")
+    if config.evaluation.tagger:  # the tagger, its tags and the identity tags checked before any training
+        from sabun.evaluate.metrics import Protocol, read_prompts
+
+        tagger_and_identity(config, Protocol(custom=read_prompts(config.evaluation.protocol_prompts) if config.evaluation.protocol_prompts else None))
     size = config.render.size or (64 if config.is_toy else 768)
 
     stone_data = [stages.toy_data(names.pop(0), p, stone.caption_policy) for p in stone.presets]
@@ -481,6 +498,29 @@ def save_merged(config: CharacterConfig, stepping_stone: Path, out: Path) -> Non
     merge(config.model.path, [f"{stepping_stone}:{config.stepping_stone.multiplier}"], out, allow_pickle=config.model.allow_pickle, prediction_type=config.model.prediction_type)
 
 
+def tagger_and_identity(config: CharacterConfig, protocol):
+    """The booru tagger of `evaluation.tagger` and the character it judges: `evaluation.identity`
+    (tags or a .toml), else the target's tags (`character.tags`, or `tags` in NAME.toml beside its model)."""
+    from sabun.avatar.captions import read_tag_file, tags_beside
+    from sabun.evaluate.tagged_character import TaggedCharacter, load_tagged_character, parse_tags
+    from sabun.evaluate.tagger import Tagger, TaggerReader, load_tag_map
+
+    evaluation, target = config.evaluation, config.character
+    name = Path(target.model or target.folder or target.preset or "character").stem
+    if evaluation.identity and evaluation.identity.endswith(".toml"):
+        character = load_tagged_character(evaluation.identity)
+    else:
+        text = evaluation.identity or target.tags
+        if text is None and target.model and tags_beside(Path(target.model)).is_file():
+            text = read_tag_file(tags_beside(Path(target.model))).get("tags")
+        if not text:
+            raise SabunError("evaluation.tagger: the tagger needs the character's identity tags; set evaluation.identity = \"blonde hair, twintails, ...\" (or a .toml)")
+        character = TaggedCharacter(re.sub(r"[^\w-]", "_", name), parse_tags(text, "evaluation.identity"))
+    reader = TaggerReader(Tagger.load(evaluation.tagger), threshold=evaluation.threshold, tag_map=load_tag_map(evaluation.tag_map))
+    reader.check(character, protocol.prompt_list())
+    return reader, character
+
+
 def evaluate_character(config: CharacterConfig, pipe, lora: Path, out: Path, log, evaluator=None) -> dict:
     """The character LoRA on the plain model at each weight: a sample grid always; the protocol's
     metrics (read by the toy evaluator) on the toy model."""
@@ -507,20 +547,24 @@ def evaluate_character(config: CharacterConfig, pipe, lora: Path, out: Path, log
         grid_image(cells, evaluation.prompts, labels).save(tmp, format="PNG")
     report["samples"] = str(out / "samples.png")
 
-    toy_character = evaluation.character or config.character.preset
-    if not (config.is_toy and toy_character):
-        log("no toy character to compare with: wrote the sample grid and weight-change norms only")
-        return report
-    from sabun.evaluate.metrics import Protocol, measure_conditions
+    from sabun.evaluate.metrics import Protocol, measure_conditions, read_prompts
     from sabun.evaluate.report import write_evaluation
-    from sabun.evaluate.toy_evaluator import ToyEvaluator
 
-    evaluator = evaluator or ToyEvaluator.load()
-    target = load_character(toy_character)
-    protocol = Protocol(seeds=evaluation.seeds, sampler=Sampler(steps=evaluation.sample_steps, guidance=evaluation.guidance, batch=32))
+    custom = read_prompts(evaluation.protocol_prompts) if evaluation.protocol_prompts else None
+    protocol = Protocol(seeds=evaluation.seeds, sampler=Sampler(steps=evaluation.sample_steps, guidance=evaluation.guidance, batch=32), custom=custom)
+    if evaluation.tagger:
+        reader, target = tagger_and_identity(config, protocol)
+    else:
+        toy_character = evaluation.character or config.character.preset
+        if not (config.is_toy and toy_character):
+            log("no toy character to compare with and no evaluation.tagger: wrote the sample grid and weight-change norms only")
+            return report
+        from sabun.evaluate.toy_evaluator import ToyEvaluator
+
+        reader, target = evaluator or ToyEvaluator.load(), load_character(toy_character)
     conditions = {("plain model" if w == 0.0 else f"character LoRA x{w:g}"): ([(lora, w)] if w else []) for w in weights}
-    report["conditions"], grids = measure_conditions(pipe, evaluator, target, protocol, conditions, log)
+    report["conditions"], grids = measure_conditions(pipe, reader, target, protocol, conditions, log)
     report["character"] = target.to_dict()
-    write_evaluation(out, report, grids, protocol, evaluator, target, metrics_json=False)  # run_character writes the whole report
+    write_evaluation(out, report, grids, protocol, reader, target, metrics_json=False)  # run_character writes the whole report
     report["report"] = str(out / "report.html")
     return report
