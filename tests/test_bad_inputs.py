@@ -375,3 +375,71 @@ def test_bad_training_data_is_named_and_nothing_is_trained(capsys, tmp_path, bad
     (tmp_path / "train.toml").write_text(TRAIN_TOML)
     os.chdir(tmp_path)
     assert_refused(capsys, tmp_path, ["train", tmp_path / "train.toml"], name)
+
+
+# --- found by a hostile battery: usage errors, numbers, LoRA variants --------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [(["lora", "resize", "x.safetensors", "--rank", "abc"], "--rank"), (["merge", "--model", "tiny"], "--lora"),
+     (["nonsense"], "nonsense"), (["lora", "combine", "--out", "c.safetensors"], "loras")],  # fmt: skip
+    ids=["not-an-integer", "missing-option", "no-such-command", "missing-argument"],
+)
+def test_usage_errors_are_one_line(capsys, tmp_path, args, needle):
+    line = assert_refused(capsys, tmp_path, args, needle)
+    assert "--help" in line
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [(["--rank", "-1"], "--rank -1"), (["--rank", "0"], "--rank 0"), (["--conv-rank", "-1"], "--conv-rank"), (["--energy", "2"], "--energy"),
+     (["--energy", "nan"], "--energy"), (["--energy", "0"], "--energy"), (["--rank", "2", "--energy", "0.9"], "not both")],  # fmt: skip
+)
+def test_combine_checks_its_numbers(capsys, files, extra, needle):
+    root, _, good = files
+    assert_refused(capsys, root, ["lora", "combine", f"{good}:1", f"{good}:-0.5", *extra, "--out", root / "c.safetensors"], needle)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [(["--steps", "0"], "--steps"), (["--steps", "-5"], "--steps"), (["--guidance", "nan"], "--guidance"), (["--guidance", "inf"], "--guidance"),
+     (["--seed", "99999999999999999999"], "--seed"), (["--seed", "-1"], "--seed")],  # fmt: skip
+)
+def test_generate_checks_its_numbers(capsys, tmp_path, args, needle):
+    assert_refused(capsys, tmp_path, ["generate", "--model", "tiny", "-p", "1girl", *args, "--out", tmp_path / "g.png"], needle)
+
+
+def test_generate_refuses_empty_grid_weights(capsys, files):
+    root, _, good = files
+    assert_refused(capsys, root, ["generate", "--model", "tiny", "-p", "1girl", "--lora", good, "--grid-weights", "", "--out", root / "g.png"], "--grid-weights")
+
+
+def test_extract_and_merge_check_their_choices(capsys, files):
+    root, _, good = files
+    assert_refused(capsys, root, ["lora", "extract", "--original", "tiny", "--tuned", "tiny", "--rank", "2", "--method", "bogus", "--out", root / "e.safetensors"], "--method")
+    assert_refused(capsys, root, ["merge", "--model", "tiny", "--lora", good, "--prediction-type", "bogus", "--out", root / "m"], "--prediction-type")
+
+
+@pytest.mark.parametrize("suffix, kind", [("dora_scale", "DoRA"), ("lora_mid.weight", "LoCon"), ("hada_w1_a", "LoHa"), ("lokr_w1", "LoKr"), ("diff_b", "full weight")])
+def test_lora_variants_sabun_does_not_read_are_refused_not_dropped(capsys, files, suffix, kind):
+    root, state, _ = files
+    variant = root / "variant.safetensors"
+    save_file({**state, f"{LAYER}.{suffix}": torch.ones(4, 1)}, str(variant))
+    assert_refused(capsys, root, ["merge", "--model", "tiny", "--lora", variant, "--out", root / "m"], "variant.safetensors", kind)
+    assert_refused(capsys, root, ["lora", "info", variant], kind)
+
+
+def test_a_failed_write_names_the_output(capsys, files, monkeypatch):
+    """An OS error raised without a file name inside the writer (as a full disk's write() does) names
+    the output it was writing."""
+    from PIL import Image as PILImage
+
+    root, _, good = files
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(PILImage.Image, "save", full)
+    line = assert_refused(capsys, root, ["generate", "--model", "tiny", "-p", "1girl", "--steps", "1", "--out", root / "g.png"], "g.png", "No space")
+    assert ".tmp-" not in line

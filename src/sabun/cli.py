@@ -113,8 +113,17 @@ def render_model_cmd(
     )
     if sheet is not None:
         check_writable(sheet, overwrite)
+    if out.exists() and not out.is_dir():
+        raise SabunError(f"{out}: is a file; --out is the folder the renders go into")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)  # a read-only or full disk fails here, before any rendering
     note = lambda message: typer.echo(message, err=True)  # noqa: E731
-    written = render_models(config, note=note, bar=lambda total: tqdm(total=total, desc="render", unit="img"))
+    try:
+        written = render_models(config, note=note, bar=lambda total: tqdm(total=total, desc="render", unit="img"))
+    except BaseException:
+        if created and not any(out.iterdir()):  # leave no empty folder behind
+            out.rmdir()
+        raise
     typer.echo(f"wrote {len(written)} images (.png, .json, .txt) to {out}")
     if sheet is not None:
         typer.echo(f"contact sheet: {contact_sheet(written, sheet, overwrite=overwrite)}")
@@ -286,7 +295,7 @@ def generate_cmd(
     from sabun.generate import Sampler, generate_command
     from sabun.lora.commands import parse_multipliers, parse_weighted
 
-    weights = parse_multipliers(grid_weights, "--grid-weights") if grid_weights else None
+    weights = parse_multipliers(grid_weights, "--grid-weights") if grid_weights is not None else None
     loras = [parse_weighted(spec) for spec in lora or []]
     total = len(prompt) * count * len(weights or [1])
     with tqdm(total=total, desc="generate", unit="img", disable=total < 8) as bar:
@@ -598,16 +607,42 @@ def bare_resume(argv: list[str]) -> list[str]:
 
 def main() -> None:
     """Entry point: run the app; input errors become one line on stderr and exit status 2."""
+    try:  # typer >= 0.20 carries its own copy of click
+        from typer._click import exceptions as click_errors
+    except ImportError:
+        from click import exceptions as click_errors
+    UsageError, NoArgsIsHelpError = click_errors.UsageError, getattr(click_errors, "NoArgsIsHelpError", ())
     try:
-        app(args=bare_resume(sys.argv)[1:])
+        code = app(args=bare_resume(sys.argv)[1:], prog_name="sabun", standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except NoArgsIsHelpError:  # the help was shown
+        sys.exit(2)
+    except UsageError as e:  # a bad option or argument: one line, with where to look
+        where = f"; see `{e.ctx.command_path} --help`" if e.ctx is not None else ""
+        print(f"error: {' '.join(e.format_message().split()).rstrip('.')}{where}", file=sys.stderr)
+        sys.exit(2)
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        sys.exit(130)
     except SabunError as e:
+        close_progress_bars()
         print(f"error: {destination(str(e))}", file=sys.stderr)
         sys.exit(2)
     except OSError as e:  # read-only, full disk, permissions, a file where a folder should be: not sabun's bug
         from sabun.errors import os_error_message
 
+        close_progress_bars()
         print(f"error: {destination(os_error_message(e))}", file=sys.stderr)
         sys.exit(2)
+
+
+def close_progress_bars() -> None:
+    """End any progress bar a failed command left open, so the error starts its own line."""
+    if "tqdm" in sys.modules:
+        from tqdm import tqdm
+
+        for bar in list(getattr(tqdm, "_instances", ())):
+            bar.close()
 
 
 def destination(message: str) -> str:

@@ -10,6 +10,7 @@ seed, so an image does not depend on what else is in the batch.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,14 @@ class Sampler:
     guidance: float = 5.0
     negative: str = ""
     batch: int = 16
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.steps <= 1000:
+            raise SabunError(f"--steps {self.steps}: give 1 to 1000 sampling steps (20-30 is usual)")
+        if not (math.isfinite(self.guidance) and 0 <= self.guidance <= 100):
+            raise SabunError(f"--guidance {self.guidance}: give a finite guidance scale from 0 to 100 (5-8 is usual)")
+        if self.batch < 1:
+            raise SabunError(f"batch {self.batch}: must be at least 1")
 
 
 @contextlib.contextmanager
@@ -127,6 +136,10 @@ def generate_command(
         raise SabunError("no prompt given; pass --prompt TEXT (repeatable)")
     if count < 1:
         raise SabunError("--count must be at least 1")
+    if not 0 <= seed <= 2**63 - 1 - count:
+        raise SabunError(f"--seed {seed}: give a seed from 0 to 2**63 - 1")
+    if grid_weights is not None and not list(grid_weights):
+        raise SabunError("--grid-weights is empty; give multipliers separated by commas, e.g. 0,0.5,1")
     check_writable(out, overwrite)
     if grid_weights and not loras:
         raise SabunError("--grid-weights scales the LoRAs, but no --lora is given")

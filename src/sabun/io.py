@@ -98,7 +98,16 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False, directory: b
         os.close(fd)
         tmp = Path(name)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as e:  # a write that failed inside the block names the output, not its temporary
+            if e.filename is None or ".tmp-" in str(e.filename):
+                raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+            raise
+        except Exception as e:
+            if type(e).__name__ == "SafetensorError":  # safetensors reports a full disk as its own error type
+                raise write_error(path, e) from None
+            raise
         if directory:
             if path.exists():
                 old = path.with_name(f".{path.name}.old-{os.getpid()}")  # not a temporary: never removed as stale

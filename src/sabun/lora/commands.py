@@ -126,6 +126,8 @@ def extract(
     check_writable(Path(out), overwrite, directory=False)
     if rank < 1 or (conv_rank is not None and conv_rank < 1):
         raise SabunError("extract: --rank and --conv-rank must be >= 1")
+    if method not in ("full", "randomized"):
+        raise SabunError(f"extract: --method {method!r}: choose full (exact) or randomized (faster on large layers)")
     m0 = load_pipeline(original, allow_pickle=allow_pickle, prediction_type=prediction_type)
     m1 = load_pipeline(tuned, allow_pickle=allow_pickle, prediction_type=prediction_type)
     family0, family1 = pipeline_family(m0), pipeline_family(m1)

@@ -77,6 +77,16 @@ def check_layer(name: str, down: torch.Tensor, up: torch.Tensor, alpha: torch.Te
     return weight
 
 
+OTHER_KINDS = (  # keys of LoRA variants beside the kohya LoRA's own three, by the tool that writes them
+    ((".dora_scale",), "DoRA magnitudes"),
+    ((".lora_mid.",), "LyCORIS LoCon (Tucker) weights"),
+    ((".hada_",), "LyCORIS LoHa weights"),
+    ((".lokr_",), "LyCORIS LoKr weights"),
+    ((".oft_", ".diag_oft"), "OFT / BOFT weights"),
+    ((".diff", ".w_norm", ".b_norm"), "full weight differences (LyCORIS full / norm)"),
+)
+
+
 def check_family(names: list[str], source: str) -> None:
     """Refuse a file whose layers belong to two model families (SD 1.x/2.x and SDXL text encoders)."""
     found = {prefix for prefix in FAMILY_PREFIXES if any(n.startswith(prefix) for n in names)}
@@ -111,6 +121,13 @@ def lora_from_tensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
         raise SabunError(
             f"{source}: is not a kohya-format LoRA: no `.lora_down.weight` / `.lora_up.weight` keys{hint}; "
             f"keys start with: {sample or 'nothing (empty file)'}"
+        )
+    other = sorted(k for k in tensors if split_key(k) is None and k.startswith(("lora_unet_", "lora_te")))
+    if other:
+        kind = next((name for marks, name in OTHER_KINDS if any(m in k for k in other for m in marks)), "weights of another kind")
+        raise SabunError(
+            f"{source}: holds {kind} ({other[0]}{f' and {len(other) - 1} more' if len(other) > 1 else ''}), which sabun does not read; "
+            "used without them the LoRA would change the model otherwise than ComfyUI or Forge do: convert it to a plain LoRA"
         )
     check_family(list(parts), source)
     weights = {}

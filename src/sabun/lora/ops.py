@@ -144,6 +144,7 @@ def combine_svd(loras: Sequence[Weighted], rank: int | None = None, conv_rank: i
         energy: instead of a fixed rank, keep the smallest rank holding this share of sum(S^2).
     Returns the new LoRA (alpha = rank, scale 1) and the per-layer relative errors.
     """
+    check_ranks("combine", rank=rank, conv_rank=conv_rank, energy=energy)
     report = ApproximationReport()
     weights = {}
     for name in layer_names(loras):
@@ -158,6 +159,20 @@ def combine_svd(loras: Sequence[Weighted], rank: int | None = None, conv_rank: i
         up2d, down2d = svd.factors()
         weights[name] = LoRAWeight.from_factors(up2d, down2d, shape)
     return LoRA(weights, combined_metadata(loras, "svd")), report
+
+
+def check_ranks(command: str, rank: int | None = None, conv_rank: int | None = None, energy: float | None = None) -> None:
+    """--rank / --conv-rank at least 1; --energy a share in (0, 1]; not both a rank and an energy."""
+    import math
+
+    for option, value in (("--rank", rank), ("--conv-rank", conv_rank)):
+        if value is not None and value < 1:
+            raise SabunError(f"{command}: {option} {value}: a rank must be at least 1")
+    if energy is not None:
+        if not (math.isfinite(energy) and 0 < energy <= 1):
+            raise SabunError(f"{command}: --energy {energy}: give the share of the spectrum to keep, in (0, 1], e.g. 0.99")
+        if rank is not None or conv_rank is not None:
+            raise SabunError(f"{command}: give --rank / --conv-rank or --energy, not both")
 
 
 def combine_concat(loras: Sequence[Weighted]) -> LoRA:
@@ -195,12 +210,9 @@ def resize_lora(lora: LoRA, rank: int | None = None, energy: float | None = None
     """
     if (rank is None) == (energy is None):
         raise SabunError("resize: give exactly one of --rank or --energy")
-    if energy is not None and not 0 < energy <= 1:
-        raise SabunError(f"resize: --energy must be in (0, 1], got {energy}")
+    check_ranks("resize", rank=rank, energy=energy)
     if rank is not None:
         largest = max(w.rank for w in lora.weights.values())
-        if rank < 1:
-            raise SabunError(f"resize: --rank {rank}: a rank must be at least 1")
         if rank >= largest:
             raise SabunError(
                 f"resize: --rank {rank} is not below the LoRA's own rank (at most {largest}), so nothing would change; "

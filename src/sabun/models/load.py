@@ -27,17 +27,21 @@ def load_pipeline(spec: str | os.PathLike, allow_pickle: bool = False, predictio
             detected (see `sabun.models.families`); None keeps it.
     """
     spec = str(spec)
+    if prediction_type is not None and prediction_type not in ("epsilon", "v_prediction"):
+        raise SabunError(f"--prediction-type {prediction_type!r}: choose epsilon or v_prediction")
     if spec == "tiny":
         from sabun.models.tiny import build_tiny_pipeline
 
-        return build_tiny_pipeline()
+        pipe = build_tiny_pipeline()
+        return pipe if prediction_type is None else with_prediction_type(pipe, prediction_type)
     if spec == "toy":
         from sabun.toyworld.model import shipped_model_dir
 
         folder = shipped_model_dir()
         if not (folder / "model_index.json").exists():
             raise SabunError(f"{folder}: the toy model's weights are missing from this install; reinstall sabun, or make them with `sabun toyworld pretrain --out DIR` and pass --model DIR/model")
-        return load_diffusers_folder(folder)
+        pipe = load_diffusers_folder(folder)
+        return pipe if prediction_type is None else with_prediction_type(pipe, prediction_type)
     path = Path(spec)
     if not path.exists():
         raise SabunError(f"{path}: no such model; give a diffusers folder or one of: {', '.join(BUILTIN)}")
