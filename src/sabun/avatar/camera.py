@@ -18,6 +18,7 @@ import numpy as np
 
 from sabun.avatar.pose import UP, Posed
 from sabun.avatar.types import Avatar
+from sabun.errors import SabunError
 
 VIEWS = ("front", "left", "right", "behind", "front-left", "front-right", "back-left", "back-right")
 ZOOMS = ("portrait", "upper-body", "cowboy-shot", "full-body")
@@ -53,6 +54,14 @@ class Camera:
         clip = self.projection @ self.view @ np.append(np.asarray(point, dtype=np.float64), 1.0)
         ndc = clip[:2] / clip[3]
         return np.array([(ndc[0] + 1) / 2, (1 - ndc[1]) / 2])
+
+    def image_position(self, point: np.ndarray) -> np.ndarray | None:
+        """`project(point)`, or None for a point with no place in the image (on or behind the camera's plane)."""
+        clip = self.projection @ self.view @ np.append(np.asarray(point, dtype=np.float64), 1.0)
+        if not clip[3] > 1e-12:
+            return None
+        where = self.project(point)
+        return where if np.isfinite(where).all() else None
 
     def to_json(self) -> dict:
         return {
@@ -139,10 +148,36 @@ def frame_span(h: Heights, zoom: str) -> tuple[float, float]:
     return bottom, top
 
 
+def check_framing(posed: Posed, avatar: Avatar, h: Heights, zoom: str, bottom: float, top: float) -> None:
+    """Refuse a shot that would frame nothing: humanoid bones that do not sit in the mesh they should move."""
+    tall = h.top - h.bottom
+    fix = "fix the humanoid bone mapping (or the skin) in the VRM exporter and export again"
+    if not top - bottom > 0.01 * tall:
+        source = {"portrait": "the neck bone", "upper-body": "the spine and hips bones",
+                  "cowboy-shot": "the hips and knee bones", "full-body": "the lowest vertex"}[zoom]
+        raise SabunError(
+            f"{avatar.path}: its humanoid bones do not match its mesh: the {zoom} shot would frame heights {bottom:.3g} "
+            f"to {top:.3g} (from {source}), but the mesh spans {h.bottom:.3g} to {h.top:.3g}; {fix}"
+        )
+    vertices = posed.vertices()
+    low, high = vertices.min(0), vertices.max(0)
+    outside = np.maximum(np.maximum(low - h.centre, h.centre - high), 0.0)[[0, 2]]
+    if float(np.linalg.norm(outside)) > tall:
+        raise SabunError(
+            f"{avatar.path}: its hips bone is at ({', '.join(f'{v:.3g}' for v in h.centre)}), {float(np.linalg.norm(outside)):.3g} "
+            f"to the side of its mesh (which is {tall:.3g} tall), so every shot, centred on the hips, would miss it; {fix}"
+        )
+
+
 def camera_for(posed: Posed, avatar: Avatar, view: str, zoom: str) -> Camera:
-    """The camera of one shot: `view` around the character, framing `zoom`."""
+    """The camera of one shot: `view` around the character, framing `zoom`.
+
+    Raises:
+        SabunError: naming the file, when the bones put the frame where the mesh is not (see `check_framing`).
+    """
     h = heights(posed, avatar)
     bottom, top = frame_span(h, zoom)
+    check_framing(posed, avatar, h, zoom, bottom, top)
     half = (top - bottom) / 2
     a, b = _VIEW_DIRECTIONS[view]
     direction = a * posed.frame.forward + b * posed.frame.left

@@ -195,6 +195,11 @@ def load_source(path: Path, config: RenderModelConfig) -> tuple[Source, str]:
     if config.tags is not None:
         source.tags = config.tags
     hair_material_indices(source)  # a wrong hair_materials name fails before anything is drawn
+    # A model that loads but cannot be framed or drawn (all vertices at one point, transforms that overflow,
+    # bones away from the mesh) fails here, in its rest pose, before any image of any model is written.
+    rest = pose_avatar(avatar, "rest", frozenset(config.hide))
+    for zoom in config.zooms:
+        camera_for(rest, avatar, config.views[0], zoom)
     return source, warning
 
 
@@ -213,7 +218,9 @@ def metadata(source: Source, config: RenderModelConfig, name: str, pose: str, vi
     for bone in ("head", "neck", "hips", "leftHand", "rightHand", "leftFoot", "rightFoot"):
         position = posed.bone(bone, avatar)
         if position is not None:
-            bones[bone] = [round(float(v), 5) for v in camera.project(position)]
+            where = camera.image_position(position)
+            if where is not None:
+                bones[bone] = [round(float(v), 5) for v in where]
     return {
         "format": METADATA_FORMAT,
         "name": name,

@@ -35,6 +35,7 @@ import json
 import math
 import os
 import re
+import stat
 import struct
 import urllib.parse
 import warnings
@@ -81,6 +82,17 @@ _WIDTHS = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4, "MAT2": 4, "MAT3": 9, "
 _NORMALIZERS = {5120: 127.0, 5121: 255.0, 5122: 32767.0, 5123: 65535.0}
 _MAX_SPARSE_ONLY_COUNT = 1 << 24
 """An accessor without a bufferView is allocated from its `count` alone; bound it so a damaged count cannot exhaust memory."""
+MAX_FILE_BYTES = 1 << 32
+"""The largest model file, external buffer or image file read: 4 GiB, the most a GLB can hold."""
+MAX_DECODED_BYTES = 2 << 30
+"""The most accessor data one file may decode (2 GiB; a 100k-triangle character needs tens of MB).
+Accessors may overlap in their buffer and sparse ones are allocated from their count, so a small
+file could otherwise declare far more data than it holds."""
+MAX_VERTICES = 1 << 24
+"""The most vertices (summed over primitives) and, separately, triangles a file may have (16.7M each;
+a detailed character has a few hundred thousand)."""
+MAX_TEXTURE_PIXELS = 1 << 29
+"""The most texture pixels one file may decode (537M, 2 GiB as RGBA: 32 textures of 4096 x 4096)."""
 _IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
 """What glTF allows (plus EXT_texture_webp); limiting PIL to these keeps it off plugins such as EPS (ghostscript)."""
 _WRAPS = (REPEAT, CLAMP_TO_EDGE, MIRRORED_REPEAT)
@@ -142,9 +154,42 @@ def _read_bytes(path: Path) -> bytes:
     if path.is_dir():
         raise SabunError(f"{path}: is a folder, expected a .vrm, .glb or .gltf file")
     try:
-        return path.read_bytes()
+        kind = _not_regular(path)
+        if kind:
+            raise SabunError(f"{path}: is {kind}, not a model file; pass a .vrm, .glb or .gltf file")
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise SabunError(f"{path}: is {size / 2**30:.1f} GiB, larger than a glTF file can be (4 GiB); "
+                             "pass a .vrm, .glb or .gltf file")
+        return _read_regular(path, size)
     except OSError as exc:
         raise SabunError(f"{path}: could not be read ({exc.strerror or exc}); check its permissions") from None
+
+
+def _not_regular(path: Path) -> str:
+    """'' for a regular file (symlinks followed); else what it is, for an error message."""
+    mode = path.stat().st_mode
+    if stat.S_ISREG(mode):
+        return ""
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def _read_regular(path: Path, limit: int) -> bytes:
+    """At most `limit` bytes of a regular file. Opened without blocking and checked again once open,
+    so a file swapped for a pipe or a device after the check is refused rather than read forever."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            raise OSError(0, "not a regular file")
+        return file.read(limit)
 
 
 def _split_container(path: Path, data: bytes) -> tuple[dict, bytes | None]:
@@ -321,6 +366,11 @@ class _Reader:
             if any(entry is None for entry in getattr(gltf, name)):
                 raise self.error(f"{name} has a null entry")
         self.buffers: dict[int, bytes] = {}
+        self.decoded = 0
+        """Bytes of accessor data decoded so far (see MAX_DECODED_BYTES)."""
+        self.decoded_arrays: dict[tuple[str, int], np.ndarray] = {}
+        self.vertices = self.triangles = self.pixels = 0
+        """Running totals over primitives and decoded images (see MAX_VERTICES, MAX_TEXTURE_PIXELS)."""
         self.images: dict[int, np.ndarray] = {}
         self.textures: list[Texture] = []
         self.texture_slots: dict[int, int | None] = {}
@@ -400,6 +450,11 @@ class _Reader:
         )
         if avatar.triangle_count() == 0:
             raise self.error("has no meshes to render (no triangles in any mesh)", "export the model with its meshes")
+        shown = avatar.scene_nodes()
+        if not any(avatar.nodes[i].mesh is not None and avatar.meshes[avatar.nodes[i].mesh].primitives for i in shown):
+            where = f"its scene {gltf.scene or 0}" if gltf.scenes else "the file"
+            raise self.error(f"has meshes, but no node of {where} shows one ({len(avatar.roots)} root nodes, "
+                             f"{len(shown)} nodes in all)", "export the model with its meshes in the scene")
         return avatar
 
     # --- nodes ---
@@ -430,6 +485,10 @@ class _Reader:
         return nodes
 
     def node(self, i: int, node: pygltflib.Node) -> Node:
+        with np.errstate(over="ignore"):  # a number past float32's range is refused below, naming the node
+            return self.node_transforms(i, node)
+
+    def node_transforms(self, i: int, node: pygltflib.Node) -> Node:
         what = f"node {i}"
         out = Node(name=self.string(node.name, f"{what} name"))
         if node.mesh is not None:
@@ -445,6 +504,11 @@ class _Reader:
         if node.matrix is not None:
             # glTF matrices are column-major: reshape reads rows, so transpose to get p' = M @ p.
             out.matrix = np.array(self.numbers(node.matrix, 16, f"{what} matrix", ()), np.float32).reshape(4, 4).T
+        for field_name in ("translation", "rotation", "scale", "matrix"):
+            value = getattr(out, field_name)
+            if value is not None and not np.isfinite(value).all():
+                raise self.error(f"{what} {field_name} holds a number too large for a 32-bit float "
+                                 f"({_show(getattr(node, field_name))})")
         return out
 
     def roots(self, nodes: list[Node]) -> list[int]:
@@ -460,35 +524,85 @@ class _Reader:
 
     # --- buffers and accessors ---
 
-    def uri_bytes(self, uri, what: str) -> bytes:
-        """The bytes a buffer or image `uri` names: a data: URI, or a file relative to the model's folder."""
+    def uri_bytes(self, uri, what: str, length: int | None = None, limit: int = MAX_FILE_BYTES) -> bytes:
+        """The bytes a buffer or image `uri` names: a data: URI, or a file in (or below) the model's folder.
+
+        A buffer passes its byteLength as `length`: a file or data: URI holding less is refused before
+        it is read, and no more than `length` bytes are read. An image passes `limit`, its largest size.
+        Absolute paths, paths that leave the model's folder (`..`, a symlink pointing out) and anything
+        but a regular file (a device such as /dev/zero, a FIFO) are refused: a model names its own files.
+        """
         uri = self.string(uri, f"{what} uri")
         if uri.startswith("data:"):
-            header, _, payload = uri.partition(",")
-            try:
-                if header.endswith(";base64"):
-                    return base64.b64decode(payload, validate=True)
-                return urllib.parse.unquote_to_bytes(payload)
-            except (binascii.Error, ValueError):
-                raise self.error(f"{what} has a data: URI that is not valid base64") from None
+            return self.data_uri(uri, what, length, limit)
         if re.match(r"[A-Za-z][A-Za-z0-9+.-]+:", uri):
             raise self.error(f"{what} refers to {uri}, and sabun does not download", "save that file next to the model")
-        file = self.path.parent / urllib.parse.unquote(uri)
+        shown = _show(uri)
+        own_files = "put that file in the model's folder and refer to it by its name, or export the model as a single .glb/.vrm"
+        relative = urllib.parse.unquote(uri)
+        if not relative or "\0" in relative:
+            raise self.error(f"{what} has the uri {shown}, which names no file")
+        if os.path.isabs(relative) or relative.startswith("\\") or re.match(r"[A-Za-z]:[\\/]", relative):
+            raise self.error(f"{what} refers to the absolute path {shown}; a glTF names its files relative to its "
+                             "own folder", own_files)
+        file = self.path.parent / relative
+        missing = self.error(f"{what} refers to {shown}, which is missing or unreadable (looked for {file})",
+                             "put that file next to the model, or export the model as a single .glb/.vrm")
         try:
-            return file.read_bytes()
+            resolved, home = file.resolve(), self.path.parent.resolve()
+        except (OSError, RuntimeError):  # a symlink loop
+            raise missing from None
+        if resolved != home and home not in resolved.parents:
+            how = "through a symlink" if ".." not in Path(relative).parts else "with '..'"
+            raise self.error(f"{what} refers to {shown}, which leads out of the model's folder {how} (to {resolved})",
+                             own_files)
+        try:
+            kind = _not_regular(resolved)
+            if kind:
+                raise self.error(f"{what} refers to {shown}, which is {kind}, not a file", own_files)
+            size = resolved.stat().st_size
+            if length is not None and size < length:
+                raise self.error(f"{what} refers to {shown}, which has {size} bytes, but byteLength says {length}; "
+                                 "the file is truncated", "copy it again, or export the model again")
+            if length is None and size > limit:
+                raise self.error(f"{what} refers to {shown}, a file of {size} bytes, more than any image sabun reads "
+                                 f"({limit} bytes)", "scale the texture down in the model's editor and export again")
+            return _read_regular(resolved, length if length is not None else limit)
         except OSError:
-            raise self.error(
-                f"{what} refers to '{uri}', which is missing or unreadable (looked for {file})",
-                "put that file next to the model, or export the model as a single .glb/.vrm",
-            ) from None
+            raise missing from None
+
+    def data_uri(self, uri: str, what: str, length: int | None, limit: int) -> bytes:
+        """A data: URI's bytes; its size is checked against `length` (or `limit`) before it is decoded."""
+        header, comma, payload = uri.partition(",")
+        if not comma:
+            raise self.error(f"{what} has a data: URI without a ',' before its data")
+        base64_encoded = header.endswith(";base64")
+        # what the payload decodes to: 3 bytes per 4 base64 characters; at most one per character otherwise
+        size = len(payload) // 4 * 3 - payload[-2:].count("=") if base64_encoded else len(payload)
+        if length is not None and size < length:
+            raise self.error(f"{what} has a data: URI of {max(size, 0)} bytes, but byteLength says {length}; "
+                             "the data is truncated")
+        if length is None and size > limit:
+            raise self.error(f"{what} has a data: URI of about {size} bytes, more than any image sabun reads "
+                             f"({limit} bytes)", "scale the texture down in the model's editor and export again")
+        try:
+            if base64_encoded:
+                if length is not None:
+                    payload = payload[: -(-length // 3) * 4]  # only the characters the declared bytes need
+                return base64.b64decode(payload, validate=True)
+            return urllib.parse.unquote_to_bytes(payload)
+        except (binascii.Error, ValueError):
+            raise self.error(f"{what} has a data: URI that is not valid base64") from None
 
     def buffer(self, i: int) -> bytes:
         if i not in self.buffers:
             what = f"buffer {i}"
             buffer = self.gltf.buffers[i]
             length = self.integer(buffer.byteLength, f"{what} byteLength", minimum=1)
+            if length > MAX_FILE_BYTES:
+                raise self.error(f"{what} byteLength is {length}, more than a glTF buffer holds (4 GiB)")
             if buffer.uri is not None:
-                data = self.uri_bytes(buffer.uri, what)
+                data = self.uri_bytes(buffer.uri, what, length=length)
             elif i == 0 and self.blob is not None:
                 data = self.blob
             else:
@@ -526,6 +640,7 @@ class _Reader:
         if accessor.bufferView is None:
             if count > _MAX_SPARSE_ONLY_COUNT:
                 raise self.error(f"{what} has no bufferView and a count of {count}, too many to be real")
+            self.spend(count * width * dtype.itemsize, what)
             values = np.zeros((count, width), dtype)
         else:
             values = self.strided(accessor, count, dtype, width, what)
@@ -547,8 +662,17 @@ class _Reader:
         end = offset + stride * (count - 1) + element
         if end > length:
             raise self.error(f"{what} runs past the end of its bufferView ({end} > {length} bytes)")
+        self.spend(count * element, what)
         # (count, width) view with the file's stride (interleaved attributes), copied out of the file's bytes.
         return np.ndarray((count, width), dtype, buffer, start + offset, (stride, dtype.itemsize)).copy()
+
+    def spend(self, size: int, what: str) -> None:
+        """Count `size` bytes of decoded accessor data against MAX_DECODED_BYTES, before they are allocated."""
+        self.decoded += size
+        if self.decoded > MAX_DECODED_BYTES:
+            raise self.error(f"{what} takes the file's accessor data past {MAX_DECODED_BYTES / 2**30:g} GiB, far more "
+                             "than a character needs (accessors that overlap in their buffer, or sparse ones with huge "
+                             "counts); the file is damaged")
 
     def apply_sparse(self, values: np.ndarray, sparse: pygltflib.Sparse, dtype: np.dtype, width: int, what: str) -> None:
         """Overwrite the elements a sparse accessor substitutes (glTF 2.0 spec, "Sparse Accessors")."""
@@ -570,24 +694,41 @@ class _Reader:
         size = count * width * dtype.itemsize
         if offset + size > length:
             raise self.error(f"{what} runs past the end of its bufferView ({offset + size} > {length} bytes)")
+        self.spend(size, what)
         return np.frombuffer(buffer, dtype, count * width, start + offset).reshape(count, width).copy()
 
-    def floats(self, i, what: str, types: tuple[str, ...]) -> np.ndarray:
-        """A float attribute (integers, normalized or quantized, converted), checked to be finite."""
-        values, accessor = self.accessor(i, what)
-        if accessor.type not in types:
-            raise self.error(f"{what} is a {accessor.type} accessor, expected {' or '.join(types)}")
-        values = values.astype(np.float32)
-        if not np.isfinite(values).all():
-            raise self.error(f"{what} contains NaN or infinite values")
-        return values
+    def floats(self, i, what: str, types: tuple[str, ...], vertices: int | None = None) -> np.ndarray:
+        """A float attribute (integers, normalized or quantized, converted), checked to be finite.
 
-    def ints(self, i, what: str, type_: str, components: tuple[int, ...]) -> np.ndarray:
-        values, accessor = self.accessor(i, what)
+        Decoded once per accessor: primitives and morph targets that share an accessor share the array
+        (exporters such as UniVRM share a mesh's attributes between its primitives). A per-vertex
+        attribute passes `vertices`, checked against the accessor's count before anything is decoded."""
+        i = self.index(i, len(self.gltf.accessors), f"{what} accessor")
+        if self.gltf.accessors[i].type not in types:
+            raise self.error(f"{what} is a {self.gltf.accessors[i].type} accessor, expected {' or '.join(types)}")
+        self.check_count(i, what, vertices)
+        if ("floats", i) not in self.decoded_arrays:
+            values = self.accessor(i, what)[0].astype(np.float32, copy=False)
+            if not np.isfinite(values).all():
+                raise self.error(f"{what} contains NaN or infinite values")
+            self.decoded_arrays["floats", i] = values
+        return self.decoded_arrays["floats", i]
+
+    def ints(self, i, what: str, type_: str, components: tuple[int, ...], vertices: int | None = None) -> np.ndarray:
+        i = self.index(i, len(self.gltf.accessors), f"{what} accessor")
+        accessor = self.gltf.accessors[i]
         if accessor.type != type_ or accessor.componentType not in components or accessor.normalized:
             raise self.error(f"{what} is {accessor.type} of componentType {accessor.componentType}"
                              f"{' (normalized)' if accessor.normalized else ''}, expected {type_} of {components}")
-        return values.astype(np.int64)
+        self.check_count(i, what, vertices)
+        if ("ints", i) not in self.decoded_arrays:
+            self.decoded_arrays["ints", i] = self.accessor(i, what)[0].astype(np.int64)
+        return self.decoded_arrays["ints", i]
+
+    def check_count(self, i: int, what: str, vertices: int | None) -> None:
+        count = self.gltf.accessors[i].count
+        if vertices is not None and count != vertices:
+            raise self.error(f"{what} has {_show(count)} values for {vertices} vertices")
 
     # --- meshes ---
 
@@ -618,14 +759,22 @@ class _Reader:
             raise self.error(f"{what} has no POSITION attribute")
         positions = self.floats(attributes["POSITION"], f"{what} POSITION", ("VEC3",))
         n = len(positions)
+        self.vertices += n
+        if self.vertices > MAX_VERTICES:
+            raise self.error(f"{what} takes the file past {MAX_VERTICES} vertices, far more than a character has; "
+                             "the file is damaged, or its meshes should be decimated before rendering")
+        triangles = self.indices(primitive, what, n, mode)
+        self.triangles += len(triangles)
+        if self.triangles > MAX_VERTICES:
+            raise self.error(f"{what} takes the file past {MAX_VERTICES} triangles, far more than a character has; "
+                             "the file is damaged, or its meshes should be decimated before rendering")
+        if not len(triangles):
+            return None  # a strip or fan of fewer than 3 indices: nothing to draw
 
         def vertex_floats(semantic: str, types: tuple[str, ...]) -> np.ndarray | None:
             if attributes.get(semantic) is None:
                 return None
-            values = self.floats(attributes[semantic], f"{what} {semantic}", types)
-            if len(values) != n:
-                raise self.error(f"{what} {semantic} has {len(values)} values for {n} vertices")
-            return values
+            return self.floats(attributes[semantic], f"{what} {semantic}", types, vertices=n)
 
         texcoords = []
         while attributes.get(f"TEXCOORD_{len(texcoords)}") is not None:
@@ -636,7 +785,7 @@ class _Reader:
         joints, weights = self.skinning(attributes, what, n, joint_count)
         return Primitive(
             positions=positions,
-            indices=self.indices(primitive, what, n, mode),
+            indices=triangles,
             normals=vertex_floats("NORMAL", ("VEC3",)),
             texcoords=texcoords,
             colours=colours,
@@ -664,10 +813,8 @@ class _Reader:
             return None, None
         if attributes.get("JOINTS_0") is None or attributes.get("WEIGHTS_0") is None:
             raise self.error(f"{what} has only one of JOINTS_0 and WEIGHTS_0")
-        joints = self.ints(attributes["JOINTS_0"], f"{what} JOINTS_0", "VEC4", (5121, 5123))
-        weights = self.floats(attributes["WEIGHTS_0"], f"{what} WEIGHTS_0", ("VEC4",))
-        if len(joints) != n or len(weights) != n:
-            raise self.error(f"{what} has {len(joints)} JOINTS_0 and {len(weights)} WEIGHTS_0 values for {n} vertices")
+        joints = self.ints(attributes["JOINTS_0"], f"{what} JOINTS_0", "VEC4", (5121, 5123), vertices=n)
+        weights = self.floats(attributes["WEIGHTS_0"], f"{what} WEIGHTS_0", ("VEC4",), vertices=n)
         if (weights < 0).any():
             raise self.error(f"{what} WEIGHTS_0 has negative weights")
         if joint_count is not None and joints.max() >= joint_count:
@@ -678,10 +825,7 @@ class _Reader:
         out = {}
         for semantic in ("POSITION", "NORMAL"):
             if self.obj(target, what).get(semantic) is not None:
-                values = self.floats(target[semantic], f"{what} {semantic}", ("VEC3",))
-                if len(values) != n:
-                    raise self.error(f"{what} {semantic} has {len(values)} values for {n} vertices")
-                out[semantic] = values
+                out[semantic] = self.floats(target[semantic], f"{what} {semantic}", ("VEC3",), vertices=n)
         return out
 
     # --- skins ---
@@ -789,7 +933,8 @@ class _Reader:
                 buffer, start, length, _ = self.view_bytes(image.bufferView, what)
                 data = buffer[start:start + length]
             elif image.uri is not None:
-                data = self.uri_bytes(image.uri, what)
+                # the largest file an image within max_texture_side can be: uncompressed RGBA, twice over
+                data = self.uri_bytes(image.uri, what, limit=max(8 * self.max_texture_side ** 2, 1 << 20))
             else:
                 raise self.error(f"{what} has neither a uri nor a bufferView")
             self.images[i] = self.decode_image(data, what)
@@ -807,6 +952,11 @@ class _Reader:
                 with Image.open(io.BytesIO(data), formats=_IMAGE_FORMATS) as picture:
                     if max(picture.size) > limit:
                         raise self.error(f"{too_large} ({picture.size[0]}x{picture.size[1]})", fix)
+                    self.pixels += picture.size[0] * picture.size[1]
+                    if self.pixels > MAX_TEXTURE_PIXELS:
+                        raise self.error(f"{what} ({picture.size[0]}x{picture.size[1]}) takes the model's textures "
+                                         f"past {MAX_TEXTURE_PIXELS} pixels, more than sabun decodes for one model",
+                                         "scale the textures down in the model's editor and export again")
                     return np.asarray(picture.convert("RGBA"), dtype=np.uint8).copy()
         except Image.DecompressionBombError:
             raise self.error(too_large, fix) from None

@@ -45,6 +45,12 @@ RESTS = ("T", "A")
 A_POSE_DEGREES = 35.0
 REFERENCE_HEIGHT = 1.55
 """The height all proportions below are given for; other heights scale them uniformly."""
+SEGMENTS = (4, 100)
+"""The range of `segments`: 4 is the coarsest figure that keeps its shape, 100 gives about 610k triangles
+(0.6 s, 110 MB to build); the builder's arrays grow as segments squared, so the bound keeps a typo
+such as 100000 from asking for hundreds of GiB."""
+HEIGHTS = (0.1, 10.0)
+"""The range of `height` in metres: from a figurine to a giant, all drawn with the same proportions."""
 
 RGB = tuple[int, int, int]
 
@@ -99,10 +105,15 @@ class HumanoidSpec:
             if getattr(self, field_name) not in allowed:
                 raise SabunError(f"humanoid {field_name} {getattr(self, field_name)!r} is unknown; choose one of "
                                  f"{', '.join(allowed)}")  # fmt: skip
-        if not self.height > 0:
-            raise SabunError(f"humanoid height {self.height} must be positive (metres)")
-        if self.segments < 4:
-            raise SabunError(f"humanoid segments {self.segments} is too coarse; use 4 or more")
+        height_ok = isinstance(self.height, (int, float)) and not isinstance(self.height, bool)
+        if not height_ok or not HEIGHTS[0] <= self.height <= HEIGHTS[1]:
+            raise SabunError(f"humanoid height {self.height!r} is out of range; use {HEIGHTS[0]:g} to {HEIGHTS[1]:g} "
+                             f"metres (a character is about {REFERENCE_HEIGHT})")
+        segments_ok = isinstance(self.segments, int) and not isinstance(self.segments, bool)
+        if not segments_ok or not SEGMENTS[0] <= self.segments <= SEGMENTS[1]:
+            raise SabunError(f"humanoid segments {self.segments!r} is out of range; use a whole number from "
+                             f"{SEGMENTS[0]} to {SEGMENTS[1]} (10 gives about 6k triangles, 40 about 95k, "
+                             f"{SEGMENTS[1]} about 610k)")
         for field_name in ("skin_colour", "hair_colour", "eye_colour", "outfit_colour", "ribbon_colour"):
             colour = getattr(self, field_name)
             if len(colour) != 3 or not all(0 <= c <= 255 for c in colour):
@@ -214,7 +225,7 @@ def segments_for_triangles(triangles: int, spec: HumanoidSpec = HumanoidSpec()) 
     a, b, c = np.polyfit(probes, counts, 2)
     roots = np.roots([a, b, c - triangles])
     real = [r.real for r in roots if abs(r.imag) < 1e-9 and r.real > 0]
-    return max(4, round(max(real))) if real else 4
+    return max(SEGMENTS[0], round(max(real))) if real else SEGMENTS[0]
 
 
 def srgb_to_linear(colour: RGB) -> tuple[float, float, float]:

@@ -30,6 +30,14 @@ _SIDE_PAIRS = (("leftUpperArm", "rightUpperArm"), ("leftShoulder", "rightShoulde
                ("leftHand", "rightHand"), ("leftEye", "rightEye"), ("leftFoot", "rightFoot"))
 _ARM_BONES = ("UpperArm", "LowerArm", "Hand")
 _HIP_BONES = ("hips", "leftUpperLeg", "rightUpperLeg", "leftLowerLeg", "rightLowerLeg")
+MAX_POSED_VERTICES = 1 << 24
+"""The most vertices a posed character may have, counting a mesh once per node that shows it."""
+MAX_COORDINATE = 1e6
+"""The farthest from the origin a posed vertex may be (metres, glTF's unit; a character is about 1.5 m tall)."""
+MIN_HEIGHT = 1e-4
+"""The least height (world y extent) a posed character may have: below it there is no figure to frame."""
+MIN_AREA_SHARE = 1e-6
+"""The least total triangle area, as a share of height squared: about one pixel of a 1024 px full-body shot."""
 
 
 def quaternion_matrix(q: np.ndarray) -> np.ndarray:
@@ -159,6 +167,15 @@ class Posed:
         return self._all_vertices
 
 
+def _safe_inverse(m: np.ndarray) -> np.ndarray:
+    """inv(m); the pseudo-inverse for a singular m (a node scaled to zero, which hides what hangs below it)."""
+    try:
+        inverse = np.linalg.inv(m)
+    except np.linalg.LinAlgError:
+        return np.linalg.pinv(m)
+    return inverse if np.isfinite(inverse).all() else np.linalg.pinv(m)
+
+
 def _vertex_normals(positions: np.ndarray, indices: np.ndarray) -> np.ndarray:
     """Area-weighted vertex normals for primitives that come without NORMAL."""
     tri = positions[indices]
@@ -174,16 +191,28 @@ def _normalise(v: np.ndarray) -> np.ndarray:
     return (v / np.where(length > 1e-12, length, 1.0)).astype(np.float32)
 
 
+def _shown(avatar: Avatar, hidden: frozenset[str]) -> list[int]:
+    """The nodes of the default scene that show a mesh, less the hidden ones, in node order."""
+    scene = set(avatar.scene_nodes())
+    return [i for i, node in enumerate(avatar.nodes) if i in scene and node.mesh is not None
+            and avatar.meshes[node.mesh].name not in hidden and node.name not in hidden]
+
+
 def skin(avatar: Avatar, world: list[np.ndarray], hidden: frozenset[str] = frozenset()) -> list[PosedPrimitive]:
-    """Every visible primitive with morphs at their default weights and skinning applied."""
+    """Every visible primitive (nodes of the default scene) with morphs at their default weights and skinning applied."""
     out = []
-    for node_index, node in enumerate(avatar.nodes):
-        if node.mesh is None:
-            continue
+    shown = _shown(avatar, hidden)
+    count = sum(len(p.positions) for i in shown for p in avatar.meshes[avatar.nodes[i].mesh].primitives)
+    if count > MAX_POSED_VERTICES:
+        raise SabunError(f"{avatar.path}: its nodes show {count} vertices in all (a mesh counts once per node that "
+                         f"uses it), more than the {MAX_POSED_VERTICES} sabun renders; the file is damaged, or its "
+                         "meshes should be decimated before rendering")
+    for node_index in shown:
+        node = avatar.nodes[node_index]
         mesh = avatar.meshes[node.mesh]
-        if mesh.name in hidden or node.name in hidden:
-            continue
         for primitive in mesh.primitives:
+            if not len(primitive.indices):
+                continue
             positions = primitive.positions.astype(np.float64)
             normals = primitive.normals.astype(np.float64) if primitive.normals is not None else None
             for weight, target in zip(mesh.weights, primitive.targets):
@@ -205,7 +234,7 @@ def skin(avatar: Avatar, world: list[np.ndarray], hidden: frozenset[str] = froze
             else:
                 m = world[node_index]
                 positions = positions @ m[:3, :3].T + m[:3, 3]
-                normals = normals @ np.linalg.inv(m[:3, :3])  # inverse transpose, for scaled nodes
+                normals = normals @ _safe_inverse(m[:3, :3])  # inverse transpose, for scaled nodes
                 dominant = np.full(len(positions), node_index)
             out.append(PosedPrimitive(mesh.name, node.name, primitive, positions.astype(np.float32), _normalise(normals), dominant))
     return out
@@ -215,8 +244,8 @@ def _turn_bone(avatar: Avatar, local: list[np.ndarray], bone: int, child: int, d
     """Rotate `bone` about its joint (in world space) so that the bone -> child direction becomes `direction`."""
     world = world_matrices(avatar, local)
     start, end = world[bone][:3, 3], world[child][:3, 3]
-    if np.linalg.norm(end - start) < 1e-9:
-        return
+    if np.linalg.norm(end - start) < 1e-9 or not np.linalg.norm(direction) > 1e-9:
+        return  # a bone of no length (two bones at one point) has no direction to turn
     turn = np.eye(4)
     turn[:3, :3] = rotation_between(end - start, direction)
     about = np.eye(4)
@@ -225,7 +254,7 @@ def _turn_bone(avatar: Avatar, local: list[np.ndarray], bone: int, child: int, d
     back[:3, 3] = -start
     new_world = about @ turn @ back @ world[bone]
     parent = avatar.nodes[bone].parent
-    local[bone] = new_world if parent is None else np.linalg.inv(world[parent]) @ new_world
+    local[bone] = new_world if parent is None else _safe_inverse(world[parent]) @ new_world
 
 
 def _arm_chain(avatar: Avatar, side: str) -> tuple[int, int, int] | None:
@@ -319,15 +348,21 @@ def _hand_on_hip(avatar: Avatar, local: list[np.ndarray], chain: tuple[int, int,
     world = world_matrices(avatar, local)
     shoulder, elbow, wrist = (world[i][:3, 3] for i in chain)
     a, b = np.linalg.norm(elbow - shoulder), np.linalg.norm(wrist - elbow)
+    if a < 1e-9 or b < 1e-9:
+        return  # an arm bone of no length (bones mapped to one point): nothing to bend
     out = frame.left if side == "left" else -frame.left
     hips = world[avatar.humanoid["hips"]][:3, 3] if "hips" in avatar.humanoid else shoulder - UP * (a + b)
     target = hips + out * 0.6 * abs(np.dot(shoulder - hips, out)) + UP * 0.05 * (a + b)
     reach = target - shoulder
     distance = min(np.linalg.norm(reach), 0.999 * (a + b))
+    if distance < 1e-9:
+        return  # the hip is at the shoulder: no reach to aim along
     reach = reach / np.linalg.norm(reach)
     # elbow: law of cosines, bent away from the body
     cos_shoulder = np.clip((a * a + distance * distance - b * b) / (2 * a * distance), -1.0, 1.0)
     pole = out - np.dot(out, reach) * reach
+    if np.linalg.norm(pole) < 1e-9:  # reaching straight sideways: bend the elbow backwards instead
+        pole = -frame.forward - np.dot(-frame.forward, reach) * reach
     pole /= np.linalg.norm(pole)
     elbow_target = shoulder + a * (cos_shoulder * reach + math.sqrt(1 - cos_shoulder**2) * pole)
     _turn_bone(avatar, local, upper, lower, elbow_target - shoulder)
@@ -335,10 +370,74 @@ def _hand_on_hip(avatar: Avatar, local: list[np.ndarray], chain: tuple[int, int,
 
 
 def pose_avatar(avatar: Avatar, pose: str = "arms-at-sides", hidden: frozenset[str] = frozenset()) -> Posed:
-    """The character in `pose`, skinned into world space, with `hidden` meshes (mesh or node names) left out."""
-    local, note = pose_locals(avatar, pose, hidden)
-    world = world_matrices(avatar, local)
-    primitives = skin(avatar, world, hidden)
-    if not primitives:
-        raise SabunError(f"{avatar.path}: nothing left to render; every mesh is hidden")
-    return Posed(primitives=primitives, world=world, frame=character_frame(avatar, world), pose=pose, note=note)
+    """The character in `pose`, skinned into world space, with `hidden` meshes (mesh or node names) left out.
+
+    Raises:
+        SabunError: naming the file, for a model that loads but cannot be framed or drawn: transforms
+            that overflow, vertices at infinity or absurdly far away, all vertices at one point or at one
+            height, triangles of no area, nothing left to draw.
+    """
+    if pose not in POSES:
+        raise SabunError(f"pose {pose!r} is not valid; choose one of: {', '.join(POSES)}")
+    if not _shown(avatar, hidden):
+        raise SabunError(f"{avatar.path}: nothing left to render; every mesh is hidden" if hidden else
+                         f"{avatar.path}: no node of its scene shows a mesh; export the model with its meshes in the scene")
+    # Overflow in a damaged file's transforms is checked for below, as an error naming the file;
+    # numpy's warnings about it would only add lines before that error.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        _check_world(avatar, world_matrices(avatar, [local_matrix(avatar, i) for i in range(len(avatar.nodes))]))
+        local, note = pose_locals(avatar, pose, hidden)
+        world = world_matrices(avatar, local)
+        _check_world(avatar, world)
+        primitives = skin(avatar, world, hidden)
+        if not primitives:
+            raise SabunError(f"{avatar.path}: nothing left to render; every mesh is hidden" if hidden else
+                             f"{avatar.path}: its meshes have no triangles to draw; export the model with its meshes")
+        posed = Posed(primitives=primitives, world=world, frame=character_frame(avatar, world), pose=pose, note=note)
+        check_drawable(posed, avatar, hidden)
+    return posed
+
+
+def _check_world(avatar: Avatar, world: list[np.ndarray]) -> None:
+    for i, matrix in enumerate(world):
+        if not np.isfinite(matrix).all():
+            raise SabunError(
+                f"{avatar.path}: node {i} '{avatar.nodes[i].name}' has an infinite or NaN world transform (the scales, "
+                "matrices and translations from the root down to it multiply past what a float holds); fix the node "
+                "transforms and export again"
+            )
+
+
+def check_drawable(posed: Posed, avatar: Avatar, hidden: frozenset[str] = frozenset()) -> None:
+    """Refuse a posed model that no shot can frame or draw, with an error naming the file."""
+    where = " (with the hidden meshes left out)" if hidden else ""
+    fix = ("check the model's scale (glTF is in metres: a character is about 1.5 tall), its up axis (+Y), its skin and "
+           "its morph targets, and export it again")
+    for p in posed.primitives:
+        if not np.isfinite(p.positions).all():
+            raise SabunError(f"{avatar.path}: mesh '{p.mesh}' has vertices at infinity or NaN once its morph targets "
+                             f"and skin are applied (a node scale, morph weight or joint matrix far too large); {fix}")
+    vertices = posed.vertices()
+    reach = float(np.abs(vertices).max())
+    if reach > MAX_COORDINATE:
+        raise SabunError(f"{avatar.path}: its vertices reach {reach:.3g} from the origin, beyond the {MAX_COORDINATE:g} "
+                         f"sabun renders (a node scale or translation far too large){where}; {fix}")
+    low, high = vertices.min(0).astype(np.float64), vertices.max(0).astype(np.float64)
+    height = float(high[1] - low[1])
+    if height <= max(MIN_HEIGHT, 1e-5 * reach):
+        if float((high - low).max()) <= max(MIN_HEIGHT, 1e-5 * reach):
+            shape = f"all its vertices are at one point ({', '.join(f'{v:.3g}' for v in low)})"
+        else:
+            shape = f"it is flat: every vertex is at height y = {low[1]:.3g}"
+        raise SabunError(f"{avatar.path}: {shape}{where}, so there is no figure to frame (sabun frames a character "
+                         f"standing along +Y by its height); {fix}")
+    area = 0.0
+    for p in posed.primitives:
+        corners = p.positions.astype(np.float64)[p.primitive.indices]
+        area += 0.5 * float(np.linalg.norm(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1).sum())
+    if area <= MIN_AREA_SHARE * height * height:
+        triangles = sum(len(p.primitive.indices) for p in posed.primitives)
+        shape = (f"none of its {triangles} triangles has any area (their corners lie on a line or at one point)" if area == 0
+                 else f"its {triangles} triangles have a total area of only {area:.3g} square units, under a pixel "
+                      f"of any shot of a figure {height:.3g} tall")
+        raise SabunError(f"{avatar.path}: {shape}{where}, so nothing would be drawn; {fix}")

@@ -272,7 +272,8 @@ class Renderer:
     def _shadow_quad(self):
         """A square on the ground under the character, for the contact shadow."""
         vertices = self.posed.vertices()
-        feet = vertices[vertices[:, 1] < self.ground + 0.05 * (vertices[:, 1].max() - self.ground)]
+        # `<=`: the lowest vertex is always among them, even for a model with no height
+        feet = vertices[vertices[:, 1] <= self.ground + 0.05 * (vertices[:, 1].max() - self.ground)]
         centre = feet.mean(0)
         radius = max(float(np.linalg.norm((feet - centre)[:, [0, 2]], axis=1).max()) * 1.6, 0.05)
         self.ground_centre = np.array([centre[0], self.ground, centre[2]])

@@ -190,3 +190,12 @@ class Avatar:
 
     def triangle_count(self) -> int:
         return sum(len(p.indices) for mesh in self.meshes for p in mesh.primitives)
+
+    def scene_nodes(self) -> list[int]:
+        """The nodes the default scene shows (what is drawn): its roots and everything below them, parents first."""
+        order, stack = [], list(reversed(self.roots))
+        while stack:
+            i = stack.pop()
+            order.append(i)
+            stack.extend(reversed(self.nodes[i].children))
+        return order

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sabun.avatar.humanoid import HumanoidSpec, build_humanoid
+from sabun.avatar.humanoid import SEGMENTS, HumanoidSpec, build_humanoid
 from sabun.avatar.write import write_glb
 from sabun.errors import SabunError
 from sabun.io import atomic_output, check_writable
@@ -96,6 +96,9 @@ def export_character(character: CharacterSpec, out: Path, overwrite: bool = Fals
     Returns:
         (model path, tag file path).
     """
+    if isinstance(segments, bool) or not isinstance(segments, int) or not SEGMENTS[0] <= segments <= SEGMENTS[1]:
+        raise SabunError(f"--segments {segments!r} is out of range; use {SEGMENTS[0]} to {SEGMENTS[1]} "
+                         f"(10 gives about 6k triangles, 40 about 95k, {SEGMENTS[1]} about 610k)")
     out = Path(out)
     if out.suffix.lower() != ".vrm":
         raise SabunError(f"{out}: the exported model must be a .vrm file; give --out NAME.vrm")
