@@ -41,7 +41,7 @@ from sabun.avatar.pose import POSES as AVATAR_POSES
 from sabun.avatar.raster import STYLES as RENDER_STYLES
 from sabun.errors import SabunError
 from sabun.io import atomic_output
-from sabun.pipelines.stages import file_hash, model_key, output_key, run_stage, tree_digest
+from sabun.pipelines.stages import check_finite, check_model_path, check_multiplier, check_timesteps, file_hash, model_key, output_key, run_stage, tree_digest
 from sabun.toyworld.character import STEPPING_STONE_PRESETS, load_character
 from sabun.toyworld.render import VIEWS, ZOOMS
 from sabun.train.config import ConfigError, ModelConfig, TrainConfig, check, from_dict, local_path, model_path, one_of, read_config, to_dict
@@ -187,6 +187,7 @@ def config_from_dict(raw: dict) -> CharacterConfig:
     config = from_dict(CharacterConfig, raw)
     for where, section in (("stepping_stone", config.stepping_stone), ("character", config.character)):
         train_config(config, section.train, [Path("check")], Path("check"), "check", where=f"{where}.train")  # fail at load, not after an hour
+    check_numbers(config)
     return config
 
 
@@ -419,16 +420,10 @@ def run_character(config: CharacterConfig, log: Callable[[str], None] = print, e
         log("note: toy-world presets are rendered in the toy world's 64 px style; on a real model use folders of your own renders")
 
     names = stage_names(config)
-    for i, source in enumerate(stone.models):  # every input checked before the first stage runs
-        check_model_file(source.path, f"stepping_stone.models[{i}].path")
-        if stone.caption_policy == "stepping-stone" and not model_tags(source).strip():
-            raise ConfigError(f"stepping_stone.models[{i}].tags", f"{source.path}: has no tags, and the stepping-stone captions name each character's features; give tags = \"red hair, long hair, ...\"")
-    if target.model:
-        check_model_file(target.model, "character.model")
-    if config.evaluation.tagger:  # the tagger, its tags and the identity tags checked before any training
-        from sabun.evaluate.metrics import Protocol, read_prompts
-
-        tagger_and_identity(config, Protocol(custom=read_prompts(config.evaluation.protocol_prompts) if config.evaluation.protocol_prompts else None))
+    preflight(config)  # every input checked before the first stage runs
+    pipe = load_pipeline(config.model.path, allow_pickle=config.model.allow_pickle, prediction_type=config.model.prediction_type)
+    for where, section, character in (("stepping_stone.train", stone.train, False), ("character.train", target.train, True)):
+        check_timesteps(train_config(config, section, [Path("check")], out, "check", where=where, character=character), pipe, where)
     size = config.render.size or (64 if config.is_toy else 768)
 
     stone_data = [stages.toy_data(names.pop(0), p, stone.caption_policy) for p in stone.presets]
@@ -445,7 +440,6 @@ def run_character(config: CharacterConfig, log: Callable[[str], None] = print, e
     if target.model and stone.models:
         coverage = check_coverage(config, character_data, stone_models, out, log)
 
-    pipe = load_pipeline(config.model.path, allow_pickle=config.model.allow_pickle, prediction_type=config.model.prediction_type)
     stepping_stone = stages.lora("stepping_stone", train_config(config, stone.train, stone_data, out, "stepping_stone", where="stepping_stone.train"), pipe)
     if config.save_merged:
         merged_inputs = {"model": to_dict(config.model) | {"path": model_key(config.model.path)}, "stone": file_hash(stepping_stone), "multiplier": stone.multiplier}
@@ -460,6 +454,86 @@ def run_character(config: CharacterConfig, log: Callable[[str], None] = print, e
     with atomic_output(out / "metrics.json", overwrite=True) as tmp:
         tmp.write_text(json.dumps(report, indent=2))
     return report
+
+
+def check_numbers(config: CharacterConfig) -> None:
+    """Every number of the config finite and in range (at load, and again before a run)."""
+    evaluation = config.evaluation
+    check_finite(config, "")
+    check_multiplier(config.stepping_stone.multiplier, "stepping_stone.multiplier")
+    check(0 <= evaluation.threshold <= 1, "evaluation.threshold", f"must be in [0, 1] (a tag probability), got {evaluation.threshold}")
+    check(1 <= evaluation.sample_steps <= 1000, "evaluation.sample_steps", f"must be 1 to 1000 sampling steps, got {evaluation.sample_steps}")
+    check(0 <= evaluation.guidance <= 100, "evaluation.guidance", f"must be a guidance scale from 0 to 100 (5-8 is usual), got {evaluation.guidance}")
+    check(bool(evaluation.prompts), "evaluation.prompts", "is empty; give the sample grid's prompts, e.g. [\"1girl\"]")
+    for where, section, character in (("stepping_stone.train", config.stepping_stone.train, False), ("character.train", config.character.train, True)):
+        check_finite(train_config(config, section, [Path("check")], Path("check"), "check", where=where, character=character), where)
+
+
+def preflight(config: CharacterConfig) -> None:
+    """Every input of a run checked before its first stage, so a bad one costs no rendering, copying
+    or training: every number finite and in range, every path there (the model, the character
+    specs, the user's folders, the 3D model files, the evaluation's files), the images of the user's
+    folders read by the trainer's own data set check, and the evaluation's tagger and its tags.
+    Errors name the config field and the file."""
+    from sabun.data.dataset import scan_images
+
+    stone, target, evaluation = config.stepping_stone, config.character, config.evaluation
+    check_numbers(config)
+    out = Path(config.out)
+    check(not out.exists() or out.is_dir(), "out", f"{out}: is a file, and the pipeline writes a folder there; choose another out")
+    check_model_path(config.model.path, "model.path", config.model.allow_pickle)
+
+    def character_spec(spec: str, where: str) -> None:
+        try:
+            load_character(spec)
+        except SabunError as e:
+            raise ConfigError(where, str(e)) from None
+
+    for i, preset in enumerate(stone.presets):
+        character_spec(preset, f"stepping_stone.presets[{i}]")
+    if target.preset:
+        character_spec(target.preset, "character.preset")
+    if evaluation.character:
+        character_spec(evaluation.character, "evaluation.character")
+
+    def user_folder(folder: str, where: str, section: dict, character: bool) -> None:
+        """A folder of the user's, its images and captions read as the trainer will read them."""
+        path = Path(folder)
+        check(path.is_dir(), where, f"{path}: {'is a file' if path.exists() else 'no such folder'}; give a folder of images with .txt captions")
+        train = train_config(config, section, [path], out, "check", where=where.split(".")[0] + ".train", character=character)
+        try:
+            scan_images(train.datasets, train.data)
+        except SabunError as e:
+            message = str(e).removeprefix("datasets[0].path: ").removeprefix(f"{path}: ")
+            message = message.replace("set data.skip_bad_images", f"set {where.split('.')[0]}.train.data.skip_bad_images")
+            raise ConfigError(where, message if str(path) in message else f"{path}: {message}") from None
+
+    for i, folder in enumerate(stone.folders):
+        user_folder(folder, f"stepping_stone.folders[{i}]", stone.train, False)
+    if target.folder:
+        user_folder(target.folder, "character.folder", target.train, True)
+    for i, source in enumerate(stone.models):
+        check_model_file(source.path, f"stepping_stone.models[{i}].path")
+        if stone.caption_policy == "stepping-stone" and not model_tags(source).strip():
+            raise ConfigError(f"stepping_stone.models[{i}].tags", f"{source.path}: has no tags, and the stepping-stone captions name each character's features; give tags = \"red hair, long hair, ...\"")
+    if target.model:
+        check_model_file(target.model, "character.model")
+
+    from sabun.evaluate.metrics import Protocol, read_prompts
+
+    custom = None
+    if evaluation.protocol_prompts:
+        try:
+            custom = read_prompts(evaluation.protocol_prompts)
+        except SabunError as e:
+            raise ConfigError("evaluation.protocol_prompts", str(e)) from None
+    if evaluation.tagger:  # the tagger, its tags and the identity tags
+        tagger_and_identity(config, Protocol(custom=custom))
+    else:
+        for name in ("tag_map", "identity"):
+            value = getattr(evaluation, name)
+            if value and (name == "tag_map" or value.endswith(".toml")):
+                check(Path(value).is_file(), f"evaluation.{name}", f"{value}: no such file; give a .toml file (it is used with evaluation.tagger)")
 
 
 def stage_names(config: CharacterConfig) -> list[str]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import random
 import time
 from collections.abc import Callable
@@ -33,9 +34,9 @@ from PIL import Image
 from sabun.errors import SabunError
 from sabun.io import atomic_output
 from sabun.lora.file import file_sha256
-from sabun.pipelines.stages import file_hash, model_key, run_stage, stage_key
+from sabun.pipelines.stages import check_finite, check_model_path, file_hash, model_key, run_stage, stage_key
 from sabun.toyworld.render import BACKGROUNDS, STYLES, VIEWS, ZOOMS
-from sabun.train.config import check, from_dict, local_path, model_path, one_of, read_config
+from sabun.train.config import ConfigError, check, from_dict, local_path, model_path, one_of, read_config
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -122,8 +123,11 @@ class LoRASettings:
         check(self.rank >= 1, "rank", f"must be >= 1, got {self.rank}")
         check(self.alpha > 0, "alpha", f"must be > 0, got {self.alpha}")
         check(self.conv_rank is None or self.conv_rank >= 1, "conv_rank", f"must be >= 1, got {self.conv_rank}")
-        check(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
+        check(math.isfinite(self.alpha), "alpha", f"must be a finite number > 0, got {self.alpha}")
+        check(math.isfinite(self.learning_rate) and self.learning_rate > 0, "learning_rate", f"must be a finite number > 0, got {self.learning_rate}")
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        check(math.isfinite(self.noise_offset) and self.noise_offset >= 0, "noise_offset", f"must be a finite number >= 0, got {self.noise_offset}")
+        check(0 <= self.seed <= 2**32 - 1, "seed", f"must be a whole number from 0 to 4294967295 (2**32 - 1), got {self.seed}")
 
 
 @dataclass
@@ -175,7 +179,8 @@ class MeasureSection:
     def __post_init__(self) -> None:
         check(not self.enabled or bool(self.prompts), "prompts", "is empty; list prompts other than A's caption")
         check(self.seeds >= 1, "seeds", f"must be >= 1, got {self.seeds}")
-        check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
+        check(1 <= self.steps <= 1000, "steps", f"must be 1 to 1000 sampling steps, got {self.steps}")
+        check(math.isfinite(self.guidance) and 0 <= self.guidance <= 100, "guidance", f"must be a finite guidance scale from 0 to 100 (5-8 is usual), got {self.guidance}")
 
 
 @dataclass
@@ -201,6 +206,14 @@ class CopyMachineConfig:
 
     def __post_init__(self) -> None:
         check(self.a.image is None or self.b.image is not None, "b.image", "is required when A is a file (a file cannot be re-rendered with changes)")
+        check_finite(self, "")
+        # both LoRAs' `sabun train` configs built now, so whatever the trainer refuses is refused at
+        # load, not after the copy LoRA has trained
+        for where, settings, steps, images in (("copy", self.copy, self.copy.steps_per_round, 2 + self.copy.random_captions), ("edit", self.edit, self.edit.steps, 1)):
+            try:
+                check_finite(train_config(self, settings, Path("check"), steps, Path("check"), "check", images=images), "")
+            except ConfigError as e:
+                raise ConfigError(where, f"gives the trainer {e.path}: {e.message}") from None
 
 
 def load_copy_machine_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> CopyMachineConfig:
@@ -284,14 +297,15 @@ def write_dataset(folder: Path, pixels: np.ndarray, captions: list[str]) -> None
 # --- training -----------------------------------------------------------------------------------
 
 
-def train_config(config: CopyMachineConfig, settings: LoRASettings, dataset: Path, steps: int, out: Path, name: str, base_weights: list[Path] = ()):
-    """The `sabun train` config of one of the pipeline's LoRAs."""
+def train_config(config: CopyMachineConfig, settings: LoRASettings, dataset: Path, steps: int, out: Path, name: str, base_weights: list[Path] = (), images: int | None = None):
+    """The `sabun train` config of one of the pipeline's LoRAs (`images`: the data set's image
+    count, when it is not there to be counted yet)."""
     from sabun.train.config import TrainConfig
 
     network = {"rank": settings.rank, "alpha": settings.alpha, "train_text_encoder": settings.train_text_encoder}
     if settings.conv_rank is not None:
         network |= {"conv_rank": settings.conv_rank, "conv_alpha": float(settings.conv_rank)}
-    images = len(list(dataset.glob("*.png")))
+    images = images if images is not None else len(list(dataset.glob("*.png")))
     return from_dict(
         TrainConfig,
         {
@@ -344,6 +358,10 @@ def run_copy_machine(config: CopyMachineConfig, log: Callable[[str], None] = pri
     started = time.time()
     out = Path(config.output.dir)
     size = config.model.resolution
+    check(not out.exists() or out.is_dir(), "output.dir", f"{out}: is a file, and the pipeline writes a folder there; choose another output.dir")
+    check_model_path(config.model.path, "model.path")
+    for where, section in (("a.image", config.a.image), ("b.image", config.b.image)):
+        check(section is None or Path(section).is_file(), where, f"{section}: no such image file")
     log(f"loading model {config.model.path}")
     pipe = load_pipeline(config.model.path)
     pipe.set_progress_bar_config(disable=True)

@@ -23,6 +23,7 @@ Every stage is skipped on a re-run when its inputs have not changed (`sabun.pipe
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ from sabun.evaluate.toy_evaluator import ToyEvaluator
 from sabun.generate import Sampler
 from sabun.io import atomic_output
 from sabun.pipelines.character import ModelSource, RenderConfig, Stages
-from sabun.pipelines.stages import run_stage
+from sabun.pipelines.stages import check_finite, check_model_path, run_stage
 from sabun.toyworld.character import STEPPING_STONE_PRESETS, load_character
 from sabun.toyworld.render import ZOOMS
 
@@ -56,6 +57,29 @@ class DemoConfig:
     seed: int = 0
     full: bool = False  # add the ablations: a 1-character and an uncaptioned stepping-stone, regularisation images
     from_vrm: bool = False  # the characters exported to VRM and rendered by `sabun render model` (lit style) instead of the toy renderer
+
+    def __post_init__(self) -> None:
+        """Every setting checked before anything is rendered or trained; an error names the
+        `sabun demo` option (or, for a setting the CLI does not expose, the field)."""
+        from sabun.train.config import ConfigError, check
+
+        check(bool(self.characters), "--character", "no target given; give a preset name or a character .toml")
+        check(all(isinstance(c, str) and c for c in self.characters), "--character", f"every target must be a preset name or a .toml path, got {list(self.characters)}")
+        check(isinstance(self.model, str) and bool(self.model), "model", "is empty; give `toy` or a model path")
+        check(self.steps >= 1, "--steps", f"must be at least 1 optimiser step, got {self.steps}")
+        check(self.character_min_timestep >= 0, "--character-min-timestep", f"must be 0 (train on all timesteps) or more, got {self.character_min_timestep}")
+        check(self.character_min_timestep < 1000, "--character-min-timestep", f"{self.character_min_timestep} is past the toy model's 1000 training timesteps; give 0 to 999 (500 is the default)")
+        check(self.rank >= 1, "rank", f"must be >= 1, got {self.rank}")
+        check(math.isfinite(self.alpha) and self.alpha > 0, "alpha", f"must be a finite number > 0, got {self.alpha}")
+        check(math.isfinite(self.learning_rate) and self.learning_rate > 0, "learning_rate", f"must be a finite number > 0, got {self.learning_rate}")
+        check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
+        check(self.seeds >= 1, "--seeds", f"must be at least 1 image per evaluation prompt, got {self.seeds}")
+        check(1 <= self.sample_steps <= 1000, "sample_steps", f"must be 1 to 1000 sampling steps, got {self.sample_steps}")
+        check(0 <= self.seed <= 2**32 - 1, "seed", f"must be a whole number from 0 to 4294967295 (2**32 - 1), got {self.seed}")
+        try:  # whatever the trainer would refuse, refused now (not after the data are rendered)
+            check_finite(train_config([Path("check")], "check", self), "")
+        except ConfigError as e:
+            raise ConfigError(f"demo settings give the trainer {e.path}", e.message) from None
 
 
 def train_config(datasets: list[Path], name: str, config: DemoConfig, base_weights: list[Path] = (), repeats: dict[Path, int] | None = None, character: bool = True):
@@ -97,6 +121,8 @@ def exported(stages: Stages, character: str) -> Path:
     return folder / f"{spec.name}.vrm"
 
 
+RESERVED = ("data", "loras", "vrm", "metrics.json")  # OUT's own entries: no target may be named so
+
 CONDITIONS = ("plain model", "no plan x1", "no plan x0.5", "3d tag x1", "stepping-stone x1")
 ABLATIONS = ("1-character stone x1", "uncaptioned stone x1", "stone + reg. images x1")
 
@@ -107,11 +133,26 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), log=print, evaluator:
     from sabun.models.load import load_pipeline
 
     started = time.time()
-    targets = [load_character(c) for c in config.characters]
+    # every input checked before the first stage: the targets' specs, the model, the evaluator
+    targets = []
+    for character in config.characters:
+        try:
+            targets.append(load_character(character))
+        except SabunError as e:
+            raise SabunError(f"--character {character}: {e}".replace(f"--character {character}: {character}: ", f"--character {character}: ")) from None
     names = [t.name for t in targets]
     if len(set(names)) != len(names):
         raise SabunError(f"two targets share a name ({', '.join(names)}); give each character spec its own `name`")
+    for name in names:
+        if name in RESERVED:
+            raise SabunError(f"--character: a target named {name!r} would share OUT/{name} with the demo's own files; give the character spec another `name`")
+    if out.exists() and not out.is_dir():
+        raise SabunError(f"{out}: is a file, and the demo writes a folder there; choose another --out")
+    check_model_path(config.model, "model")
     pipe = load_pipeline(config.model)
+    timesteps = pipe.scheduler.config.get("num_train_timesteps", 1000)
+    if config.character_min_timestep >= timesteps:
+        raise SabunError(f"--character-min-timestep: {config.character_min_timestep} is past this model's {timesteps} training timesteps; give 0 to {timesteps - 1}")
     evaluator = evaluator or ToyEvaluator.load()
     shared = Stages(out, log)
 

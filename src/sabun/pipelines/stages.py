@@ -16,8 +16,10 @@ succeeds: a failed or interrupted stage never leaves a partial output under its 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -75,6 +77,75 @@ def model_key(path: str) -> str | dict:
     if model.is_dir():
         return {"digest": tree_digest(model)}
     raise SabunError(f"{path}: no such model; give a diffusers folder, a checkpoint file or one of: {', '.join(BUILTIN)}")
+
+
+def check_model_path(path: str, where: str, allow_pickle: bool = False) -> None:
+    """A model spec that can be loaded, checked without loading it (no hashing, no reading of
+    weights): a builtin name, a diffusers folder with model_index.json, or a checkpoint file.
+    Errors name the config field `where` and the path; `load_pipeline` checks the contents."""
+    from sabun.models.load import BUILTIN
+    from sabun.train.config import ConfigError
+
+    if path in BUILTIN:
+        return
+    model = Path(path)
+    if not model.exists():
+        raise ConfigError(where, f"{model}: no such model; give a diffusers folder, a .safetensors checkpoint or one of: {', '.join(BUILTIN)}")
+    if model.is_dir():
+        if not (model / "model_index.json").is_file():
+            raise ConfigError(where, f"{model}: is a folder without model_index.json, so not a diffusers model; give a diffusers folder")
+        return
+    suffix = model.suffix.lower()
+    if suffix in (".ckpt", ".pt", ".pth") and not allow_pickle:
+        raise ConfigError(where, f"{model}: is a pickle checkpoint, which can run code when loaded; convert it to .safetensors, or set allow_pickle = true if you trust its source")
+    if suffix not in (".safetensors", ".ckpt", ".pt", ".pth"):
+        raise ConfigError(where, f"{model}: is neither a .safetensors checkpoint nor a diffusers folder; give one of those, or one of: {', '.join(BUILTIN)}")
+
+
+def check_finite(value, where: str) -> None:
+    """Every float in `value` (a dataclass, dict or list, walked through) is a finite number;
+    a ConfigError names the first that is not by its dotted field name (`where.optimizer.learning_rate`).
+    The configs' own range checks (`x > 0`) let infinity through, and NaN only where they compare."""
+    from sabun.train.config import ConfigError
+
+    if isinstance(value, bool):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ConfigError(where, f"must be a finite number, got {value}")
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            check_finite(getattr(value, f.name), f"{where}.{f.name}" if where else f.name)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_finite(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            check_finite(item, f"{where}[{i}]")
+
+
+def check_multiplier(value: float, where: str) -> None:
+    """A LoRA weight that is a finite number within +-10 (`sabun merge` asks for --force beyond)."""
+    from sabun.lora.ops import MAX_MULTIPLIER
+    from sabun.train.config import ConfigError
+
+    if not math.isfinite(value):
+        raise ConfigError(where, f"{value} is not a finite number; give one like 0.8 or 1")
+    if abs(value) > MAX_MULTIPLIER:
+        raise ConfigError(where, f"{value:g} is beyond +-{MAX_MULTIPLIER:g} (LoRAs are used at about 0.3-1.5); give one like 0.8 or 1")
+
+
+def check_timesteps(config, pipe, where: str) -> None:
+    """A train config's timestep range within the model's training timesteps (the trainer's own
+    check, made before any stage runs); `where` names the train table (`character.train`)."""
+    from sabun.train.config import ConfigError
+
+    steps = pipe.scheduler.config.get("num_train_timesteps", 1000)
+    training = config.training
+    if training.min_timestep >= steps:
+        raise ConfigError(f"{where}.training.min_timestep", f"{training.min_timestep} is past this model's {steps} training timesteps; give 0 to {steps - 1}")
+    if training.max_timestep is not None and training.max_timestep > steps:
+        raise ConfigError(f"{where}.training.max_timestep", f"{training.max_timestep} is past this model's {steps} training timesteps; give at most {steps}")
 
 
 def output_key(path: Path) -> str:

@@ -12,19 +12,22 @@ on renders and VAE round-trips (its validation file) bounds the evaluator's shar
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from sabun.errors import SabunError
 from sabun.evaluate.toy_evaluator import CLASSES, ToyEvaluator
 from sabun.generate import Sampler, generate_images, grid_image
-from sabun.io import atomic_output
+from sabun.io import atomic_output, check_writable
 from sabun.toyworld import captions
 from sabun.toyworld.character import load_preset, random_character
 from sabun.toyworld.commands import metadata
 from sabun.toyworld.geometry import POSES
+from sabun.toyworld.model import IMAGE_SIZE
 from sabun.toyworld.render import BACKGROUNDS, VIEWS, ZOOMS, Shot
 
 TARGETS = {"hair colour": 0.85, "hairstyle": 0.80, "background": 0.90, "pose": 0.75, "view": 0.85}
@@ -70,34 +73,75 @@ def rates(case_list: list[Case], predictions) -> dict[str, float]:
     return result
 
 
+OUTPUTS = ("check.json", "generations.png", "generations.txt")
+SHEET_IMAGES = 32  # the labelled sheet shows the first 32 generations, 4 to a row
+
+
+def check_options(out: Path, count: int, three_d_count: int, sampler: Sampler, overwrite: bool) -> None:
+    """The options and the outputs, checked before the model is loaded or anything is generated."""
+    if not (isinstance(count, int) and count >= 1):
+        raise SabunError(f"--count {count}: give at least 1 generation (240 is the default)")
+    if not (isinstance(three_d_count, int) and three_d_count >= 0):
+        raise SabunError(f"--three-d-count {three_d_count}: give 0 (no `3d` set) or more generations (64 is the default)")
+    if not 1 <= sampler.steps <= 1000:
+        raise SabunError(f"--steps {sampler.steps}: give 1 to 1000 sampling steps (25 is the default)")
+    if not (math.isfinite(sampler.guidance) and 0 <= sampler.guidance <= 100):
+        raise SabunError(f"--guidance {sampler.guidance}: give a finite guidance scale from 0 to 100 (5 is the default)")
+    if out.exists() and not out.is_dir():
+        raise SabunError(f"{out}: is a file, and the check writes a folder there; choose another --out")
+    for name in OUTPUTS:
+        check_writable(out / name, overwrite, directory=False)
+
+
+def image_size(pipe) -> int:
+    """The side of the images `pipe` generates (as `generate_images` draws them)."""
+    return pipe.unet.config.sample_size * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+
+
 def check_model(model: str, out: Path, count: int = 240, three_d_count: int = 64, sampler: Sampler = Sampler(), evaluator: ToyEvaluator | None = None, overwrite: bool = False) -> dict:
-    """Generate, read, and write `check.json` and a labelled sheet of the first 32 images into `out`."""
+    """Generate, read, and write `check.json` and a labelled sheet of the first 32 images into `out`.
+
+    The options, the outputs and the model's image size are checked before anything is generated;
+    the three outputs are written only once everything they hold is computed."""
     from sabun.models.load import load_pipeline
 
+    check_options(out, count, three_d_count, sampler, overwrite)
     pipe = load_pipeline(model)
+    size = image_size(pipe)
+    if size != IMAGE_SIZE:
+        raise SabunError(f"{model}: draws {size} px images, and the toy evaluator reads the toy model's {IMAGE_SIZE} px ones; give `toy` or a `sabun toyworld pretrain` run's model folder")
     evaluator = evaluator or ToyEvaluator.load()
     plain, with_3d = cases(count, seed=1), cases(three_d_count, seed=2, three_d=True)
     results = {}
     images = {}
     with tqdm(total=count + three_d_count, desc="generate", unit="img") as bar:
         for name, case_list in (("prompts", plain), ("prompts_with_3d", with_3d)):
+            if not case_list:  # --three-d-count 0
+                continue
             images[name] = generate_images(pipe, [c.prompt for c in case_list], [c.seed for c in case_list], sampler, progress=bar.update)
             results[name] = {"count": len(case_list), **rates(case_list, evaluator.predict(images[name]))}
     results["targets"] = TARGETS
     results["sampler"] = {"steps": sampler.steps, "guidance": sampler.guidance}
     results["model"] = model
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_output(out / "check.json", overwrite=overwrite) as tmp:
-        tmp.write_text(json.dumps(results, indent=2))
-    first = images["prompts"][:32]
+    first = images["prompts"][:SHEET_IMAGES]
     pred = evaluator.predict(first)
     labels = [
         f"{c.hair_colour}/{c.hairstyle}/{c.view}/{c.background} -> {h}/{s}/{v}/{b}"
-        for c, h, s, v, b in zip(plain[:32], pred.hair_colour_name, pred.label("hairstyle"), pred.label("view"), pred.label("background"))
+        for c, h, s, v, b in zip(plain[:SHEET_IMAGES], pred.hair_colour_name, pred.label("hairstyle"), pred.label("view"), pred.label("background"))
     ]
-    sheet = grid_image(first.reshape(8, 4, 64, 64, 3), [""] * 8, [""] * 4, scale=3)
+    columns = min(4, len(first))
+    rows = -(-len(first) // columns)
+    cells = np.full((rows * columns, *first.shape[1:]), 255, dtype=np.uint8)  # a short last row is padded with white
+    cells[: len(first)] = first
+    sheet = grid_image(cells.reshape(rows, columns, *first.shape[1:]), [""] * rows, [""] * columns, scale=3)
+    text = "prompted -> read (hair colour/hairstyle/view/background), row by row\n" + "\n".join(
+        f"{i // columns},{i % columns}: {c.prompt}\n     {label}" for i, (c, label) in enumerate(zip(plain[:SHEET_IMAGES], labels))
+    ) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_output(out / "check.json", overwrite=overwrite) as tmp:
+        tmp.write_text(json.dumps(results, indent=2))
     with atomic_output(out / "generations.png", overwrite=overwrite) as tmp:
         sheet.save(tmp, format="PNG")
     with atomic_output(out / "generations.txt", overwrite=overwrite) as tmp:
-        tmp.write_text("prompted -> read (hair colour/hairstyle/view/background), row by row\n" + "\n".join(f"{i // 4},{i % 4}: {c.prompt}\n     {label}" for i, (c, label) in enumerate(zip(plain[:32], labels))) + "\n")
+        tmp.write_text(text)
     return results

@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from sabun.errors import SabunError
 from sabun.evaluate.intervals import mean, rate
 from sabun.evaluate.toy_evaluator import ToyEvaluator
-from sabun.io import atomic_output
+from sabun.io import atomic_output, check_writable
 from sabun.toyworld.character import STEPPING_STONE_PRESETS, TARGET_PRESET, CharacterSpec, load_preset, random_character
 from sabun.toyworld.render import ZOOMS, Shot, render
 
@@ -76,10 +77,29 @@ def readings(evaluator: ToyEvaluator, images: np.ndarray, specs: list[CharacterS
 
 def check_exported(out: Path, count: int = 24, seed: int = 0, styles: tuple[str, ...] = ("lit", "toon"), size: int = 64, supersample: int = 4,
                    evaluator: ToyEvaluator | None = None, overwrite: bool = False) -> dict:  # fmt: skip
-    """Export, render and read every character; writes `check_vrm.json` and `renders.png` into `out`."""
+    """Export, render and read every character; writes `check_vrm.json` and `renders.png` into `out`.
+
+    The options and the outputs are checked before anything is exported or rendered; both outputs
+    are written only once everything they hold is computed."""
+    from sabun.avatar.raster import STYLES as RENDER_STYLES
     from sabun.generate import grid_image
     from sabun.toyworld.export import export_character
 
+    if not (isinstance(count, int) and not isinstance(count, bool) and count >= 0):
+        raise SabunError(f"--count {count}: give 0 (the six presets only) or more random characters (24 is the default)")
+    if not (isinstance(seed, int) and 0 <= seed <= 2**32 - 1):
+        raise SabunError(f"--seed {seed}: give a whole number from 0 to 4294967295 (2**32 - 1)")
+    bad = [s for s in styles if s not in RENDER_STYLES]
+    if bad or not styles:
+        raise SabunError(f"--styles {','.join(styles)!r}: choose from {', '.join(RENDER_STYLES)}")
+    if size != 64:
+        raise SabunError(f"size {size}: the toy evaluator reads 64 px images; give 64")
+    if not 1 <= supersample <= 4:
+        raise SabunError(f"supersample {supersample}: give 1 to 4")
+    if out.exists() and not out.is_dir():
+        raise SabunError(f"{out}: is a file, and the check writes a folder there; choose another --out")
+    for name in ("check_vrm.json", "renders.png"):
+        check_writable(out / name, overwrite, directory=False)
     evaluator = evaluator or ToyEvaluator.load()
     specs = characters(count, seed)
     groups: dict[str, dict[str, list]] = {name: {"images": [], "specs": [], "views": [], "zooms": []} for name in ("toy 3d", *styles)}
@@ -104,11 +124,11 @@ def check_exported(out: Path, count: int = 24, seed: int = 0, styles: tuple[str,
         "size": size,
         "renders": {name: readings(evaluator, np.stack(g["images"]), g["specs"], g["views"], g["zooms"]) for name, g in groups.items()},
     }
+    rows = [np.stack(groups[name]["images"][: 12 * 6]).reshape(6, 12, 64, 64, 3) for name in groups]
+    sheet = grid_image(np.concatenate(rows), [f"{name}: {spec.name}" for name in groups for spec in specs[:6]], [f"{v}/{z}" for v in VIEWS for z in ZOOMS])
     out.mkdir(parents=True, exist_ok=True)
     with atomic_output(out / "check_vrm.json", overwrite=overwrite) as tmp:
         tmp.write_text(json.dumps(results, indent=2))
-    rows = [np.stack(groups[name]["images"][: 12 * 6]).reshape(6, 12, 64, 64, 3) for name in groups]
-    sheet = grid_image(np.concatenate(rows), [f"{name}: {spec.name}" for name in groups for spec in specs[:6]], [f"{v}/{z}" for v in VIEWS for z in ZOOMS])
     with atomic_output(out / "renders.png", overwrite=overwrite) as tmp:
         sheet.save(tmp, format="PNG")
     results["sheet"] = str(out / "renders.png")

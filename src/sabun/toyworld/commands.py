@@ -9,6 +9,9 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +19,8 @@ import numpy as np
 from PIL import Image
 
 from sabun import __version__
-from sabun.errors import SabunError
-from sabun.io import atomic_output, check_writable
+from sabun.errors import SabunError, os_error_message
+from sabun.io import check_writable, remove_stale_temporaries, umask
 from sabun.toyworld.captions import full_caption
 from sabun.toyworld.character import TARGET_PRESET, CharacterSpec, load_character, random_character
 from sabun.toyworld.geometry import POSES
@@ -138,29 +141,65 @@ def _png_bytes(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _write_bytes(path: Path, data: bytes, overwrite: bool) -> None:
-    with atomic_output(path, overwrite=overwrite) as tmp:
-        tmp.write_bytes(data)
+def _first_missing(path: Path) -> Path | None:
+    """The outermost folder of `path` (itself included) that does not exist yet, or None."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing = folder
+    return missing
 
 
 def render_toy(config: RenderToyConfig) -> list[Path]:
     """Render the images of `config` into `config.out`; returns the PNG paths.
 
     Every target file is checked before anything is drawn, so a refused overwrite leaves the
-    folder untouched.
+    folder untouched. The images are written into a temporary folder beside `out` and moved into
+    place only when all are written, so a failed render (a full disk, Ctrl-C) leaves nothing new:
+    no partial set, no new folder. The moves are renames on one file system.
     """
+    out = config.out
     jobs = list(_jobs(config))
+    check_writable(out, overwrite=True, directory=True)  # a file where the folder should be
+    above = next((folder for folder in out.parents if folder.exists()), None)
+    if above is not None and not above.is_dir():
+        raise SabunError(f"{above}: is a file, and {out} is to be a folder in it; choose another output folder")
     for name, *_ in jobs:
         for suffix in (".png", ".json", ".txt"):
-            check_writable(config.out / f"{name}{suffix}", config.overwrite)
-    config.out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, spec, shot, seed in jobs:
-        pixels = render(spec, shot, config.style, size=config.size, seed=seed)
-        meta = metadata(name, spec, shot, config.style, config.size, seed)
-        png = config.out / f"{name}.png"
-        _write_bytes(png, _png_bytes(pixels), config.overwrite)
-        _write_bytes(config.out / f"{name}.json", (json.dumps(meta, indent=2) + "\n").encode(), config.overwrite)
-        _write_bytes(config.out / f"{name}.txt", (full_caption(meta) + "\n").encode(), config.overwrite)
-        written.append(png)
+            check_writable(out / f"{name}{suffix}", config.overwrite, directory=False)
+    created = _first_missing(out.parent)  # folders above `out` made for it, removed again on failure
+    work = None
+    written, current = [], out
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+        os.chmod(work, 0o777 & ~umask())  # the folder itself may become `out`
+        for name, spec, shot, seed in jobs:
+            pixels = render(spec, shot, config.style, size=config.size, seed=seed)
+            meta = metadata(name, spec, shot, config.style, config.size, seed)
+            for suffix, data in ((".png", _png_bytes(pixels)), (".json", (json.dumps(meta, indent=2) + "\n").encode()), (".txt", (full_caption(meta) + "\n").encode())):
+                current = out / f"{name}{suffix}"
+                (work / current.name).write_bytes(data)
+            written.append(out / f"{name}.png")
+        if not out.exists():
+            current = out
+            work.rename(out)  # the whole set appears at once
+        else:
+            for name, *_ in jobs:
+                for suffix in (".png", ".json", ".txt"):
+                    current = out / f"{name}{suffix}"
+                    os.replace(work / current.name, current)
+    except OSError as e:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise SabunError(os_error_message(OSError(e.errno, e.strerror or str(e)), current)) from None
+    except BaseException:
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+    finally:
+        if work is not None and work.exists():
+            shutil.rmtree(work, ignore_errors=True)
     return written

@@ -65,10 +65,42 @@ class PretrainConfig:
     checkpoint_every: int = 250
 
     def __post_init__(self) -> None:
-        if not 0 <= self.three_d_share <= 0.5:
-            raise ValueError("three_d_share must be in [0, 0.5]")
-        if self.images < self.batch:
-            raise ValueError("images must be at least one batch")
+        """Every field checked before anything is rendered or trained; an error names the
+        `sabun toyworld pretrain` option (or, for a field the CLI does not expose, the field)."""
+        from sabun.train.config import check
+
+        def number(value, name: str, low: float, high: float = math.inf, low_open: bool = False, high_open: bool = False) -> None:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+            if high == math.inf:
+                bounds = f"{'>' if low_open else '>='} {low:g}"
+            else:
+                bounds = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+            check(ok, name, f"must be a finite number {bounds}, got {value}")
+
+        def count(value, name: str, low: int = 1, high: int | None = None) -> None:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
+            check(ok, name, f"must be a whole number {f'from {low} to {high}' if high is not None else f'>= {low}'}, got {value!r}")
+
+        count(self.images, "--images")
+        number(self.three_d_share, "--three-d-share", 0.0, 0.5)
+        check(isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed <= 2**32 - 1, "--seed", f"must be a whole number from 0 to 4294967295 (2**32 - 1), got {self.seed!r}")
+        count(self.vae_steps, "--vae-steps")
+        count(self.vae_batch, "vae_batch")
+        count(self.vae_crop, "vae_crop", 8, IMAGE_SIZE)
+        check(self.vae_crop % 4 == 0, "vae_crop", f"must be a multiple of 4 (the VAE's downsampling), got {self.vae_crop}")
+        number(self.vae_lr, "vae_lr", 0.0, low_open=True)
+        number(self.kl_weight, "kl_weight", 0.0)
+        count(self.steps, "--steps")
+        count(self.batch, "--batch")
+        check(self.images >= self.batch, "--images", f"{self.images} is fewer than one batch (--batch {self.batch}); render at least {self.batch} images or lower --batch")
+        number(self.lr, "lr", 0.0, low_open=True)
+        count(self.warmup, "warmup", 0)
+        number(self.min_snr_gamma, "min_snr_gamma", 0.0, low_open=True)
+        number(self.tag_dropout, "tag_dropout", 0.0, 1.0)
+        number(self.caption_dropout, "caption_dropout", 0.0, 1.0)
+        number(self.ema_decay, "ema_decay", 0.0, 1.0, high_open=True)
+        count(self.checkpoint_every, "checkpoint_every")
 
 
 # --- stage 1: data ------------------------------------------------------------------------------
@@ -239,7 +271,15 @@ def save_torch(obj, path: Path) -> None:
 
 
 def pretrain(out: Path, config: PretrainConfig = PretrainConfig(), stages: tuple[str, ...] = STAGES) -> Path:
-    """Run the pretraining stages into `out`; returns the exported model folder `out/model`."""
+    """Run the pretraining stages into `out`; returns the exported model folder `out/model`.
+
+    The options and `out` are checked before anything is written (PretrainConfig checks its own
+    fields); a run folder made with other data or VAE settings is refused, not mixed."""
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown or not stages:
+        raise SabunError(f"stages {', '.join(unknown) or '(none)'}: choose from {', '.join(STAGES)}")
+    if out.exists() and not out.is_dir():
+        raise SabunError(f"{out}: is a file, and the pretraining run is a folder; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "pretrain_config.json"
     if config_path.exists():
