@@ -15,7 +15,9 @@ given by the step alone and a resumed run sees exactly the batches an uninterrup
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -30,6 +32,7 @@ from sabun.data.images import (
     ImageProblem,
     inspect_image,
 )
+from sabun.data.limits import MAX_REPEATS
 from sabun.errors import SabunError
 
 REPEATS_FOLDER = re.compile(r"^(\d+)_(.*)$")
@@ -76,12 +79,63 @@ class Subset:
 
 
 def image_files(folder: Path) -> list[Path]:
+    """The images of `folder`: regular files (or links to them) with an image suffix."""
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def not_an_image_file(path: Path) -> str | None:
+    """Why the entry `path` (named like an image) is no image file, or None when it is a regular
+    file (or a link to one) or a folder (a folder is never an image; subfolders are handled apart).
+    It is never opened: opening a FIFO would wait forever for a writer."""
+    if path.is_file() or path.is_dir():
+        return None
+    if path.is_symlink() and not path.exists():
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        return f"a symbolic link to {target}, which does not exist (or is a link loop); fix or remove the link"
+    try:
+        mode = path.stat().st_mode  # through a link: what it leads to
+    except OSError as e:
+        return f"cannot be read ({e.strerror or e}); check its permissions"
+    kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")  # fmt: skip
+    return f"{kind}, not an image file; remove it or replace it with the image"
+
+
+def odd_image_entries(folder: Path) -> list[ImageProblem]:
+    """Entries of `folder` named like images that are no image files (a dangling link, a FIFO, a
+    device): each a problem, so that none is skipped silently."""
+    found = []
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() in IMAGE_SUFFIXES:
+            reason = not_an_image_file(p)
+            if reason is not None:
+                found.append(ImageProblem(p, reason))
+    return found
+
+
+def folder_repeats(folder: Path, repeats: int, where: str) -> int:
+    """The repeats of `folder` (from its `N_name` name, or `repeats` from the config); 0 is an error."""
+    match = REPEATS_FOLDER.match(folder.name)
+    count = repeats or (int(match.group(1)) if match else 1)
+    if count < 1:
+        raise SabunError(f"{where}: {folder}: the folder name says 0 repeats, so its images would never be trained on; "
+                         f"rename it to 1_{match.group(2) if match else folder.name} (or more), or set repeats in the dataset's table")
+    if count > MAX_REPEATS:
+        raise SabunError(f"{where}: {folder}: the folder name says {count} repeats; at most {MAX_REPEATS} (usual: 1-100); rename it")
+    return count
 
 
 def unread_image_files(folder: Path) -> list[Path]:
     """Files in `folder` of image types sabun does not read (they would otherwise vanish silently)."""
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in UNREAD_IMAGE_SUFFIXES)
+
+
+def has_images(folder: Path) -> bool:
+    """Whether `folder` holds images, or entries named like images that are not (reported as problems)."""
+    return bool(image_files(folder) or odd_image_entries(folder))
 
 
 def _names(paths: list[Path], limit: int = 10) -> str:
@@ -98,16 +152,15 @@ def find_subsets(path: Path, repeats: int | None, where: str) -> list[Subset]:
         raise SabunError(f"{where}: {path}: no such folder; give a folder of images (or of N_name subfolders)")
     subsets = []
     match = REPEATS_FOLDER.match(path.name)
-    if image_files(path):
-        own = int(match.group(1)) if match else 1
-        subsets.append(Subset(path, repeats or own, match.group(2) if match else ""))
+    if has_images(path):
+        subsets.append(Subset(path, folder_repeats(path, repeats, where), match.group(2) if match else ""))
     ignored = []
     unread = unread_image_files(path)
     for sub in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
         sub_match = REPEATS_FOLDER.match(sub.name)
-        if sub_match and image_files(sub):
-            subsets.append(Subset(sub, repeats or int(sub_match.group(1)), sub_match.group(2)))
-        elif image_files(sub):
+        if sub_match and has_images(sub):
+            subsets.append(Subset(sub, folder_repeats(sub, repeats, where), sub_match.group(2)))
+        elif has_images(sub):
             ignored.append(sub.name)
         if sub_match:
             unread += unread_image_files(sub)
@@ -154,7 +207,7 @@ def read_caption(image: Path, extension: str) -> str | None:
 
 
 def check_caption_extension(extension: str, where: str) -> None:
-    if not extension.startswith(".") or len(extension) < 2 or any(c in extension for c in "/\\"):
+    if not extension.startswith(".") or len(extension) < 2 or any(c in extension for c in "/\\\0"):
         raise SabunError(f"{where}: {extension!r} is not a file extension; give one that starts with a dot, e.g. '.txt'")
 
 
@@ -170,6 +223,7 @@ def scan_images(datasets, data) -> ImageSet:
         min_size = data.min_image_size or max(1, (dataset.resolution or data.resolution) // 2)
         check_caption_extension(dataset.caption_extension, f"datasets[{index}].caption_extension")
         for subset in find_subsets(Path(dataset.path), dataset.repeats, f"datasets[{index}].path"):
+            result.problems.extend(odd_image_entries(subset.path))
             for path in image_files(subset.path):
                 size, problem = inspect_image(path, min_size)
                 if problem is not None:

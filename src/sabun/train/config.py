@@ -2,7 +2,10 @@
 
 A config file maps one to one onto `TrainConfig`: each `[section]` is a dataclass below, each key a
 field with a one-line doc. Unknown keys, wrong types and out-of-range values are errors that name
-the file and the field (`config.toml: network.rank: must be >= 1, got 0`). The resolved config
+the file and the field (`config.toml: network.rank: must be >= 1, got 0`). Every number is checked
+by `number` (finite, and in its range: `nan` and `inf` never pass), seeds by `check_seed`, LoRA
+weights by `check_weight`, file names by `file_name`; bounds that depend on the model (clip_skip,
+rank) are checked by the trainer when the model is loaded, before anything is written. The resolved config
 (every default filled in) is saved next to the LoRA and inside every checkpoint.
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import tomllib
 import types
@@ -18,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sabun.data.limits import MAX_BUCKET, MAX_REPEATS, MAX_RESOLUTION
 from sabun.errors import SabunError
 
 
@@ -39,6 +44,82 @@ def one_of(value: str, name: str, choices: tuple[str, ...]) -> None:
     check(value in choices, name, f"must be one of {', '.join(choices)}; got {value!r}")
 
 
+def _show(x: float) -> str:
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
+def number(value: float | None, name: str, low: float | None = None, high: float | None = None, *,
+           above: bool = False, below: bool = False, hint: str = "") -> None:
+    """Check a number field (None passes: an unset optional field): finite, and within `low` .. `high`
+    (inclusive, or exclusive with `above` / `below`). Every numeric field of every section goes
+    through this, so `inf` and `nan` never get past `x > 0`-style checks."""
+    if value is None:
+        return
+    hint = f"; {hint}" if hint else ""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(name, f"must be a finite number, got {value}{hint}")
+    ok_low = low is None or (value > low if above else value >= low)
+    ok_high = high is None or (value < high if below else value <= high)
+    if ok_low and ok_high:
+        return
+    if low is not None and high is not None:
+        span = f"in {'(' if above else '['}{_show(low)}, {_show(high)}{')' if below else ']'}"
+    elif low is not None:
+        span = f"{'>' if above else '>='} {_show(low)}"
+    else:
+        span = f"{'<' if below else '<='} {_show(high)}"
+    raise ConfigError(name, f"must be {span}, got {_show(value)}{hint}")
+
+
+def path_text(value: str | None, name: str) -> None:
+    """A path from a config: no NUL byte (no file system takes one)."""
+    check(value is None or "\0" not in value, name, f"holds a NUL byte ({value!r}); remove it")
+
+
+MAX_SEED = 2**32 - 1  # seeds are mixed as 32-bit values (`step_seed`), as in A1111 and sd-scripts
+MAX_NAME_BYTES = 200  # output.name: room for `.NAME.safetensors.tmp-PID-...` in a 255-byte file name
+MAX_ALPHA_PER_RANK = 100  # network.alpha / rank, the LoRA's scale (usually 0.5-2)
+MAX_WEIGHT_DECAY = 10.0  # optimizer.weight_decay (usually 0-0.1)
+MAX_SAMPLE_STEPS = 1000  # sampling.steps: no scheduler takes more than its training timesteps
+MAX_GUIDANCE = 50.0  # sampling.guidance_scale (usually 5-9; UIs stop at 30)
+BAD_NAME_CHARS = set('/\\:*?"<>|')  # folder separators, and characters Windows / Samba shares refuse
+
+
+def check_weight(value: float, name: str, force: bool | None = False) -> None:
+    """A LoRA weight: finite, and beyond +-10 (`sabun.lora.ops.MAX_MULTIPLIER`) only when `force`
+    (None: never, and the message does not offer `force`)."""
+    from sabun.lora.ops import MAX_MULTIPLIER
+
+    number(value, name)
+    check(force or abs(value) <= MAX_MULTIPLIER, name,
+          f"{value:g} is beyond +-{MAX_MULTIPLIER:g} (LoRAs are used at about 0.3-1.5)" + ("; set force = true beside it if you mean it" if force is not None else ""))
+
+
+def check_side(value: int | None, name: str) -> None:
+    """A size in pixels: at least 8 (one latent pixel), at most MAX_RESOLUTION (more does not fit in memory)."""
+    number(value, name, 8)
+    number(value, name, high=MAX_RESOLUTION, hint=f"a larger side does not fit in memory (SDXL trains at 1024); the largest is {MAX_RESOLUTION}")
+
+
+def check_seed(value: int, name: str) -> None:
+    number(value, name, 0, MAX_SEED, hint="seeds are whole numbers from 0 (as in A1111 and sd-scripts)")
+
+
+def file_name(value: str, name: str) -> None:
+    """A file name (no folders) that every file system and tool takes: no control characters
+    (NUL, newline, tab, ...), no `/ \\ : * ? " < > |`, not `.` / `..` or hidden, no leading or
+    trailing space, at most MAX_NAME_BYTES bytes."""
+    fix = "use letters, digits, `-`, `_` and `.`, e.g. my_lora"
+    check(bool(value), name, f"is empty; {fix}")
+    control = [c for c in value if ord(c) < 32 or ord(c) == 127]
+    check(not control, name, f"holds a control character ({control[0]!r}) in {value!r}; {fix}" if control else "")
+    bad = sorted(BAD_NAME_CHARS & set(value))
+    check(not bad, name, f"must be a file name without folders or any of / \\ : * ? \" < > |, got {value!r}; {fix}")
+    check(not value.startswith(".") and ".." not in value, name, f"must not start with `.` or hold `..`, got {value!r}; {fix}")
+    check(value == value.strip(), name, f"starts or ends with a space: {value!r}; {fix}")
+    check(len(value.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES, name, f"is {len(value.encode('utf-8', 'surrogatepass'))} bytes long; at most {MAX_NAME_BYTES}")
+
+
 # --- sections -----------------------------------------------------------------------------------
 
 
@@ -48,6 +129,12 @@ class BaseWeight:
 
     path: str  # the LoRA file (.safetensors, kohya format)
     multiplier: float = 1.0  # merged at this weight: W += multiplier * up @ down * alpha / rank
+    force: bool | None = None  # true: allow a multiplier beyond +-10 (LoRAs are used at about 0.3-1.5)
+
+    def __post_init__(self) -> None:
+        check(bool(self.path), "path", "is empty; give a LoRA file")
+        path_text(self.path, "path")
+        check_weight(self.multiplier, "multiplier", bool(self.force))
 
 
 @dataclass
@@ -60,7 +147,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         check(bool(self.path), "path", "is empty; give `tiny`, `toy` or a model path")
-        check(self.clip_skip >= 1, "clip_skip", f"must be >= 1, got {self.clip_skip}")
+        path_text(self.path, "path")
+        number(self.clip_skip, "clip_skip", 1)  # the upper bound is the model's: checked when it is loaded
         if self.prediction_type is not None:
             one_of(self.prediction_type, "prediction_type", ("epsilon", "v_prediction"))
 
@@ -81,9 +169,10 @@ class DatasetConfig:
 
     def __post_init__(self) -> None:
         check(bool(self.path), "path", "is empty; give a folder of images")
-        check(self.repeats is None or self.repeats >= 1, "repeats", f"must be >= 1, got {self.repeats}")
-        check(self.resolution is None or self.resolution >= 8, "resolution", f"must be >= 8, got {self.resolution}")
-        check(self.keep_tokens >= 0, "keep_tokens", f"must be >= 0, got {self.keep_tokens}")
+        path_text(self.path, "path")
+        number(self.repeats, "repeats", 1, MAX_REPEATS)
+        check_side(self.resolution, "resolution")
+        number(self.keep_tokens, "keep_tokens", 0)
         check(bool(self.caption_separator), "caption_separator", "is empty")
 
 
@@ -104,13 +193,14 @@ class DataConfig:
     cache_text_embeddings: bool = True  # cache prompt embeddings when the text encoder is frozen and captions fixed
 
     def __post_init__(self) -> None:
-        check(self.resolution >= 8, "resolution", f"must be >= 8, got {self.resolution}")
-        check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
-        check(self.bucket_step >= 1, "bucket_step", f"must be >= 1, got {self.bucket_step}")
-        check(self.min_bucket is None or self.min_bucket >= 1, "min_bucket", f"must be >= 1, got {self.min_bucket}")
-        check(self.max_bucket is None or self.max_bucket >= (self.min_bucket or 1), "max_bucket", f"must be >= min_bucket, got {self.max_bucket}")
-        check(self.min_image_size is None or self.min_image_size >= 1, "min_image_size", f"must be >= 1, got {self.min_image_size}")
+        check_side(self.resolution, "resolution")
+        number(self.batch_size, "batch_size", 1)
+        number(self.bucket_step, "bucket_step", 1, MAX_RESOLUTION)
+        number(self.min_bucket, "min_bucket", 1, MAX_BUCKET)
+        number(self.max_bucket, "max_bucket", self.min_bucket or 1, MAX_BUCKET, hint="at least min_bucket; bucket areas stay at resolution^2")
+        number(self.min_image_size, "min_image_size", 1)
         one_of(self.cache_latents, "cache_latents", ("memory", "disk", "none"))
+        path_text(self.cache_dir, "cache_dir")
 
 
 @dataclass
@@ -125,9 +215,12 @@ class NetworkConfig:
     train_text_encoder: bool = True  # train a text-encoder LoRA
 
     def __post_init__(self) -> None:
-        check(self.rank >= 1, "rank", f"must be >= 1, got {self.rank}")
-        check(self.alpha > 0, "alpha", f"must be > 0, got {self.alpha}")
-        check(self.conv_rank is None or self.conv_rank >= 1, "conv_rank", f"must be >= 1, got {self.conv_rank}")
+        number(self.rank, "rank", 1)  # the upper bound is the model's layers: checked when the network is created
+        scale = f"alpha / rank is the LoRA's scale (usually 0.5-2); at most {MAX_ALPHA_PER_RANK}"
+        number(self.alpha, "alpha", 0, MAX_ALPHA_PER_RANK * self.rank, above=True, hint=scale)
+        number(self.conv_rank, "conv_rank", 1)
+        conv_rank = self.conv_rank or self.rank
+        number(self.conv_alpha, "conv_alpha", 0, MAX_ALPHA_PER_RANK * conv_rank, above=True, hint=f"conv_alpha / conv_rank is the conv LoRA's scale; at most {MAX_ALPHA_PER_RANK}")
         check(self.train_unet or self.train_text_encoder, "train_unet", "and train_text_encoder are both false; nothing to train")
 
 
@@ -144,10 +237,15 @@ class OptimizerConfig:
 
     def __post_init__(self) -> None:
         one_of(self.type, "type", ("adamw", "adafactor", "sgd"))
-        check(self.learning_rate > 0, "learning_rate", f"must be > 0, got {self.learning_rate}")
-        check(self.text_encoder_lr is None or self.text_encoder_lr >= 0, "text_encoder_lr", f"must be >= 0, got {self.text_encoder_lr}")
-        check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", f"must be two numbers in [0, 1), got {self.betas}")
-        check(self.max_grad_norm >= 0, "max_grad_norm", f"must be >= 0, got {self.max_grad_norm}")
+        number(self.learning_rate, "learning_rate", 0, above=True)
+        number(self.text_encoder_lr, "text_encoder_lr", 0, hint="0 leaves the text encoder untrained")
+        number(self.weight_decay, "weight_decay", 0, MAX_WEIGHT_DECAY, hint="usually 0-0.1")
+        check(len(self.betas) == 2, "betas", f"must be two numbers in [0, 1), got {self.betas}")
+        for i, beta in enumerate(self.betas):
+            number(beta, f"betas[{i}]", 0, 1, below=True)
+        number(self.eps, "eps", 0, 1, above=True, hint="usually 1e-8; 0 divides by zero")
+        number(self.momentum, "momentum", 0, 1, below=True, hint="usually 0.9")
+        number(self.max_grad_norm, "max_grad_norm", 0, hint="0 turns clipping off")
 
 
 @dataclass
@@ -159,7 +257,7 @@ class ScheduleConfig:
 
     def __post_init__(self) -> None:
         one_of(self.type, "type", ("constant", "linear", "cosine"))
-        check(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        number(self.warmup_steps, "warmup_steps", 0)
 
 
 @dataclass
@@ -177,13 +275,14 @@ class TrainingConfig:
     device: str = "auto"  # `auto` (GPU when there is one) or `cpu`
 
     def __post_init__(self) -> None:
-        check(self.max_steps is None or self.max_steps >= 1, "max_steps", f"must be >= 1, got {self.max_steps}")
-        check(self.epochs >= 1, "epochs", f"must be >= 1, got {self.epochs}")
-        check(self.gradient_accumulation >= 1, "gradient_accumulation", f"must be >= 1, got {self.gradient_accumulation}")
+        number(self.max_steps, "max_steps", 1)
+        number(self.epochs, "epochs", 1)
+        number(self.gradient_accumulation, "gradient_accumulation", 1)
         one_of(self.mixed_precision, "mixed_precision", ("no", "fp16", "bf16"))
-        check(self.min_snr_gamma is None or self.min_snr_gamma > 0, "min_snr_gamma", f"must be > 0, got {self.min_snr_gamma}")
-        check(self.noise_offset >= 0, "noise_offset", f"must be >= 0, got {self.noise_offset}")
-        check(self.min_timestep >= 0, "min_timestep", f"must be >= 0, got {self.min_timestep}")
+        check_seed(self.seed, "seed")
+        number(self.min_snr_gamma, "min_snr_gamma", 0, above=True, hint="5 is usual; leave it out for no weighting")
+        number(self.noise_offset, "noise_offset", 0, 1, hint="0.05-0.1 is usual; noise is about 1, so more drowns the image")
+        number(self.min_timestep, "min_timestep", 0)
         check(
             self.max_timestep is None or self.max_timestep > self.min_timestep,
             "max_timestep", f"must be > min_timestep ({self.min_timestep}), got {self.max_timestep}",
@@ -207,10 +306,21 @@ class SamplingConfig:
     height: int | None = None  # image height; default: data.resolution
 
     def __post_init__(self) -> None:
-        check(self.every_n_steps >= 0, "every_n_steps", f"must be >= 0, got {self.every_n_steps}")
+        number(self.every_n_steps, "every_n_steps", 0)
         check(self.every_n_steps == 0 or (self.prompts and self.seeds), "prompts", "and seeds must not be empty when sampling")
+        for i, s in enumerate(self.seeds):
+            check_seed(s, f"seeds[{i}]")
         check(bool(self.multipliers), "multipliers", "is empty; list at least one weight, e.g. [1.0]")
-        check(self.steps >= 1, "steps", f"must be >= 1, got {self.steps}")
+        for i, m in enumerate(self.multipliers):
+            check_weight(m, f"multipliers[{i}]", force=None)
+        number(self.steps, "steps", 1, MAX_SAMPLE_STEPS, hint="schedulers take at most their 1000 training timesteps")
+        number(self.guidance_scale, "guidance_scale", 0, MAX_GUIDANCE, hint="usually 5-9")
+        for side in ("width", "height"):
+            value = getattr(self, side)
+            unset = "leave it out for data.resolution"
+            number(value, side, 8, hint=unset)
+            check_side(value, side)
+            check(value is None or value % 8 == 0, side, f"must be a multiple of 8 (the VAE's factor), got {value}; {unset}")
 
 
 @dataclass
@@ -222,9 +332,9 @@ class ValidationConfig:
     timesteps: int = 4  # evaluate each image at this many evenly spaced timesteps
 
     def __post_init__(self) -> None:
-        check(0 <= self.split < 1, "split", f"must be in [0, 1), got {self.split}")
-        check(self.every_n_steps >= 0, "every_n_steps", f"must be >= 0, got {self.every_n_steps}")
-        check(self.timesteps >= 1, "timesteps", f"must be >= 1, got {self.timesteps}")
+        number(self.split, "split", 0, 1, below=True)
+        number(self.every_n_steps, "every_n_steps", 0)
+        number(self.timesteps, "timesteps", 1)
 
 
 @dataclass
@@ -233,8 +343,8 @@ class CheckpointConfig:
     keep_last: int = 2  # keep this many newest checkpoints; 0 = keep all
 
     def __post_init__(self) -> None:
-        check(self.every_n_steps >= 0, "every_n_steps", f"must be >= 0, got {self.every_n_steps}")
-        check(self.keep_last >= 0, "keep_last", f"must be >= 0, got {self.keep_last}")
+        number(self.every_n_steps, "every_n_steps", 0)
+        number(self.keep_last, "keep_last", 0)
 
 
 @dataclass
@@ -247,7 +357,8 @@ class OutputConfig:
     progress_bar: bool = True  # show a progress bar
 
     def __post_init__(self) -> None:
-        check(bool(self.name) and "/" not in self.name, "name", f"must be a file name without folders, got {self.name!r}")
+        path_text(self.dir, "dir")
+        file_name(self.name, "name")
         one_of(self.dtype, "dtype", ("fp32", "fp16", "bf16"))
 
 
@@ -339,6 +450,8 @@ def convert(tp: Any, value: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(where, f"must be a number, got {value!r}")
+        if not math.isfinite(value):  # TOML has nan and inf; no setting of any section means either
+            raise ConfigError(where, f"must be a finite number, got {value}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -378,14 +491,19 @@ def field_type(path: list[str], where: str, root: type | None = None) -> Any:
 
 
 def parse_value(tp: Any, text: str) -> Any:
-    """A `--set` value: strings are taken as written; everything else is read as a TOML value."""
+    """A `--set` value, read as a TOML value (`8`, `1e-4`, `true`, `[1, 2]`, `"text"`).
+
+    A string field also takes bare text as written (`--set optimizer.type=sgd`); a quoted one
+    (`--set optimizer.type="sgd"`, as a shell passes `'...="sgd"'`) is the TOML string, without its quotes.
+    """
     options = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) in (typing.Union, types.UnionType) else [tp]
-    if options == [str]:
-        return text
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
-        return text  # left for `convert` to reject with the field's name
+        return text  # bare text: a string field's value, or left for `convert` to reject with the field's name
+    if options == [str] and not isinstance(value, str):
+        return text  # `--set output.name=123` or `=true`: a string field means the text
+    return value
 
 
 def apply_override(raw: dict, assignment: str, root: type | None = None) -> None:
@@ -422,8 +540,16 @@ def read_config(path: str | os.PathLike, cls: type, overrides: list[str] | tuple
     if not path.is_file():
         raise SabunError(f"{path}: no such config file" + (f"; see {example}" if example else ""))
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        data = path.read_bytes()
+    except OSError as e:
+        raise SabunError(f"{path}: cannot be read ({e.strerror or e}); check its permissions") from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise SabunError(f"{path}: is UTF-16, not UTF-8; save it as UTF-8")
+    try:
+        raw = tomllib.loads(data.decode("utf-8-sig"))  # a byte-order mark (Windows Notepad) is dropped
+    except UnicodeDecodeError as e:
+        raise SabunError(f"{path}: is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}); save it as UTF-8") from None
+    except tomllib.TOMLDecodeError as e:
         raise SabunError(f"{path}: is not valid TOML ({e})") from None
     try:
         for assignment in overrides:

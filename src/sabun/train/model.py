@@ -30,6 +30,22 @@ def check_supported(pipe, source: str) -> None:
         raise SabunError(f"{source}: has no U-Net or text encoder; give a Stable Diffusion 1.x / 2.x or SDXL base model")
 
 
+def max_clip_skip(pipe) -> int:
+    """The largest clip_skip the pipeline's text encoder(s) take: SD 1.x / 2.x count from the last
+    layer (clip_skip = the layer count uses the first layer's output); SDXL from the penultimate."""
+    sdxl = getattr(pipe, "text_encoder_2", None) is not None
+    encoders = [pipe.text_encoder, pipe.text_encoder_2] if sdxl else [pipe.text_encoder]
+    layers = min(encoder.config.num_hidden_layers for encoder in encoders)
+    return layers - 1 if sdxl else layers
+
+
+def check_clip_skip(pipe, clip_skip: int, source: str) -> None:
+    """Refuse a `model.clip_skip` past the text encoder's layers (it would index no layer)."""
+    largest = max_clip_skip(pipe)
+    if clip_skip > largest:
+        raise SabunError(f"model.clip_skip: {clip_skip} is more layers than the text encoder of {source} has; the largest clip_skip for it is {largest} (usual: 1 or 2)")
+
+
 def pixel_stride(pipe) -> int:
     """Image sides must be multiples of this: the VAE's factor times the U-Net's total downsampling."""
     return pipe.vae_scale_factor * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
@@ -120,7 +136,10 @@ def encode_ids(text_encoder, ids: torch.Tensor, clip_skip: int = 1) -> torch.Ten
     ids = ids.to(text_encoder.device)
     if clip_skip == 1:
         return text_encoder(ids)[0]
-    hidden = text_encoder(ids, output_hidden_states=True).hidden_states[-clip_skip]
+    hidden_states = text_encoder(ids, output_hidden_states=True).hidden_states  # the embeddings, then each layer's output
+    if clip_skip >= len(hidden_states):
+        raise SabunError(f"model.clip_skip: {clip_skip} is more layers than the text encoder has; the largest clip_skip for it is {len(hidden_states) - 1}")
+    hidden = hidden_states[-clip_skip]
     return getattr(text_encoder, "text_model", text_encoder).final_layer_norm(hidden)
 
 

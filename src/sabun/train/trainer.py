@@ -46,6 +46,7 @@ from sabun.train.config import TrainConfig, config_from_toml, to_dict, to_toml
 from sabun.train.model import (
     PlainWeights,
     TextEncoders,
+    check_clip_skip,
     check_supported,
     freeze,
     long_captions,
@@ -87,14 +88,18 @@ def train(config: TrainConfig, resume: str | Path | bool | None = None, overwrit
     Raises SabunError on bad input (before training starts) and on a non-finite loss.
     """
     accelerator = build_accelerator(config)
-    resume_from = prepare_output(config, resume, overwrite, accelerator)
+    # every check (outputs, data, model, network, checkpoint) comes before anything is deleted: a
+    # failed `--overwrite` run leaves the earlier run's checkpoints as they were
+    resume_from, replaced = prepare_output(config, resume, overwrite, accelerator)
     run = Run(config, accelerator)
     run.check_data()
     try:
         run.load_model(pipe)
+        run.check_network()
         run.load_data()
         run.build_network()
         start = run.restore(resume_from) if resume_from else 0
+        remove_checkpoints(replaced, accelerator)  # the new run starts now
         return run.loop(start)
     finally:
         run.close()
@@ -135,6 +140,7 @@ class Run:
         check_supported(self.pipe, cfg.model.path)
         self.pipe.set_progress_bar_config(disable=True)
         self.unet, self.tokenizer = self.pipe.unet, self.pipe.tokenizer
+        check_clip_skip(self.pipe, cfg.model.clip_skip, cfg.model.path)
         self.text = TextEncoders.of(self.pipe, cfg.model.clip_skip)
         freeze(self.unet, self.pipe.vae, *self.text.encoders)
         self.targets = pipeline_targets(self.pipe, conv=cfg.network.conv_rank is not None)
@@ -168,6 +174,29 @@ class Run:
     def train_text_encoder(self) -> bool:
         net, opt = self.config.network, self.config.optimizer
         return net.train_text_encoder and (opt.text_encoder_lr is None or opt.text_encoder_lr > 0)
+
+    def check_network(self) -> None:
+        """Refuse a rank the model's layers cannot take, before any memory is spent on it: a layer's
+        LoRA rank may be at most its larger side (the LoRA reader refuses more), so one rank for all
+        layers may be at most the smallest such side."""
+        cfg, net = self.config, self.config.network
+        components = self.components()
+        layers = [t for t in self.targets.values() if t.component in components]
+        for option, rank, conv in (("network.rank", net.rank, False), ("network.conv_rank", net.conv_rank, True)):
+            shapes = [(t.module.weight.shape[0], math.prod(t.module.weight.shape[1:]), t.name) for t in layers if t.conv3x3 == conv]
+            if rank is None or not shapes:
+                continue
+            out, fan_in, name = min(shapes, key=lambda s: max(s[0], s[1]))
+            if rank > max(out, fan_in):
+                raise SabunError(
+                    f"{option}: {rank} is larger than the model's layer {name} ({out} x {fan_in}), which no LoRA reader accepts; "
+                    f"the largest {option.removeprefix('network.')} for {cfg.model.path} is {max(out, fan_in)}"
+                )
+
+    def components(self) -> list[str]:
+        """The LoRA's components: `unet` and/or the text encoders' (`te`, or SDXL's `te1`, `te2`)."""
+        net = self.config.network
+        return (["unet"] if net.train_unet else []) + (["te", "te1", "te2"] if self.train_text_encoder else [])
 
     # --- setup: data ----------------------------------------------------------------------------
 
@@ -217,7 +246,7 @@ class Run:
     def build_network(self) -> None:
         """Create the LoRA (seeded), attach it, and wrap the objective, optimiser and schedule."""
         cfg, net = self.config, self.config.network
-        components = (["unet"] if net.train_unet else []) + (["te", "te1", "te2"] if self.train_text_encoder else [])
+        components = self.components()
         torch.manual_seed(cfg.training.seed)
         self.network = LoRANetwork.create(self.targets, net.rank, net.alpha, net.conv_rank, net.conv_alpha, components)
         if not len(self.network._modules):
@@ -378,8 +407,9 @@ class Run:
     def write_samples(self, step: int, result: TrainResult) -> None:
         cfg = self.config
         if self.main:
-            width = cfg.sampling.width or cfg.data.resolution
-            height = cfg.sampling.height or cfg.data.resolution
+            # unset: data.resolution, to the VAE's multiple of 8 below it (the pipeline takes no other)
+            width = cfg.sampling.width or cfg.data.resolution // 8 * 8
+            height = cfg.sampling.height or cfg.data.resolution // 8 * 8
             grid = sample_grid(self.pipe, self.network, self.plain, cfg.sampling, width, height, self.text)
             path = cfg.output_dir / "samples" / f"{cfg.output.name}-step{step:06d}.png"
             with atomic_output(path, overwrite=True) as tmp:
@@ -583,8 +613,10 @@ def build_accelerator(config: TrainConfig):
     return Accelerator(cpu=cpu, mixed_precision=training.mixed_precision)
 
 
-def prepare_output(config: TrainConfig, resume, overwrite: bool, accelerator) -> Path | None:
-    """Check the outputs before any work; return the checkpoint to resume from, if any."""
+def prepare_output(config: TrainConfig, resume, overwrite: bool, accelerator) -> tuple[Path | None, list[Path]]:
+    """Check the outputs before any work; return the checkpoint to resume from, if any, and the
+    earlier run's checkpoints that `--overwrite` replaces. Nothing is deleted here: the caller
+    removes those (`remove_checkpoints`) only once every other check has passed."""
     # a run killed after writing its LoRA but before its config has not finished: resuming redoes both
     unfinished = resume not in (None, False) and config.lora_path.exists() and not config.config_path.exists()
     check_writable(config.lora_path, overwrite or unfinished)
@@ -595,16 +627,20 @@ def prepare_output(config: TrainConfig, resume, overwrite: bool, accelerator) ->
                 f"{existing[-1][1]}: a checkpoint of an earlier run named {config.output.name!r}; continue it with --resume, "
                 "or pass --overwrite to start again (deletes that run's checkpoints)"
             )
-        if existing and accelerator.is_main_process:
-            for _, path in existing:
-                shutil.rmtree(path, ignore_errors=True)
-        accelerator.wait_for_everyone()
-        return None
+        return None, [path for _, path in existing]
     if resume is True or resume == "latest":
         if not existing:
             raise SabunError(f"{ckpt.checkpoint_root(config.output_dir)}: no checkpoint of run {config.output.name!r} to resume; run without --resume")
-        return existing[-1][1]
-    return Path(resume)
+        return existing[-1][1], []
+    return Path(resume), []
+
+
+def remove_checkpoints(paths: list[Path], accelerator) -> None:
+    """Delete an earlier run's checkpoints (`--overwrite`), on the main process; all processes wait."""
+    if paths and accelerator.is_main_process:
+        for path in paths:
+            shutil.rmtree(path, ignore_errors=True)
+    accelerator.wait_for_everyone()
 
 
 RESUME_MAY_CHANGE = ("training.max_steps", "training.epochs", "sampling.", "validation.every_n_steps", "checkpoint.", "output.dtype",
