@@ -30,6 +30,8 @@ def check_writable(path: Path, overwrite: bool, directory: bool | None = None) -
     """Raise before any work is done if `path` exists and may not be replaced (or, when `directory`
     is given, is a file where a folder is to go or the other way round)."""
     path = Path(path)
+    if any(ord(c) < 32 for c in str(path)):
+        raise SabunError(f"{str(path)!r}: holds a control character (a newline, a tab); choose a name without one")
     if path.exists() and not overwrite:
         raise SabunError(f"{path}: already exists; choose another output path or pass --overwrite")
     if directory is True and path.exists() and not path.is_dir():
