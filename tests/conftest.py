@@ -62,3 +62,23 @@ def unet_and_text_outputs(pipe, prompt: str = "1girl, red hair", seed: int = 0):
         text = pipe.text_encoder(ids)[0]
         noise = pipe.unet(latents, torch.tensor([500]), text).sample
     return noise, text
+
+
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """`sabun ARGS` in this process (so an unexpected exception fails the test with its traceback):
+    (exit status, stdout, stderr)."""
+    import sys
+
+    from sabun.cli import main
+
+    argv = sys.argv
+    sys.argv = ["sabun", *map(str, args)]
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = argv
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -13,7 +13,6 @@ import io
 import json
 import os
 import struct
-import sys
 import threading
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import run_cli
 from sabun.avatar import gltf, pose
 from sabun.avatar.commands import RenderModelConfig, render_models
 from sabun.avatar.gltf import load_avatar
@@ -150,22 +150,6 @@ def render_error(path: Path, out: Path, **config) -> str:
     return message
 
 
-def run(capsys, *args) -> tuple[int, str, str]:
-    from sabun.cli import main
-
-    argv = sys.argv
-    sys.argv = ["sabun", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.argv = argv
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 # --- models that load but cannot be framed or drawn ---
 
 def test_cli_one_point_model_is_one_error_line(tmp_path, capsys):
@@ -174,7 +158,7 @@ def test_cli_one_point_model_is_one_error_line(tmp_path, capsys):
     path.triangle([[0, 0, 0]] * 3)
     path = path.write(tmp_path / "point.glb")
     out = tmp_path / "rm"
-    code, _, err = run(capsys, "render", "model", path, "--size", "64", "--supersample", "1", "--views", "front",
+    code, _, err = run_cli(capsys, "render", "model", path, "--size", "64", "--supersample", "1", "--views", "front",
                        "--zooms", "portrait", "--out", out)
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
@@ -505,7 +489,7 @@ def test_humanoid_height_is_bounded(height):
 def test_cli_export_segments_huge(tmp_path, capsys):
     out = tmp_path / "x.vrm"
     start = time.perf_counter()
-    code, _, err = run(capsys, "toyworld", "export", "--character", "target", "--segments", "100000", "--out", out)
+    code, _, err = run_cli(capsys, "toyworld", "export", "--character", "target", "--segments", "100000", "--out", out)
     assert code == 2 and err.startswith("error: --segments 100000") and err.count("\n") == 1, err
     assert time.perf_counter() - start < 5
     assert not out.exists() and not out.with_suffix(".toml").exists()

@@ -14,33 +14,16 @@ import os
 import pickle
 import struct
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import random_lora
+from conftest import random_lora, run_cli
 from sabun.lora.file import lora_state_dict, save_lora
 
 LAYER = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
-
-
-def run(capsys, *args) -> tuple[int, str, str]:
-    from sabun.cli import main
-
-    argv = sys.argv
-    sys.argv = ["sabun", *map(str, args)]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.argv = argv
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def snapshot(root: Path) -> dict[str, tuple[str, int]]:
@@ -55,7 +38,7 @@ def snapshot(root: Path) -> dict[str, tuple[str, int]]:
 def assert_refused(capsys, root: Path, args: list, *needles: str) -> str:
     """Run `sabun ARGS`; assert exit 2, one `error:` line holding each needle, and `root` unchanged."""
     before = snapshot(root)
-    code, out, err = run(capsys, *args)
+    code, out, err = run_cli(capsys, *args)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2, (code, out, err)
     assert len(lines) == 1 and lines[0].startswith("error: "), err
@@ -200,7 +183,7 @@ def test_a_bad_multiplier_is_refused(capsys, files, multiplier):
 
 def test_a_large_multiplier_is_allowed_with_force(capsys, files):
     root, _, good = files
-    code, _, err = run(capsys, "merge", "--model", "tiny", "--lora", f"{good}:20", "--out", root / "m", "--force")
+    code, _, err = run_cli(capsys, "merge", "--model", "tiny", "--lora", f"{good}:20", "--out", root / "m", "--force")
     assert code == 0, err
     assert (root / "m").is_dir()
 
@@ -268,7 +251,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(capsys, tiny_pipe, tmp_path,
     lora = random_lora(tiny_pipe, rank=8, seed=3)
     lora.metadata["ss_training_comment"] = "x" * 100_000  # resize keeps the metadata: the output cannot fit
     big = save_lora(lora, tmp_path / "big.safetensors")
-    code, _, err = run(capsys, "lora", "resize", big, "--rank", "2", "--out", small_disk / "r.safetensors")
+    code, _, err = run_cli(capsys, "lora", "resize", big, "--rank", "2", "--out", small_disk / "r.safetensors")
     assert code == 2 and err.startswith("error: ") and "No space left" in err and ".tmp-" not in err, err
     assert list(small_disk.iterdir()) == []
 
@@ -282,8 +265,8 @@ def test_outputs_take_the_umask_and_stale_temporaries_go(capsys, files):
     stale.write_bytes(b"left by a killed run")
     old = os.umask(0o022)
     try:
-        code, _, err = run(capsys, "lora", "resize", good, "--rank", "2", "--out", root / "r.safetensors")
-        code2, _, err2 = run(capsys, "merge", "--model", "tiny", "--lora", good, "--out", root / "merged")
+        code, _, err = run_cli(capsys, "lora", "resize", good, "--rank", "2", "--out", root / "r.safetensors")
+        code2, _, err2 = run_cli(capsys, "merge", "--model", "tiny", "--lora", good, "--out", root / "merged")
     finally:
         os.umask(old)
     assert code == 0 and code2 == 0, err + err2

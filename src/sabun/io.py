@@ -128,6 +128,24 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False, directory: b
             shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
 
 
+def read_text(path: str | os.PathLike, what: str = "file") -> str:
+    """The text of a UTF-8 file (a caption, a config, a prompt file; a leading byte-order mark dropped); SabunError naming it otherwise."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise SabunError(f"{path}: {what} cannot be read ({e.strerror or e}); check its permissions") from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise SabunError(f"{path}: {what} is UTF-16, not UTF-8; save it as UTF-8")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise SabunError(
+            f"{path}: {what} is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}; "
+            "perhaps saved as Windows-1252 / Latin-1 or Shift-JIS); save it as UTF-8"
+        ) from None
+
+
 def require_file(path: str | os.PathLike, what: str = "file") -> Path:
     """Return `path` as a Path, or raise a SabunError if it does not exist or is not a file."""
     path = Path(path)

@@ -34,6 +34,7 @@ from sabun.data.images import (
 )
 from sabun.data.limits import MAX_REPEATS
 from sabun.errors import SabunError
+from sabun.io import read_text
 
 REPEATS_FOLDER = re.compile(r"^(\d+)_(.*)$")
 
@@ -178,23 +179,6 @@ def find_subsets(path: Path, repeats: int | None, where: str) -> list[Subset]:
     return subsets
 
 
-def read_text_file(path: Path, what: str = "caption file") -> str:
-    """The text of a UTF-8 file (a leading byte-order mark dropped); SabunError naming it otherwise."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise SabunError(f"{path}: {what} cannot be read ({e.strerror or e}); check its permissions") from None
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise SabunError(f"{path}: {what} is UTF-16, not UTF-8; save it as UTF-8")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise SabunError(
-            f"{path}: {what} is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}; "
-            "perhaps saved as Windows-1252 / Latin-1 or Shift-JIS); save it as UTF-8"
-        ) from None
-
-
 def read_caption(image: Path, extension: str) -> str | None:
     """The caption of `image` (NAME + `extension`, whitespace collapsed), or None when there is none.
 
@@ -203,7 +187,7 @@ def read_caption(image: Path, extension: str) -> str | None:
     caption_file = image.with_suffix(extension)
     if not caption_file.is_file():
         return None
-    return " ".join(read_text_file(caption_file).split())
+    return " ".join(read_text(caption_file, "caption file").split())
 
 
 def check_caption_extension(extension: str, where: str) -> None:

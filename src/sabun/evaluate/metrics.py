@@ -26,6 +26,7 @@ from sabun.errors import SabunError
 from sabun.evaluate.intervals import bootstrap, wilson
 from sabun.evaluate.readings import BACKGROUNDS, POSES, Reader, Readings
 from sabun.generate import Sampler, applied, generate_images
+from sabun.io import read_text
 from sabun.toyworld.captions import BACKGROUND_TAGS, POSE_TAGS
 
 GROUPS = ("bare", "free", "background", "pose")
@@ -58,10 +59,7 @@ def read_prompts(path: str | Path) -> tuple[Prompt, ...]:
     path = Path(path)
     if not path.is_file():
         raise SabunError(f"{path}: no such prompt file; give a text file with one prompt per line")
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError:
-        raise SabunError(f"{path}: is not UTF-8 text; save it as UTF-8") from None
+    lines = read_text(path, "prompt file").splitlines()
     prompts = []
     for number, line in enumerate(lines, 1):
         line = line.strip()

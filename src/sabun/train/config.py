@@ -24,6 +24,7 @@ from typing import Any
 
 from sabun.data.limits import MAX_BUCKET, MAX_REPEATS, MAX_RESOLUTION
 from sabun.errors import SabunError
+from sabun.io import read_text
 
 
 class ConfigError(SabunError):
@@ -540,15 +541,7 @@ def read_config(path: str | os.PathLike, cls: type, overrides: list[str] | tuple
     if not path.is_file():
         raise SabunError(f"{path}: no such config file" + (f"; see {example}" if example else ""))
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise SabunError(f"{path}: cannot be read ({e.strerror or e}); check its permissions") from None
-    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
-        raise SabunError(f"{path}: is UTF-16, not UTF-8; save it as UTF-8")
-    try:
-        raw = tomllib.loads(data.decode("utf-8-sig"))  # a byte-order mark (Windows Notepad) is dropped
-    except UnicodeDecodeError as e:
-        raise SabunError(f"{path}: is not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}); save it as UTF-8") from None
+        raw = tomllib.loads(read_text(path, "config file"))  # a byte-order mark (Windows Notepad) is dropped
     except tomllib.TOMLDecodeError as e:
         raise SabunError(f"{path}: is not valid TOML ({e})") from None
     try:
