@@ -335,7 +335,7 @@ tensorboard = false
 
 
 @pytest.mark.parametrize("bad", ["caption-cp1252", "animated-gif", "truncated-png"])
-def test_bad_training_data_is_named_and_nothing_is_trained(capsys, tmp_path, bad):
+def test_bad_training_data_is_named_and_nothing_is_trained(capsys, tmp_path, monkeypatch, bad):
     from PIL import Image
 
     data = tmp_path / "data"
@@ -356,7 +356,7 @@ def test_bad_training_data_is_named_and_nothing_is_trained(capsys, tmp_path, bad
         buffer.write_bytes(buffer.read_bytes()[:60])
         name = "cut.png"
     (tmp_path / "train.toml").write_text(TRAIN_TOML)
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)
     assert_refused(capsys, tmp_path, ["train", tmp_path / "train.toml"], name)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -37,7 +38,8 @@ def images():
 def test_the_toy_readers_figures_are_the_protocols_definitions(evaluator, images, name):
     """Each metric computed here straight from the evaluator's predictions, as the protocol defines
     it, equals what `measure` reports through the readings interface."""
-    target = load_character(name) if name != "purple_short" else load_character("examples/characters/purple_short.toml")
+    examples = Path(__file__).resolve().parents[1] / "examples" / "characters"
+    target = load_character(name) if name != "purple_short" else load_character(str(examples / "purple_short.toml"))
     protocol = Protocol(seeds=8)
     metrics, _ = measure(None, evaluator, target, protocol, images)
 
