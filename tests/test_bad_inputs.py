@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import pickle
+import re
 import struct
 import subprocess
 from pathlib import Path
@@ -24,6 +25,7 @@ from conftest import random_lora, run_cli
 from sabun.lora.file import lora_state_dict, save_lora
 
 LAYER = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+PROGRESS = re.compile(r"^[\w ]+: +\d+%\|")  # a tqdm line
 
 
 def snapshot(root: Path) -> dict[str, tuple[str, int]]:
@@ -39,7 +41,7 @@ def assert_refused(capsys, root: Path, args: list, *needles: str) -> str:
     """Run `sabun ARGS`; assert exit 2, one `error:` line holding each needle, and `root` unchanged."""
     before = snapshot(root)
     code, out, err = run_cli(capsys, *args)
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = [line for line in err.splitlines() if line.strip() and not PROGRESS.match(line)]  # progress bars are not messages
     assert code == 2, (code, out, err)
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     for needle in needles:
@@ -426,3 +428,29 @@ def test_a_failed_write_names_the_output(capsys, files, monkeypatch):
     monkeypatch.setattr(PILImage.Image, "save", full)
     line = assert_refused(capsys, root, ["generate", "--model", "tiny", "-p", "1girl", "--steps", "1", "--out", root / "g.png"], "g.png", "No space")
     assert ".tmp-" not in line
+
+
+def test_render_model_on_a_full_disk_leaves_no_partial_set(capsys, tmp_path, monkeypatch):
+    """The disk fills after a few files: nothing new is left in --out, and the error names a render."""
+    model = Path(__file__).resolve().parents[1] / "examples" / "vrm" / "target.vrm"
+    real, calls = Path.write_bytes, {"n": 0}
+
+    def filling(self, data):
+        calls["n"] += 1
+        if calls["n"] > 4:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", filling)
+    out = tmp_path / "renders"
+    line = assert_refused(capsys, tmp_path, ["render", "model", model, "--tags", "blonde hair", "--size", "64", "--supersample", "1",
+                                             "--views", "front,behind", "--zooms", "portrait", "--out", out], "No space")  # fmt: skip
+    assert "renders/target_" in line and ".tmp-" not in line
+    assert not out.exists()
+
+
+def test_merge_names_a_mistyped_extension_and_extract_names_both_models(capsys, files, tiny_pipe):
+    root, _, good = files
+    assert_refused(capsys, root, ["merge", "--model", "tiny", "--lora", good, "--out", root / "m.safetensor"], "did you mean .safetensors")
+    line = assert_refused(capsys, root, ["lora", "extract", "--original", "tiny", "--tuned", "toy", "--rank", "2", "--out", root / "e.safetensors"], "other layers")
+    assert "tiny" in line and "toy" in line

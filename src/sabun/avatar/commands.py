@@ -278,7 +278,7 @@ def render_models(
         require_tags(source.avatar.path.name, source.tags, config.policy)  # before any drawing
     background = background_colour(config.background)
     hidden = frozenset(config.hide)
-    written = []
+    written, files = [], []
     progress = bar(len(loaded) * len(shots)) if bar else None
     for source, _ in loaded:
         avatar = source.avatar
@@ -301,16 +301,42 @@ def render_models(
                     if progress:
                         progress.set_postfix_str(name)
                         progress.update()
-            config.out.mkdir(parents=True, exist_ok=True)
             for name, pixels, meta in images:
-                png = config.out / f"{name}.png"
-                _write(png, _png(pixels), config.overwrite)
-                _write(config.out / f"{name}.json", (json.dumps(meta, indent=2) + "\n").encode(), config.overwrite)
-                _write(config.out / f"{name}.txt", (caption(meta, config.policy) + "\n").encode(), config.overwrite)
-                written.append(png)
+                files.append((f"{name}.png", _png(pixels)))
+                files.append((f"{name}.json", (json.dumps(meta, indent=2) + "\n").encode()))
+                files.append((f"{name}.txt", (caption(meta, config.policy) + "\n").encode()))
+                written.append(config.out / f"{name}.png")
     if progress:
         progress.close()
+    write_set(config.out, files)
     return written
+
+
+def write_set(out: Path, files: list[tuple[str, bytes]]) -> None:
+    """Write every (name, bytes) into `out` or none: into a temporary folder beside it first, then
+    renamed into place, so a full disk or Ctrl-C leaves no partial set of renders."""
+    import os
+    import shutil
+    import tempfile
+
+    from sabun.io import remove_stale_temporaries, umask
+
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    current = out
+    try:
+        for name, data in files:
+            current = out / name
+            (stage / name).write_bytes(data)
+            os.chmod(stage / name, 0o666 & ~umask())
+        for name, _ in files:
+            current = out / name
+            os.replace(stage / name, out / name)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror or str(e), str(current)) from None
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def describe(avatar: Avatar) -> str:

@@ -67,7 +67,10 @@ def merge(
 
     `prediction_type` overrides the model's (it is written into the output).
     """
-    check_writable(Path(out), overwrite, directory=Path(out).suffix.lower() != ".safetensors")
+    suffix = Path(out).suffix.lower()
+    if suffix != ".safetensors" and suffix.startswith((".safe", ".sft", ".st")):
+        raise SabunError(f"{out}: did you mean .safetensors? A name ending in .safetensors writes one file; any other name, a diffusers folder")
+    check_writable(Path(out), overwrite, directory=suffix != ".safetensors")
     weighted = load_weighted(loras, allow_pickle, force)
     pipe = load_pipeline(model, allow_pickle=allow_pickle, prediction_type=prediction_type)
     changed = merge_into_model(pipeline_targets(pipe, conv=True), weighted)
@@ -136,6 +139,9 @@ def extract(
     from tqdm import tqdm
 
     targets0, targets1 = pipeline_targets(m0, conv=True), pipeline_targets(m1, conv=True)
+    if set(targets0) != set(targets1):
+        example = sorted(set(targets0) ^ set(targets1))[0]
+        raise SabunError(f"{tuned}: has other layers than {original} (e.g. {example}); extract needs two models of one architecture")
     bar = lambda items: tqdm(items, total=len(targets0), desc="extract", unit="layer", leave=False)  # noqa: E731
     lora, report = extract_lora(targets0, targets1, rank, conv_rank, unet_only, method, progress=bar)
     lora.metadata["sabun_extracted_from"] = json.dumps({"original": str(original), "tuned": str(tuned)})
