@@ -28,7 +28,7 @@ def load_pipeline(spec: str | os.PathLike, allow_pickle: bool = False, predictio
     """
     spec = str(spec)
     if prediction_type is not None and prediction_type not in ("epsilon", "v_prediction"):
-        raise SabunError(f"--prediction-type {prediction_type!r}: choose epsilon or v_prediction")
+        raise SabunError(f"--prediction-type {prediction_type!r}: unknown prediction type; choose epsilon or v_prediction")
     if spec == "tiny":
         from sabun.models.tiny import build_tiny_pipeline
 
