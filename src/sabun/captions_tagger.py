@@ -31,7 +31,7 @@ from sabun.io import atomic_output
 
 POLICIES = ("full", "stepping-stone", "character")
 
-# The method's character captions (../shared/METHOD.md, step 6), in the avatar policy's order.
+# The method's character captions (docs/method.md, step 6), in the avatar policy's order.
 CLOTHES_TAGS = ("nude", "completely_nude")
 ARMS_AT_SIDES = "arms_at_sides"
 ZOOM_TAGS = ("portrait", "upper_body", "cowboy_shot", "full_body")

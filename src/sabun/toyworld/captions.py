@@ -4,7 +4,7 @@ Everything here is a pure function of the render metadata (the `.json` written n
 so captions can be rewritten and tested without any image. A tag is kept with its category, and a
 policy is a filter over the categorised tags: the order is always that of the full caption.
 
-Policies (../shared/METHOD.md):
+Policies (docs/method.md):
 - `full`: every tag; what the toy model is pretrained on.
 - `stepping-stone`: the character's own features (hair colour, hairstyle, eyes, body, signature,
   clothes), the view (`from side`, `from behind`) and the zoom level. No `1girl`/`solo`, pose,
@@ -103,7 +103,7 @@ def stepping_stone_caption(meta: dict) -> str:
 
 
 def character_caption(meta: dict) -> str:
-    """Only what the merged stepping-stone model already varies by (METHOD.md step 6)."""
+    """Only what the merged stepping-stone model already varies by (docs/method.md, step 6)."""
     every = tags(meta)
     kept = {"white background", "from behind"} | ({"arms at sides"} if meta["zoom"] == "full-body" else set())
     return _join([(category, tag) for category, tag in every if category in ("clothes", "zoom") or tag in kept])
