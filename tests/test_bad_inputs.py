@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import random_lora, run_cli
+from test_train import BASE_TOML
 from sabun.lora.file import lora_state_dict, save_lora
 
 LAYER = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
@@ -318,22 +319,6 @@ def test_a_file_where_a_folder_goes_and_the_other_way_round(capsys, files):
 
 # --- training data --------------------------------------------------------------------------------------
 
-TRAIN_TOML = """
-[model]
-path = "tiny"
-[[datasets]]
-path = "data"
-[data]
-resolution = 32
-bucket_step = 8
-[training]
-max_steps = 1
-[output]
-dir = "out"
-name = "test"
-progress_bar = false
-tensorboard = false
-"""
 
 
 @pytest.mark.parametrize("bad", ["caption-cp1252", "animated-gif", "truncated-png"])
@@ -357,7 +342,7 @@ def test_bad_training_data_is_named_and_nothing_is_trained(capsys, tmp_path, mon
         Image.new("RGB", (32, 32), (1, 2, 3)).save(buffer)
         buffer.write_bytes(buffer.read_bytes()[:60])
         name = "cut.png"
-    (tmp_path / "train.toml").write_text(TRAIN_TOML)
+    (tmp_path / "train.toml").write_text(BASE_TOML)
     monkeypatch.chdir(tmp_path)
     assert_refused(capsys, tmp_path, ["train", tmp_path / "train.toml"], name)
 

@@ -146,6 +146,16 @@ def read_text(path: str | os.PathLike, what: str = "file") -> str:
         ) from None
 
 
+def read_toml(path: str | os.PathLike, what: str = "TOML file", hint: str = "") -> dict:
+    """A UTF-8 TOML file as a table; a SabunError naming the file (and `hint`, what it should hold) otherwise."""
+    import tomllib
+
+    try:
+        return tomllib.loads(read_text(path, what))
+    except tomllib.TOMLDecodeError as e:
+        raise SabunError(f"{path}: is not a readable {what} ({e}){'; ' + hint if hint else '; fix the syntax'}") from None
+
+
 def require_file(path: str | os.PathLike, what: str = "file") -> Path:
     """Return `path` as a Path, or raise a SabunError if it does not exist or is not a file."""
     path = Path(path)

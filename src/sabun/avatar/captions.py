@@ -14,11 +14,11 @@ toy character's features:
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
 from sabun.errors import SabunError
+from sabun.io import read_toml
 
 Tag = tuple[str, str]  # (category, tag)
 
@@ -45,10 +45,7 @@ def split_tags(text: str) -> list[str]:
 
 def read_tag_file(path: Path) -> dict:
     """The user's tags for one model (`tags`, optional `clothes` and `hair_materials`); errors name the file."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise SabunError(f"{path}: is not a readable TOML tag file ({e}); it should hold a line like tags = \"red hair, long hair\"") from None
+    data = read_toml(path, "TOML tag file", 'it should hold a line like tags = "red hair, long hair"')
     unknown = sorted(set(data) - set(TAG_FILE_KEYS))
     if unknown:
         raise SabunError(f"{path}: unknown key {unknown[0]!r}; a model's tag file may hold: {', '.join(TAG_FILE_KEYS)}")

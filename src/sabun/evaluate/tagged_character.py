@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from sabun.errors import SabunError
+from sabun.io import read_toml
 from sabun.evaluate.tagger import normalise_tag
 from sabun.toyworld.colours import HAIR_COLOURS, RGB, parse_colour, to_hex
 
@@ -58,10 +58,7 @@ def load_tagged_character(path: str | os.PathLike) -> TaggedCharacter:
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "no such character file"
         raise SabunError(f"{path}: {what}; give a .toml file with a line like tags = \"blonde hair, twintails, blue eyes\"")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise SabunError(f"{path}: is not a readable TOML file ({e}); fix the syntax") from None
+    data = read_toml(path, "TOML file", "fix the syntax")
     unknown = sorted(set(data) - set(KEYS))
     if unknown:
         raise SabunError(
