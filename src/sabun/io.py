@@ -95,8 +95,7 @@ def atomic_output(path: str | os.PathLike, overwrite: bool = False, directory: b
         tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
         os.chmod(tmp, 0o777 & ~umask())
     else:
-        fd, name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
-        os.fchmod(fd, 0o666 & ~umask())
+        fd, name = tempfile.mkstemp(prefix=prefix, dir=path.parent)  # its mode is set once written, below
         os.close(fd)
         tmp = Path(name)
     try:
@@ -212,14 +211,10 @@ def save_tensors(
     tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None, overwrite: bool = False
 ) -> Path:
     """Write a safetensors file atomically; refuse to replace an existing file unless `overwrite`."""
-    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     path = Path(path)
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    with atomic_output(path, overwrite=overwrite) as tmp:
-        try:
-            save_file(contiguous, str(tmp), metadata=metadata)
-        except SafetensorError as e:  # safetensors reports OS errors (a full disk) as its own error type
-            raise write_error(path, e) from None
+    with atomic_output(path, overwrite=overwrite) as tmp:  # which maps safetensors' own write errors
+        save_file(contiguous, str(tmp), metadata=metadata)
     return path

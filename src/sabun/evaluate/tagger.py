@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import os
 import re
-import tomllib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import numpy as np
 from PIL import Image
 
 from sabun.errors import SabunError
+from sabun.io import read_toml
 from sabun.evaluate.readings import Attribute, Readings
 
 MODEL_FILE = "model.onnx"
@@ -112,12 +112,9 @@ def load_tag_map(path: str | os.PathLike | None = None) -> TagMap:
     if path is None:
         return tag_map
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SabunError(f"{path}: no such tag-map file; check the path, or leave out --tag-map for the default map") from None
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise SabunError(f"{path}: is not a readable TOML tag map ({e}); it should hold a [tags] table, e.g. outdoor = [\"outdoors\"]") from None
+    if not path.exists():
+        raise SabunError(f"{path}: no such tag-map file; check the path, or leave out --tag-map for the default map")
+    data = read_toml(path, "TOML tag map", 'it should hold a [tags] table, e.g. outdoor = ["outdoors"]')
     if set(data) != {"tags"} or not isinstance(data["tags"], dict):
         raise SabunError(f"{path}: a tag map holds one [tags] table (e.g. outdoor = [\"outdoors\"]); found: {', '.join(sorted(data)) or 'nothing'}")
     tables = {"look": {LOOK: tag_map.look}, "background": dict(tag_map.backgrounds), "pose": dict(tag_map.poses), "view": dict(tag_map.views)}

@@ -107,10 +107,13 @@ def lora_from_tensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
     whole, so a corrupt LoRA never reaches a merge (where NaN would give a checkpoint that draws black).
     """
     parts: dict[str, dict[str, torch.Tensor]] = defaultdict(dict)
+    unsplit = []
     for key, tensor in tensors.items():
         split = split_key(key)
         if split is not None:
             parts[split[0]][split[1]] = tensor
+        else:
+            unsplit.append(key)
     if not parts:
         sample = ", ".join(list(tensors)[:3])
         hint = ""
@@ -122,7 +125,7 @@ def lora_from_tensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
             f"{source}: is not a kohya-format LoRA: no `.lora_down.weight` / `.lora_up.weight` keys{hint}; "
             f"keys start with: {sample or 'nothing (empty file)'}"
         )
-    other = sorted(k for k in tensors if split_key(k) is None and k.startswith(("lora_unet_", "lora_te")))
+    other = sorted(k for k in unsplit if k.startswith(("lora_unet_", "lora_te")))
     if other:
         kind = next((name for marks, name in OTHER_KINDS if any(m in k for k in other for m in marks)), "weights of another kind")
         raise SabunError(

@@ -420,7 +420,7 @@ def run_character(config: CharacterConfig, log: Callable[[str], None] = print, e
         log("note: toy-world presets are rendered in the toy world's 64 px style; on a real model use folders of your own renders")
 
     names = stage_names(config)
-    preflight(config)  # every input checked before the first stage runs
+    tagged = preflight(config)  # every input checked before the first stage runs; the tagger, if any, loaded once
     pipe = load_pipeline(config.model.path, allow_pickle=config.model.allow_pickle, prediction_type=config.model.prediction_type)
     for where, section, character in (("stepping_stone.train", stone.train, False), ("character.train", target.train, True)):
         check_timesteps(train_config(config, section, [Path("check")], out, "check", where=where, character=character), pipe, where)
@@ -446,7 +446,7 @@ def run_character(config: CharacterConfig, log: Callable[[str], None] = print, e
         run_stage(out, "merged.safetensors", merged_inputs, lambda p: save_merged(config, stepping_stone, p), log)
     character = stages.lora("character", train_config(config, target.train, [character_data], out, "character", [stepping_stone], where="character.train", character=True), pipe)
 
-    report = evaluate_character(config, pipe, character, out, log, evaluator)
+    report = evaluate_character(config, pipe, character, out, log, evaluator, tagged)
     if coverage is not None:
         report["coverage"] = coverage
     report["loras"] = {"stepping_stone": str(stepping_stone), "character": str(character)}
@@ -469,12 +469,12 @@ def check_numbers(config: CharacterConfig) -> None:
         check_finite(train_config(config, section, [Path("check")], Path("check"), "check", where=where, character=character), where)
 
 
-def preflight(config: CharacterConfig) -> None:
+def preflight(config: CharacterConfig) -> tuple | None:
     """Every input of a run checked before its first stage, so a bad one costs no rendering, copying
     or training: every number finite and in range, every path there (the model, the character
     specs, the user's folders, the 3D model files, the evaluation's files), the images of the user's
     folders read by the trainer's own data set check, and the evaluation's tagger and its tags.
-    Errors name the config field and the file."""
+    Errors name the config field and the file. Returns the tagger's (reader, character), if any."""
     from sabun.data.dataset import scan_images
 
     stone, target, evaluation = config.stepping_stone, config.character, config.evaluation
@@ -527,13 +527,15 @@ def preflight(config: CharacterConfig) -> None:
             custom = read_prompts(evaluation.protocol_prompts)
         except SabunError as e:
             raise ConfigError("evaluation.protocol_prompts", str(e)) from None
-    if evaluation.tagger:  # the tagger, its tags and the identity tags
-        tagger_and_identity(config, Protocol(custom=custom))
+    tagged = None
+    if evaluation.tagger:  # the tagger, its tags and the identity tags; kept for the evaluation stage
+        tagged = tagger_and_identity(config, Protocol(custom=custom))
     else:
         for name in ("tag_map", "identity"):
             value = getattr(evaluation, name)
             if value and (name == "tag_map" or value.endswith(".toml")):
                 check(Path(value).is_file(), f"evaluation.{name}", f"{value}: no such file; give a .toml file (it is used with evaluation.tagger)")
+    return tagged
 
 
 def stage_names(config: CharacterConfig) -> list[str]:
@@ -595,7 +597,7 @@ def tagger_and_identity(config: CharacterConfig, protocol):
     return reader, character
 
 
-def evaluate_character(config: CharacterConfig, pipe, lora: Path, out: Path, log, evaluator=None) -> dict:
+def evaluate_character(config: CharacterConfig, pipe, lora: Path, out: Path, log, evaluator=None, tagged=None) -> dict:
     """The character LoRA on the plain model at each weight: a sample grid always; the protocol's
     metrics (read by the toy evaluator) on the toy model."""
     import numpy as np
@@ -627,7 +629,7 @@ def evaluate_character(config: CharacterConfig, pipe, lora: Path, out: Path, log
     custom = read_prompts(evaluation.protocol_prompts) if evaluation.protocol_prompts else None
     protocol = Protocol(seeds=evaluation.seeds, sampler=Sampler(steps=evaluation.sample_steps, guidance=evaluation.guidance, batch=32), custom=custom)
     if evaluation.tagger:
-        reader, target = tagger_and_identity(config, protocol)
+        reader, target = tagged or tagger_and_identity(config, protocol)
     else:
         toy_character = evaluation.character or config.character.preset
         if not (config.is_toy and toy_character):

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sabun.errors import SabunError
-from sabun.io import atomic_output
+from sabun.io import atomic_output, remove_stale_temporaries
 from sabun.lora.file import file_sha256
 
 TMP_INFIX = ".tmp-"  # a stage NAME is built in ROOT/.NAME.tmp-XXXX/NAME
@@ -183,10 +183,8 @@ def run_stage(root: Path, name: str, inputs: dict, build: Callable[[Path], None]
     if target.exists() or target.is_symlink():  # this stage's own earlier output, made from other inputs
         _remove(target)
     root.mkdir(parents=True, exist_ok=True)
-    prefix = f".{name}{TMP_INFIX}"
-    for stale in [p for p in root.iterdir() if p.name.startswith(prefix)]:  # left by a run killed mid-build
-        _remove(stale)
-    work = Path(tempfile.mkdtemp(prefix=prefix, dir=root))
+    remove_stale_temporaries(target)  # left by a run killed mid-build (never a live run's)
+    work = Path(tempfile.mkdtemp(prefix=f".{name}{TMP_INFIX}{os.getpid()}-", dir=root))
     try:
         built = work / name
         build(built)

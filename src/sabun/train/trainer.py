@@ -35,7 +35,7 @@ from sabun.data.provenance import merged, source_models
 from sabun.data.dataset import BatchPlan, TrainImage, assign_buckets, scan_images, split_validation
 from sabun.errors import SabunError
 from sabun.io import atomic_output, check_writable
-from sabun.lora.file import check_layer, save_lora
+from sabun.lora.file import check_layer, lora_state_dict, save_lora
 from sabun.lora.weights import LoRA
 from sabun.lora.network import LoRANetwork
 from sabun.lora.sdxl_names import is_sdxl_unet
@@ -483,9 +483,10 @@ class Run:
         """The LoRA as it would be written (cast to `dtype`), refused if a reader would refuse it:
         weights that blew up are never written, as a checkpoint or as the output."""
         lora = self.network.to_lora(self.metadata(step))
-        for name, weight in lora.weights.items():
+        tensors = lora_state_dict(lora, dtype)  # as the file will hold them, alphas included
+        for name in lora.weights:
             try:
-                check_layer(name, weight.down.to(dtype) if dtype else weight.down, weight.up.to(dtype) if dtype else weight.up, None)
+                check_layer(name, tensors[f"{name}.lora_down.weight"], tensors[f"{name}.lora_up.weight"], tensors[f"{name}.alpha"])
             except ValueError as e:
                 where = (f"the last good checkpoint is kept at {self.last_checkpoint}; continue with --resume {self.last_checkpoint}"
                          if self.last_checkpoint else "nothing was written")  # fmt: skip
