@@ -36,8 +36,14 @@ def main() -> None:
         started = time.perf_counter()
         generate_images(pipe, prompts, list(range(r * args.count, (r + 1) * args.count)), sampler)
         times.append(time.perf_counter() - started)
-    print(f"model {args.model}: loaded in {load_seconds:.1f} s; torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
-    print(f"{args.count} images, {args.steps} steps: " + ", ".join(f"{t:.2f} s" for t in times) + f"; best {min(times):.2f} s ({args.count / min(times):.1f} images/s)")
+    print(
+        f"model {args.model}: loaded in {load_seconds:.1f} s; torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        f"{args.count} images, {args.steps} steps: "
+        + ", ".join(f"{t:.2f} s" for t in times)
+        + f"; best {min(times):.2f} s ({args.count / min(times):.1f} images/s)"
+    )
 
 
 if __name__ == "__main__":

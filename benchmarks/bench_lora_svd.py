@@ -68,7 +68,13 @@ def run(method: str, layers: int, rank: int) -> dict:
             seconds += time.perf_counter() - start
             errors.append(svd.relative_error)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
-    return {"method": method, "layers": len(shapes), "seconds": seconds, "peak_rss_mib": peak, "mean_rel_error": sum(errors) / len(errors)}
+    return {
+        "method": method,
+        "layers": len(shapes),
+        "seconds": seconds,
+        "peak_rss_mib": peak,
+        "mean_rel_error": sum(errors) / len(errors),
+    }
 
 
 def main() -> None:
@@ -81,7 +87,9 @@ def main() -> None:
     if args.method:
         print(json.dumps(run(args.method, layers, args.rank)))
         return
-    print(f"SD 1.5 LoRA target layers: {len(sd15_target_shapes()[:layers])}, rank {args.rank}, torch threads {torch.get_num_threads()}")
+    print(
+        f"SD 1.5 LoRA target layers: {len(sd15_target_shapes()[:layers])}, rank {args.rank}, torch threads {torch.get_num_threads()}"
+    )
     print(f"{'method':<22}{'seconds':>10}{'peak RSS MiB':>14}{'mean rel. error':>18}")
     for method in ("extract-full", "extract-randomized", "combine-dense", "combine-factored"):
         cmd = [sys.executable, __file__, "--method", method, "--layers", str(layers), "--rank", str(args.rank)]

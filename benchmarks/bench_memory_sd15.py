@@ -85,11 +85,17 @@ def write_images(folder: Path, size: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", help="an SD 1.5 single file to train on instead of a random one")
-    parser.add_argument("--reduced", action="store_true", help="the reduced-width architecture of the tests: checks this script in seconds")
+    parser.add_argument(
+        "--reduced",
+        action="store_true",
+        help="the reduced-width architecture of the tests: checks this script in seconds",
+    )
     parser.add_argument("--resolution", type=int, default=256)
     parser.add_argument("--steps", type=int, default=1)
     parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--work-dir", help="folder for the checkpoint, images and LoRA (default: a new temporary folder)")
+    parser.add_argument(
+        "--work-dir", help="folder for the checkpoint, images and LoRA (default: a new temporary folder)"
+    )
     parser.add_argument("--write", help=argparse.SUPPRESS)  # the child process: write the checkpoint here
     args = parser.parse_args()
     if args.write:
@@ -132,7 +138,9 @@ def main() -> None:
         f"LoRA: {layers} layers -> {result.lora_path}"
     )
     if "write_seconds" in measured:
-        print(f"writing the random checkpoint: {measured['write_seconds']:.1f} s, peak RSS {measured['write_peak_rss_gib']:.2f} GiB (child process)")
+        print(
+            f"writing the random checkpoint: {measured['write_seconds']:.1f} s, peak RSS {measured['write_peak_rss_gib']:.2f} GiB (child process)"
+        )
     print(json.dumps(measured))
     if layers != SD15_LORA_LAYERS:
         sys.exit(f"{result.lora_path}: has {layers} LoRA layers; an SD 1.5 LoRA has {SD15_LORA_LAYERS}")

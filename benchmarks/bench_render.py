@@ -33,7 +33,11 @@ def render_only(count: int, size: int) -> tuple[float, float]:
     rng = np.random.default_rng(0)
     target = load_preset("target")
     jobs = [
-        (random_character(rng, exclude=(target,)), Shot(*(str(rng.choice(c)) for c in (VIEWS, ZOOMS, POSES, BACKGROUNDS))), STYLES[i % 2])
+        (
+            random_character(rng, exclude=(target,)),
+            Shot(*(str(rng.choice(c)) for c in (VIEWS, ZOOMS, POSES, BACKGROUNDS))),
+            STYLES[i % 2],
+        )
         for i in range(count)
     ]
     wall, cpu = time.perf_counter(), time.process_time()
@@ -49,8 +53,15 @@ def with_files(count: int, size: int) -> tuple[float, float]:
         for style in STYLES:
             render_toy(
                 RenderToyConfig(
-                    out=Path(folder), style=style, random=True, count=count // 2, views=VIEWS, zooms=ZOOMS,
-                    poses=POSES, backgrounds=BACKGROUNDS, size=size,
+                    out=Path(folder),
+                    style=style,
+                    random=True,
+                    count=count // 2,
+                    views=VIEWS,
+                    zooms=ZOOMS,
+                    poses=POSES,
+                    backgrounds=BACKGROUNDS,
+                    size=size,
                 )
             )
         return time.perf_counter() - wall, time.process_time() - cpu
@@ -62,8 +73,13 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="image side in pixels")
     args = parser.parse_args()
     render_only(20, args.size)  # warm up caches and imports
-    print(f"{args.count} random characters at {args.size} px, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    for label, (wall, cpu) in (("render only", render_only(args.count, args.size)), ("render + files", with_files(args.count, args.size))):
+    print(
+        f"{args.count} random characters at {args.size} px, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
+    for label, (wall, cpu) in (
+        ("render only", render_only(args.count, args.size)),
+        ("render + files", with_files(args.count, args.size)),
+    ):
         print(f"{label:>15}: {args.count / wall:6.0f} images/s wall, {args.count / cpu:6.0f} images/s CPU time")
 
 

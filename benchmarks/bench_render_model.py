@@ -69,15 +69,19 @@ def main() -> None:
     args = parser.parse_args()
     gl_context()  # context creation (~0.4 s) is paid once per process, not per model
     with tempfile.TemporaryDirectory() as folder:
-        print(f"{'triangles':>9} {'size':>5} {'load+pose s':>11} {'upload s':>8} {'s/shot':>7} {'16 shots s':>10} "
-              f"{'shots/s':>7} {'peak RSS MB':>11}")
+        print(
+            f"{'triangles':>9} {'size':>5} {'load+pose s':>11} {'upload s':>8} {'s/shot':>7} {'16 shots s':>10} "
+            f"{'shots/s':>7} {'peak RSS MB':>11}"
+        )
         for target in args.triangles:
             spec = HumanoidSpec(segments=segments_for_triangles(target))
             path = write_glb(build_humanoid(spec), Path(folder) / f"humanoid_{target}.vrm")
             for size in args.sizes:
                 r = bench(path, size)
-                print(f"{r['triangles']:>9} {r['size']:>5} {r['load_pose_s']:>11.2f} {r['upload_s']:>8.2f} {r['per_shot_s']:>7.3f} "
-                      f"{r['job_s']:>10.2f} {r['shots_per_s']:>7.2f} {r['peak_rss_mb']:>11.0f}")
+                print(
+                    f"{r['triangles']:>9} {r['size']:>5} {r['load_pose_s']:>11.2f} {r['upload_s']:>8.2f} {r['per_shot_s']:>7.3f} "
+                    f"{r['job_s']:>10.2f} {r['shots_per_s']:>7.2f} {r['peak_rss_mb']:>11.0f}"
+                )
 
 
 if __name__ == "__main__":

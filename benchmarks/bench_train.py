@@ -126,11 +126,21 @@ def main() -> None:
     parser.add_argument("--model", choices=["tiny", "sd15"], help="one model (default: both)")
     parser.add_argument("--cache", choices=["memory", "none"], help="latent caching (default: both)")
     parser.add_argument("--resolution", type=int, default=256, help="SD 1.5's training resolution")
-    parser.add_argument("--tiny-resolution", type=int, default=64, help="the tiny model's (its VAE downsamples 2x: 256 px would be 128x128 latents)")
+    parser.add_argument(
+        "--tiny-resolution",
+        type=int,
+        default=64,
+        help="the tiny model's (its VAE downsamples 2x: 256 px would be 128x128 latents)",
+    )
     parser.add_argument("--steps", type=int, default=5, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     parser.add_argument("--gradient-checkpointing", action="store_true")
-    parser.add_argument("--mixed-precision", choices=["no", "bf16"], default="no", help="no: fp32 (the comparison's setting); bf16: frozen weights and activations in bf16")
+    parser.add_argument(
+        "--mixed-precision",
+        choices=["no", "bf16"],
+        default="no",
+        help="no: fp32 (the comparison's setting); bf16: frozen weights and activations in bf16",
+    )
     parser.add_argument("--model-dir", default=str(Path(tempfile.gettempdir()) / "sabun-bench-models"))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -151,12 +161,17 @@ def main() -> None:
             if args.gradient_checkpointing:
                 command.append("--gradient-checkpointing")
             command += ["--mixed-precision", args.mixed_precision]
-            done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+            done = subprocess.run(
+                command, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore")
+            )
             if done.returncode:
                 sys.exit(f"{model}/{cache} failed:\n{done.stderr[-3000:]}")
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
             r = rows[-1]
-            print(f"{model:5s} {resolution:4d} px cache={cache:6s} {r['seconds_per_step']:7.3f} s/step (min {r['min_seconds_per_step']:.3f}, {r['steps_timed']} steps)  peak RSS {r['peak_rss_gib']:.2f} GiB", flush=True)
+            print(
+                f"{model:5s} {resolution:4d} px cache={cache:6s} {r['seconds_per_step']:7.3f} s/step (min {r['min_seconds_per_step']:.3f}, {r['steps_timed']} steps)  peak RSS {r['peak_rss_gib']:.2f} GiB",
+                flush=True,
+            )
     print(json.dumps(rows, indent=1))
 
 

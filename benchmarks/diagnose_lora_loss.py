@@ -33,11 +33,24 @@ def main() -> None:
     pipe = load_pipeline(args.model)
     paths = sorted(args.data.glob("*.png"))
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    pixels = torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGB").resize((size, size)), dtype=np.float32) / 127.5 - 1).permute(2, 0, 1) for p in paths])
+    pixels = torch.stack(
+        [
+            torch.from_numpy(
+                np.asarray(Image.open(p).convert("RGB").resize((size, size)), dtype=np.float32) / 127.5 - 1
+            ).permute(2, 0, 1)
+            for p in paths
+        ]
+    )
     captions = [p.with_suffix(".txt").read_text().strip() for p in paths]
     with torch.no_grad():
         latents = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
-        ids = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+        ids = pipe.tokenizer(
+            captions,
+            padding="max_length",
+            max_length=pipe.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids
         context = pipe.text_encoder(ids)[0]
     noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(0))
 

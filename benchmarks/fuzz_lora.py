@@ -159,10 +159,14 @@ def _base_loras():
     g = torch.Generator().manual_seed(0)
 
     def linear(out, fan_in, rank, alpha):
-        return LoRAWeight(0.05 * torch.randn(rank, fan_in, generator=g), 0.05 * torch.randn(out, rank, generator=g), alpha)
+        return LoRAWeight(
+            0.05 * torch.randn(rank, fan_in, generator=g), 0.05 * torch.randn(out, rank, generator=g), alpha
+        )
 
     def conv(out, fan_in, rank, k, alpha):
-        return LoRAWeight(0.05 * torch.randn(rank, fan_in, k, k, generator=g), 0.05 * torch.randn(out, rank, 1, 1, generator=g), alpha)
+        return LoRAWeight(
+            0.05 * torch.randn(rank, fan_in, k, k, generator=g), 0.05 * torch.randn(out, rank, 1, 1, generator=g), alpha
+        )
 
     sd1 = LoRA(
         {
@@ -180,7 +184,11 @@ def _base_loras():
             "lora_unet_input_blocks_1_0_in_layers_2": conv(4, 4, 2, 3, 1.0),
         }
     )
-    return [("sd1_fp32", sd1, torch.float32, "sd1"), ("sd1_fp16", sd1, torch.float16, "sd1"), ("sdxl_bf16", sdxl, torch.bfloat16, "sdxl")]
+    return [
+        ("sd1_fp32", sd1, torch.float32, "sd1"),
+        ("sd1_fp16", sd1, torch.float16, "sd1"),
+        ("sdxl_bf16", sdxl, torch.bfloat16, "sdxl"),
+    ]
 
 
 _BASES: list[Base] = []
@@ -199,7 +207,9 @@ def bases() -> list[Base]:
                 # the bytes (and so every case made from them) are the same on every run
                 _BASES.append(Base(name, pack(entries, dict(sorted(metadata.items())))))
         metadata, entries = read(_BASES[0].data)
-        _BASES.append(Base("sd1_fp32_no_alpha", pack({k: v for k, v in entries.items() if not k.endswith(".alpha")}, metadata)))
+        _BASES.append(
+            Base("sd1_fp32_no_alpha", pack({k: v for k, v in entries.items() if not k.endswith(".alpha")}, metadata))
+        )
     return _BASES
 
 
@@ -348,7 +358,9 @@ def m_dtype(rng, data):
             shape = shape[:-1] + [shape[-1] * old // new]  # same bytes, read as another type
         entries[name] = [target, shape, raw]
         return pack(entries, metadata), f"{name}: bytes of {dtype} labelled {target}, shape {shape}"
-    bogus = rng.choice(["F128", "f32", "", "FLOAT32", "I4", "F4", "F6_E2M3", "E8M0", "Q4_0", "F32 ", 7, None, ["F32"], {"F32": 1}])
+    bogus = rng.choice(
+        ["F128", "f32", "", "FLOAT32", "I4", "F4", "F6_E2M3", "E8M0", "Q4_0", "F32 ", 7, None, ["F32"], {"F32": 1}]
+    )
 
     def edit(header):
         header[name]["dtype"] = bogus
@@ -360,7 +372,25 @@ def m_shape(rng, data):
     metadata, entries = _parsed(data)
     name = _pick(rng, entries)
     dtype, shape, raw = entries[name]
-    mode = rng.choice(["unsqueeze", "flatten", "to3d", "to5d", "squeeze", "reverse", "scalar", "zero", "zero_huge", "huge", "negative", "float", "string", "null", "drop_dim"])
+    mode = rng.choice(
+        [
+            "unsqueeze",
+            "flatten",
+            "to3d",
+            "to5d",
+            "squeeze",
+            "reverse",
+            "scalar",
+            "zero",
+            "zero_huge",
+            "huge",
+            "negative",
+            "float",
+            "string",
+            "null",
+            "drop_dim",
+        ]
+    )
     new = list(shape)
     if mode == "unsqueeze":
         new.insert(rng.randrange(len(new) + 1), 1)
@@ -376,7 +406,9 @@ def m_shape(rng, data):
     elif mode == "to5d":
         new = (new + [1] * 5)[:5] if len(new) < 5 else new + [1]
     elif mode == "squeeze":
-        new = [d for d in shape if d != 1] if 1 in shape else shape[1:]  # without a 1 to drop, the sizes no longer add up
+        new = (
+            [d for d in shape if d != 1] if 1 in shape else shape[1:]
+        )  # without a 1 to drop, the sizes no longer add up
     elif mode == "reverse":
         new = shape[::-1]
     elif mode == "scalar":
@@ -415,7 +447,22 @@ def m_offsets(rng, data):
         raise Skip
     name = rng.choice(names)
     begin, end = header[name]["data_offsets"]
-    mode = rng.choice(["overlap", "past_end", "reversed", "shift", "negative", "swap_same_size", "three", "float", "huge", "empty", "gap", "point_elsewhere"])
+    mode = rng.choice(
+        [
+            "overlap",
+            "past_end",
+            "reversed",
+            "shift",
+            "negative",
+            "swap_same_size",
+            "three",
+            "float",
+            "huge",
+            "empty",
+            "gap",
+            "point_elsewhere",
+        ]
+    )
     new = [begin, end]
     if mode == "overlap" and len(names) > 1:
         other = header[rng.choice([n for n in names if n != name])]["data_offsets"]
@@ -430,7 +477,9 @@ def m_offsets(rng, data):
     elif mode == "negative":
         new = [-begin - 1, end]
     elif mode == "swap_same_size":
-        same = [n for n in names if n != name and header[n]["data_offsets"][1] - header[n]["data_offsets"][0] == end - begin]
+        same = [
+            n for n in names if n != name and header[n]["data_offsets"][1] - header[n]["data_offsets"][0] == end - begin
+        ]
         if same:  # a well-formed file whose tensors have traded places
             other = rng.choice(same)
             header[name]["data_offsets"], header[other]["data_offsets"] = header[other]["data_offsets"], [begin, end]
@@ -460,7 +509,9 @@ ODD_NAMES = [
 
 def m_keys(rng, data):
     metadata, entries = _parsed(data)
-    mode = rng.choice(["remove", "remove", "remove_layer", "remove_all", "duplicate", "add", "add", "rename_suffix", "drop_alphas"])
+    mode = rng.choice(
+        ["remove", "remove", "remove_layer", "remove_all", "duplicate", "add", "add", "rename_suffix", "drop_alphas"]
+    )
     if mode == "remove":
         name = _pick(rng, entries)
         del entries[name]
@@ -493,7 +544,17 @@ def m_keys(rng, data):
         return pack(entries, metadata), f"added {new[:60]!r} (a copy of {source})"
     name = _pick(rng, entries, SUFFIXES[:2])
     base, _ = layer_of(name) or (name, "")
-    new_suffix = rng.choice([".lora_down.weights", ".Lora_down.weight", ".lora_A.weight", ".lora_up.weight", ".lora_down.weight", ".alpha", ".lora_mid.weight"])
+    new_suffix = rng.choice(
+        [
+            ".lora_down.weights",
+            ".Lora_down.weight",
+            ".lora_A.weight",
+            ".lora_up.weight",
+            ".lora_down.weight",
+            ".alpha",
+            ".lora_mid.weight",
+        ]
+    )
     entries[base + new_suffix] = entries.pop(name)
     return pack(entries, metadata), f"{name} renamed to suffix {new_suffix}"
 
@@ -524,7 +585,22 @@ def m_family(rng, data):
     return pack(out, metadata), "renamed " + ", ".join(f"{a} -> {b}" for a, b in renamed.items())
 
 
-ALPHAS = [float("nan"), float("inf"), float("-inf"), -1.0, 0.0, -0.0, 1e-45, 1e-3, 1e38, 3.4e38, 1e300, 4.0, 65504.0, 1e5]
+ALPHAS = [
+    float("nan"),
+    float("inf"),
+    float("-inf"),
+    -1.0,
+    0.0,
+    -0.0,
+    1e-45,
+    1e-3,
+    1e38,
+    3.4e38,
+    1e300,
+    4.0,
+    65504.0,
+    1e5,
+]
 
 
 def m_alpha(rng, data):
@@ -551,7 +627,9 @@ def m_alpha(rng, data):
     elif target == torch.bool:
         t = torch.full(shape, value > 0, dtype=torch.bool)
     else:
-        t = torch.full(shape, int(max(-100, min(100, value))) if math.isfinite(value) else 0, dtype=torch.int64).to(target)
+        t = torch.full(shape, int(max(-100, min(100, value))) if math.isfinite(value) else 0, dtype=torch.int64).to(
+            target
+        )
     _put(entries, layer + ".alpha", t)
     return pack(entries, metadata), f"{layer}: alpha {value} {dtype} shape {shape}"
 
@@ -592,7 +670,9 @@ def m_values(rng, data):
 def m_rank(rng, data):
     metadata, entries = _parsed(data)
     names = [n for n in layers(entries) if n + ".lora_down.weight" in entries and n + ".lora_up.weight" in entries]
-    mode = rng.choice(["huge_new", "huge_new", "rank0", "mismatch", "rank1", "up_kernel", "dims_mismatch", "rank_gt_layer"])
+    mode = rng.choice(
+        ["huge_new", "huge_new", "rank0", "mismatch", "rank1", "up_kernel", "dims_mismatch", "rank_gt_layer"]
+    )
     if mode in ("huge_new", "rank_gt_layer") or not names:
         g = torch.Generator().manual_seed(rng.randrange(2**31))
         rank = 65536 if mode == "huge_new" else rng.choice([3, 8, 64])
@@ -613,7 +693,11 @@ def m_rank(rng, data):
     elif mode == "rank1":
         down, up = down[:1], up[:, :1]
     elif mode == "up_kernel":
-        up = up.reshape(up.shape[0], up.shape[1], 1, 1).repeat(1, 1, 3, 3) if down.dim() == 4 else up.reshape(*up.shape, 1, 1).repeat(1, 1, 1, 3)
+        up = (
+            up.reshape(up.shape[0], up.shape[1], 1, 1).repeat(1, 1, 3, 3)
+            if down.dim() == 4
+            else up.reshape(*up.shape, 1, 1).repeat(1, 1, 1, 3)
+        )
         if down.dim() == 2:
             down = down.reshape(*down.shape, 1, 1)
     elif mode == "dims_mismatch":
@@ -668,12 +752,20 @@ STRUCTURED = {
     "dtype": m_dtype, "shape": m_shape, "offsets": m_offsets, "keys": m_keys, "family": m_family,
     "alpha": m_alpha, "values": m_values, "rank": m_rank, "metadata": m_metadata,
 }  # fmt: skip
-RAW = {"header_len": m_header_len, "header_json": m_header_json, "data_flip": m_data_flip, "truncate": m_truncate, "extend": m_extend}
+RAW = {
+    "header_len": m_header_len,
+    "header_json": m_header_json,
+    "data_flip": m_data_flip,
+    "truncate": m_truncate,
+    "extend": m_extend,
+}
 
 
 def m_combo(rng, data):
     notes = []
-    for kind in rng.sample(["dtype", "shape", "keys", "family", "alpha", "values", "rank", "values", "alpha"], rng.choice([2, 2, 3])):
+    for kind in rng.sample(
+        ["dtype", "shape", "keys", "family", "alpha", "values", "rank", "values", "alpha"], rng.choice([2, 2, 3])
+    ):
         try:
             data, note = STRUCTURED[kind](rng, data)
             notes.append(f"{kind}: {note}")
@@ -732,9 +824,11 @@ def check_lora(lora) -> list[str]:
     problems = []
     if not isinstance(lora.weights, dict) or not lora.weights:
         problems.append("no layers")
-    if not isinstance(lora.metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in lora.metadata.items()):
+    if not isinstance(lora.metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in lora.metadata.items()
+    ):
         problems.append(f"metadata is not a table of strings: {lora.metadata!r:.100}")
-    for name, w in (lora.weights.items() if isinstance(lora.weights, dict) else []):
+    for name, w in lora.weights.items() if isinstance(lora.weights, dict) else []:
         where = f"layer {name!r:.80}"
         if not isinstance(name, str) or not name:
             problems.append(f"{where}: the name is not a non-empty string")
@@ -781,7 +875,10 @@ def summary(lora) -> dict:
     def digest(t):
         return hashlib.sha256(t.detach().double().contiguous().numpy().tobytes()).hexdigest()[:16]
 
-    return {n: [list(w.down.shape), list(w.up.shape), float(w.alpha), digest(w.down), digest(w.up)] for n, w in lora.weights.items()}
+    return {
+        n: [list(w.down.shape), list(w.up.shape), float(w.alpha), digest(w.down), digest(w.up)]
+        for n, w in lora.weights.items()
+    }
 
 
 def expected_summary(data: bytes) -> dict:
@@ -879,7 +976,10 @@ class Worker:
         self.log.seek(0)
         self.log.truncate()
         self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--worker", self.loader], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log
+            [sys.executable, str(Path(__file__).resolve()), "--worker", self.loader],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
         )
         self.buf = b""
         self.starts += 1
@@ -973,7 +1073,10 @@ def run_case(worker: Worker, case: Case, directory: str | os.PathLike, keep: boo
             path.unlink()
     outcome, detail = reply["outcome"], reply.get("detail", "")
     if outcome == "valid" and case.expect is not None and reply.get("summary") != case.expect:
-        outcome, detail = "invalid", f"loaded as something else than was written:\n got {reply.get('summary')}\n expected {case.expect}"
+        outcome, detail = (
+            "invalid",
+            f"loaded as something else than was written:\n got {reply.get('summary')}\n expected {case.expect}",
+        )
     return Result(case, outcome, detail, str(path))
 
 
@@ -1032,7 +1135,9 @@ EXPLICIT = {
 COLUMNS = ["valid", "error", "invalid", "other", "hang", "crash"]
 
 
-def fuzz(cases: int, seed: int, kinds: list[str], timeout: float, keep: str | None, show: int = 3, reader: str = "load_lora") -> int:
+def fuzz(
+    cases: int, seed: int, kinds: list[str], timeout: float, keep: str | None, show: int = 3, reader: str = "load_lora"
+) -> int:
     counts: dict[str, Counter] = defaultdict(Counter)
     failures: dict[str, list[Result]] = defaultdict(list)
     no_path = Counter()
@@ -1057,8 +1162,12 @@ def fuzz(cases: int, seed: int, kinds: list[str], timeout: float, keep: str | No
         finally:
             worker.close()
     seconds = time.perf_counter() - start
-    print(f"{cases} cases, seed {seed}, {seconds:.1f} s ({cases / seconds:.0f} cases/s), worker started {worker.starts} time(s)\n")
-    print(f"| kind | cases | {' | '.join(c if c != 'error' else 'clean error' for c in COLUMNS)} | failed | error not naming the file |")
+    print(
+        f"{cases} cases, seed {seed}, {seconds:.1f} s ({cases / seconds:.0f} cases/s), worker started {worker.starts} time(s)\n"
+    )
+    print(
+        f"| kind | cases | {' | '.join(c if c != 'error' else 'clean error' for c in COLUMNS)} | failed | error not naming the file |"
+    )
     print("|---" * (len(COLUMNS) + 4) + "|")
     total = Counter()
     for kind in kinds:
@@ -1067,14 +1176,18 @@ def fuzz(cases: int, seed: int, kinds: list[str], timeout: float, keep: str | No
         n = sum(c[col] for col in COLUMNS)
         print(f"| {kind} | {n} | {' | '.join(str(c[col]) for col in COLUMNS)} | {c['failed']} | {no_path[kind]} |")
         total["cases"] += n
-    print(f"| all | {total['cases']} | {' | '.join(str(total[col]) for col in COLUMNS)} | {total['failed']} | {sum(no_path.values())} |")
+    print(
+        f"| all | {total['cases']} | {' | '.join(str(total[col]) for col in COLUMNS)} | {total['failed']} | {sum(no_path.values())} |"
+    )
     for outcome, results in failures.items():
         label = "clean files not loaded as written" if outcome == "clean" else f"{outcome}"
         print(f"\n== {label}: {len(results)} case(s); the first {min(show, len(results))}:")
         for r in results[:show]:
             print("\n" + r.report())
         if len(results) > show:
-            print("\nall of them: " + " ".join(r.case.id for r in results[:200]) + (" ..." if len(results) > 200 else ""))
+            print(
+                "\nall of them: " + " ".join(r.case.id for r in results[:200]) + (" ..." if len(results) > 200 else "")
+            )
     return 1 if total["failed"] else 0
 
 
@@ -1100,18 +1213,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=10000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kind", action="append", choices=KINDS, help="only these kinds (repeat); default: all")
-    parser.add_argument("--timeout", type=float, default=MAX_LOAD_SECONDS, help="seconds one load may take before it counts as a hang")
+    parser.add_argument(
+        "--timeout", type=float, default=MAX_LOAD_SECONDS, help="seconds one load may take before it counts as a hang"
+    )
     parser.add_argument("--keep", help="write the case files into this folder and keep them")
     parser.add_argument("--case", help="run one case, KIND:SEED (as printed), and say what happened")
     parser.add_argument("--show", type=int, default=3, help="how many failures of each outcome to print in full")
-    parser.add_argument("--reader", default="load_lora", help="a .py file whose load_lora to fuzz instead of sabun's (e.g. an older file.py from git)")
+    parser.add_argument(
+        "--reader",
+        default="load_lora",
+        help="a .py file whose load_lora to fuzz instead of sabun's (e.g. an older file.py from git)",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         worker_main(args.worker)
         return 0
     if args.case:
-        return one_case(args.case, args.timeout, args.keep, str(Path(args.reader).resolve()) if args.reader.endswith(".py") else args.reader)
+        return one_case(
+            args.case,
+            args.timeout,
+            args.keep,
+            str(Path(args.reader).resolve()) if args.reader.endswith(".py") else args.reader,
+        )
     reader = str(Path(args.reader).resolve()) if args.reader.endswith(".py") else args.reader
     return fuzz(args.cases, args.seed, args.kind or KINDS, args.timeout, args.keep, args.show, reader)
 

@@ -54,7 +54,9 @@ def main() -> None:
         unet(latents, t, context).sample.float().pow(2).mean().backward()
 
     print(f"U-Net forward, no grad:               {timed(forward, args.repeats):6.2f} s")
-    print(f"U-Net forward + backward, no LoRA:    {timed(lambda: forward_backward(x.clone().requires_grad_()), args.repeats):6.2f} s")
+    print(
+        f"U-Net forward + backward, no LoRA:    {timed(lambda: forward_backward(x.clone().requires_grad_()), args.repeats):6.2f} s"
+    )
     targets = {k: v for k, v in pipeline_targets(pipe).items() if v.component == "unet"}
     LoRANetwork.create(targets, 16, 8).attach()
     print(f"U-Net forward + backward, LoRA r16:   {timed(forward_backward, args.repeats):6.2f} s")

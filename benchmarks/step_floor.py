@@ -41,7 +41,9 @@ def peak_rate(dtype: torch.dtype) -> tuple[float, str]:
         x = torch.randn(4, channels, side, side, generator=generator)
         w = torch.randn(channels, channels, 3, 3, generator=generator)
         flops = 2 * 4 * side * side * channels * channels * 9
-        rates[f"conv3x3 {channels}ch {side}x{side}"] = best_rate(lambda x=x, w=w: F.conv2d(x, w, padding=1), flops, dtype)
+        rates[f"conv3x3 {channels}ch {side}x{side}"] = best_rate(
+            lambda x=x, w=w: F.conv2d(x, w, padding=1), flops, dtype
+        )
     name = max(rates, key=rates.get)
     return rates[name], name
 
@@ -76,7 +78,9 @@ def step_flops(model: str) -> dict[str, float]:
     context = text.encode(ids)[0].detach().requires_grad_()  # a leaf: the backward stops at the U-Net's input
     parts["U-Net fwd+bwd"] = count(lambda: pipe.unet(latents, timesteps, context).sample.pow(2).mean().backward())
     with torch.no_grad():
-        parts["VAE encode (uncached only)"] = count(lambda: pipe.vae.encode(torch.randn(4, 3, 256, 256, generator=generator)))
+        parts["VAE encode (uncached only)"] = count(
+            lambda: pipe.vae.encode(torch.randn(4, 3, 256, 256, generator=generator))
+        )
     return parts
 
 
@@ -99,8 +103,14 @@ def main() -> None:
         print(f"  floor, latents cached:  {cached / rate:5.2f} s/step")
         print(f"  floor, latents encoded: {uncached / rate:5.2f} s/step")
         if dtype == torch.float32:
-            for label, seconds, gflop in [("5.5 s/step cached", 5.5, cached), ("6.7 s/step cached", 6.7, cached), ("9.5 s/step encoded", 9.5, uncached)]:
-                print(f"  {label:20s} would need {gflop / seconds:5.0f} GFLOP/s sustained ({gflop / seconds / rate:.0%} of peak)")
+            for label, seconds, gflop in [
+                ("5.5 s/step cached", 5.5, cached),
+                ("6.7 s/step cached", 6.7, cached),
+                ("9.5 s/step encoded", 9.5, uncached),
+            ]:
+                print(
+                    f"  {label:20s} would need {gflop / seconds:5.0f} GFLOP/s sustained ({gflop / seconds / rate:.0%} of peak)"
+                )
 
 
 if __name__ == "__main__":

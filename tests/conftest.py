@@ -37,7 +37,15 @@ def tiny_pipe(tiny_pipe_session):
     return copy.deepcopy(tiny_pipe_session)
 
 
-def random_lora(pipe, rank: int = 4, alpha: float = 1.0, conv_rank: int | None = None, conv_alpha: float | None = None, seed: int = 0, std: float = 0.05):
+def random_lora(
+    pipe,
+    rank: int = 4,
+    alpha: float = 1.0,
+    conv_rank: int | None = None,
+    conv_alpha: float | None = None,
+    seed: int = 0,
+    std: float = 0.05,
+):
     """A LoRA on `pipe` whose up and down are both random (a trained-looking LoRA, not a zero one)."""
     targets = pipeline_targets(pipe, conv=conv_rank is not None)
     torch.manual_seed(seed)
@@ -57,7 +65,9 @@ def unet_and_text_outputs(pipe, prompt: str = "1girl, red hair", seed: int = 0):
     """U-Net noise prediction and text embedding for a fixed latent, timestep and prompt."""
     generator = torch.Generator().manual_seed(seed)
     latents = torch.randn(1, 4, pipe.unet.config.sample_size, pipe.unet.config.sample_size, generator=generator)
-    ids = pipe.tokenizer([prompt], padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+    ids = pipe.tokenizer(
+        [prompt], padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt"
+    ).input_ids
     with torch.no_grad():
         text = pipe.text_encoder(ids)[0]
         noise = pipe.unet(latents, torch.tensor([500]), text).sample

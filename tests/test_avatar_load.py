@@ -28,6 +28,7 @@ FLOAT, UBYTE, USHORT, UINT = 5126, 5121, 5123, 5125
 
 # --- building files ---
 
+
 def glb_bytes(document: dict, blob: bytes = b"") -> bytes:
     """Pack a glTF JSON object and a BIN chunk into a GLB container (glTF 2.0, "Binary glTF Layout")."""
     text = json.dumps(document).encode()
@@ -47,8 +48,10 @@ def png_bytes(pixels: np.ndarray) -> bytes:
 
 def png_header_only(width: int, height: int) -> bytes:
     """A 1-bit PNG that claims width x height but carries almost no data: enough to test size checks cheaply."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
 
@@ -72,8 +75,13 @@ class Model:
     def accessor(self, values, type_: str, component: int = FLOAT, normalized: bool = False, **fields) -> int:
         dtype = {FLOAT: "<f4", UBYTE: "u1", USHORT: "<u2", UINT: "<u4"}[component]
         values = np.asarray(values, dtype)
-        accessor = {"bufferView": self.view(values.tobytes()), "componentType": component,
-                    "count": len(values), "type": type_, **fields}
+        accessor = {
+            "bufferView": self.view(values.tobytes()),
+            "componentType": component,
+            "count": len(values),
+            "type": type_,
+            **fields,
+        }
         if normalized:
             accessor["normalized"] = True
         self.doc["accessors"].append(accessor)
@@ -94,7 +102,9 @@ def translation_matrix(x: float, y: float, z: float) -> list[float]:
 
 
 # A strip of six vertices up the Y axis, two bones: vertex rows 0-1 on bone 0, 2-3 shared, 4-5 on bone 1.
-STRIP_POSITIONS = np.array([[-0.5, 0, 0], [0.5, 0, 0], [-0.5, 1, 0], [0.5, 1, 0], [-0.5, 2, 0], [0.5, 2, 0]], np.float32)
+STRIP_POSITIONS = np.array(
+    [[-0.5, 0, 0], [0.5, 0, 0], [-0.5, 1, 0], [0.5, 1, 0], [-0.5, 2, 0], [0.5, 2, 0]], np.float32
+)
 STRIP_NORMALS = np.tile(np.array([0, 0, 1], np.float32), (6, 1))
 
 
@@ -105,22 +115,38 @@ def skinned_strip(joints=None) -> Model:
     interleaved = np.concatenate([STRIP_POSITIONS, STRIP_NORMALS], axis=1)  # (6, 6): x y z nx ny nz
     view = model.view(interleaved.tobytes(), stride=24)
     model.doc["accessors"] += [
-        {"bufferView": view, "byteOffset": 0, "componentType": FLOAT, "count": 6, "type": "VEC3",
-         "min": [-0.5, 0, 0], "max": [0.5, 2, 0]},
+        {
+            "bufferView": view,
+            "byteOffset": 0,
+            "componentType": FLOAT,
+            "count": 6,
+            "type": "VEC3",
+            "min": [-0.5, 0, 0],
+            "max": [0.5, 2, 0],
+        },
         {"bufferView": view, "byteOffset": 12, "componentType": FLOAT, "count": 6, "type": "VEC3"},
     ]
     joints = model.accessor(joints or [[0, 1, 0, 0]] * 6, "VEC4", UBYTE)
     # Unnormalised rows on purpose (sum 2), and one row of zeros.
-    weights = model.accessor([[2, 0, 0, 0], [2, 0, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [0, 2, 0, 0], [0, 2, 0, 0]], "VEC4")
+    weights = model.accessor(
+        [[2, 0, 0, 0], [2, 0, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [0, 2, 0, 0], [0, 2, 0, 0]], "VEC4"
+    )
     indices = model.accessor([0, 1, 2, 3, 4, 5], "SCALAR", USHORT)
     # Morph target: POSITION deltas for vertices 1 and 4 only, as a sparse accessor with no bufferView.
     sparse_indices = model.view(np.array([1, 4], "<u2").tobytes())
     sparse_values = model.view(np.array([[0, 0, 0.5], [0, 0, -0.5]], "<f4").tobytes())
-    model.doc["accessors"].append({
-        "componentType": FLOAT, "count": 6, "type": "VEC3",
-        "sparse": {"count": 2, "indices": {"bufferView": sparse_indices, "componentType": USHORT},
-                   "values": {"bufferView": sparse_values}},
-    })
+    model.doc["accessors"].append(
+        {
+            "componentType": FLOAT,
+            "count": 6,
+            "type": "VEC3",
+            "sparse": {
+                "count": 2,
+                "indices": {"bufferView": sparse_indices, "componentType": USHORT},
+                "values": {"bufferView": sparse_values},
+            },
+        }
+    )
     target = len(model.doc["accessors"]) - 1
     inverse_binds = model.accessor([np.eye(4).ravel(), translation_matrix(0, -1, 0)], "MAT4")
     model.doc.update(
@@ -134,14 +160,20 @@ def skinned_strip(joints=None) -> Model:
             {"name": "prop", "matrix": translation_matrix(1, 2, 3)},
         ],
         skins=[{"name": "rig", "joints": [1, 2], "inverseBindMatrices": inverse_binds}],
-        meshes=[{
-            "name": "body",
-            "weights": [0.25],
-            "primitives": [{
-                "attributes": {"POSITION": 0, "NORMAL": 1, "JOINTS_0": joints, "WEIGHTS_0": weights},
-                "indices": indices, "mode": 5, "targets": [{"POSITION": target}],
-            }],
-        }],
+        meshes=[
+            {
+                "name": "body",
+                "weights": [0.25],
+                "primitives": [
+                    {
+                        "attributes": {"POSITION": 0, "NORMAL": 1, "JOINTS_0": joints, "WEIGHTS_0": weights},
+                        "indices": indices,
+                        "mode": 5,
+                        "targets": [{"POSITION": target}],
+                    }
+                ],
+            }
+        ],
     )
     return model
 
@@ -167,6 +199,7 @@ def load_error(path: Path, **kwargs) -> str:
 
 # --- what a good file gives ---
 
+
 def test_skinned_strip(tmp_path):
     avatar = load_avatar(skinned_strip().write(tmp_path / "strip.glb"))
     assert avatar.format == "gltf" and avatar.humanoid == {}
@@ -185,8 +218,9 @@ def test_skinned_strip(tmp_path):
     np.testing.assert_array_equal(primitive.indices, [[0, 1, 2], [1, 3, 2], [2, 3, 4], [3, 5, 4]])
     assert primitive.indices.dtype == np.uint32
     np.testing.assert_array_equal(primitive.joints, [[0, 1, 0, 0]] * 6)
-    np.testing.assert_allclose(primitive.weights, [[1, 0, 0, 0], [1, 0, 0, 0], [0.5, 0.5, 0, 0],
-                                                   [1, 0, 0, 0], [0, 1, 0, 0], [0, 1, 0, 0]])
+    np.testing.assert_allclose(
+        primitive.weights, [[1, 0, 0, 0], [1, 0, 0, 0], [0.5, 0.5, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0], [0, 1, 0, 0]]
+    )
     assert primitive.weights.dtype == np.float32
 
     expected_delta = np.zeros((6, 3), np.float32)
@@ -229,12 +263,18 @@ def test_quantized_and_normalized_attributes_and_fans(tmp_path):
     colour = model.accessor([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]], "VEC3", UBYTE, normalized=True)
     uv = model.accessor([[0, 0], [65535, 0], [65535, 65535], [0, 65535]], "VEC2", USHORT, normalized=True)
     model.doc.update(
-        extensionsUsed=["KHR_mesh_quantization"], extensionsRequired=["KHR_mesh_quantization"],
+        extensionsUsed=["KHR_mesh_quantization"],
+        extensionsRequired=["KHR_mesh_quantization"],
         nodes=[{"mesh": 0}],
-        meshes=[{"name": "quad", "primitives": [
-            {"attributes": {"POSITION": position, "COLOR_0": colour, "TEXCOORD_0": uv}, "mode": 6},
-            {"attributes": {"POSITION": position}, "mode": 1},
-        ]}],
+        meshes=[
+            {
+                "name": "quad",
+                "primitives": [
+                    {"attributes": {"POSITION": position, "COLOR_0": colour, "TEXCOORD_0": uv}, "mode": 6},
+                    {"attributes": {"POSITION": position}, "mode": 1},
+                ],
+            }
+        ],
     )
     avatar = load_avatar(model.write(tmp_path / "quant.glb"))
     (primitive,) = avatar.meshes[0].primitives  # the LINES primitive is dropped
@@ -257,21 +297,41 @@ def write_gltf_triple(folder: Path, pixels: np.ndarray) -> Path:
     model.doc.update(
         extensionsUsed=["KHR_texture_transform", "KHR_materials_emissive_strength", "KHR_materials_unlit"],
         nodes=[{"name": "quad", "mesh": 0}],
-        meshes=[{"name": "quad", "primitives": [{
-            "attributes": {"POSITION": position, "TEXCOORD_0": uv0, "TEXCOORD_1": uv1, "COLOR_0": colour},
-            "indices": indices, "material": 0}]}],
-        materials=[{
-            "name": "skin",
-            "pbrMetallicRoughness": {
-                "baseColorFactor": [0.5, 0.25, 1.0, 0.75],
-                "baseColorTexture": {"index": 0, "extensions": {"KHR_texture_transform": {
-                    "offset": [0.5, 0.25], "scale": [2, 3], "rotation": 0.5, "texCoord": 1}}},
-            },
-            "emissiveFactor": [1, 0.5, 0],
-            "alphaMode": "MASK",
-            "doubleSided": True,
-            "extensions": {"KHR_materials_emissive_strength": {"emissiveStrength": 2.0}, "KHR_materials_unlit": {}},
-        }],
+        meshes=[
+            {
+                "name": "quad",
+                "primitives": [
+                    {
+                        "attributes": {"POSITION": position, "TEXCOORD_0": uv0, "TEXCOORD_1": uv1, "COLOR_0": colour},
+                        "indices": indices,
+                        "material": 0,
+                    }
+                ],
+            }
+        ],
+        materials=[
+            {
+                "name": "skin",
+                "pbrMetallicRoughness": {
+                    "baseColorFactor": [0.5, 0.25, 1.0, 0.75],
+                    "baseColorTexture": {
+                        "index": 0,
+                        "extensions": {
+                            "KHR_texture_transform": {
+                                "offset": [0.5, 0.25],
+                                "scale": [2, 3],
+                                "rotation": 0.5,
+                                "texCoord": 1,
+                            }
+                        },
+                    },
+                },
+                "emissiveFactor": [1, 0.5, 0],
+                "alphaMode": "MASK",
+                "doubleSided": True,
+                "extensions": {"KHR_materials_emissive_strength": {"emissiveStrength": 2.0}, "KHR_materials_unlit": {}},
+            }
+        ],
         textures=[{"name": "skin_tex", "source": 0, "sampler": 0}],
         samplers=[{"magFilter": 9728, "wrapS": CLAMP_TO_EDGE, "wrapT": MIRRORED_REPEAT}],
         images=[{"uri": "skin%20tex.png"}],
@@ -317,11 +377,16 @@ def test_embedded_image_data_uri_buffer_and_webp(tmp_path):
     model.doc.update(
         extensionsUsed=["EXT_texture_webp", "KHR_texture_basisu"],
         materials=[{"pbrMetallicRoughness": {"baseColorTexture": {"index": i}}} for i in range(3)],
-        textures=[{"source": 0}, {"extensions": {"EXT_texture_webp": {"source": 1}}},
-                  {"extensions": {"KHR_texture_basisu": {"source": 2}}}],
-        images=[{"bufferView": png_view, "mimeType": "image/png"},
-                {"bufferView": webp_view, "mimeType": "image/webp"},
-                {"uri": "never_read.ktx2"}],
+        textures=[
+            {"source": 0},
+            {"extensions": {"EXT_texture_webp": {"source": 1}}},
+            {"extensions": {"KHR_texture_basisu": {"source": 2}}},
+        ],
+        images=[
+            {"bufferView": png_view, "mimeType": "image/png"},
+            {"bufferView": webp_view, "mimeType": "image/webp"},
+            {"uri": "never_read.ktx2"},
+        ],
     )
     path = model.write(tmp_path / "embedded.glb")
     avatar = load_avatar(path)
@@ -336,8 +401,9 @@ def test_embedded_image_data_uri_buffer_and_webp(tmp_path):
     # A .gltf whose buffer is a data: URI.
     document = copy.deepcopy(triangle().doc)
     blob = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0]], "<f4").tobytes()
-    document["buffers"] = [{"uri": "data:application/octet-stream;base64," + base64.b64encode(blob).decode(),
-                            "byteLength": len(blob)}]
+    document["buffers"] = [
+        {"uri": "data:application/octet-stream;base64," + base64.b64encode(blob).decode(), "byteLength": len(blob)}
+    ]
     (tmp_path / "inline.gltf").write_text(json.dumps(document))
     np.testing.assert_array_equal(load_avatar(tmp_path / "inline.gltf").meshes[0].primitives[0].positions[1], [1, 0, 0])
 
@@ -345,22 +411,44 @@ def test_embedded_image_data_uri_buffer_and_webp(tmp_path):
 def vrm1_model() -> Model:
     model = skinned_strip()
     model.doc["extensionsUsed"] = ["VRMC_vrm", "VRMC_materials_mtoon", "KHR_materials_unlit"]
-    model.doc["extensions"] = {"VRMC_vrm": {
-        "specVersion": "1.0",
-        "humanoid": {"humanBones": {"hips": {"node": 1}, "spine": {"node": 2}, "leftThumbMetacarpal": {"node": 4}}},
-        "meta": {"name": "Strip", "version": "3", "authors": ["Ann", "Bo"], "licenseUrl": "https://vrm.dev/licenses/1.0/",
-                 "avatarPermission": "everyone", "commercialUsage": "corporation", "allowExcessivelySexualUsage": False,
-                 "allowExcessivelyViolentUsage": True, "allowRedistribution": True,
-                 "modification": "allowModification", "thumbnailImage": 0},
-    }}
-    model.doc["materials"] = [{
-        "name": "toon",
-        "pbrMetallicRoughness": {"baseColorFactor": [1, 0.5, 0.5, 1]},
-        "extensions": {"KHR_materials_unlit": {}, "VRMC_materials_mtoon": {
-            "specVersion": "1.0", "shadeColorFactor": [0.2, 0.1, 0.3], "shadingShiftFactor": -0.25,
-            "shadingToonyFactor": 0.8, "outlineWidthMode": "worldCoordinates", "outlineWidthFactor": 0.004,
-            "outlineColorFactor": [0.1, 0.2, 0.3], "outlineLightingMixFactor": 0.5}},
-    }]
+    model.doc["extensions"] = {
+        "VRMC_vrm": {
+            "specVersion": "1.0",
+            "humanoid": {"humanBones": {"hips": {"node": 1}, "spine": {"node": 2}, "leftThumbMetacarpal": {"node": 4}}},
+            "meta": {
+                "name": "Strip",
+                "version": "3",
+                "authors": ["Ann", "Bo"],
+                "licenseUrl": "https://vrm.dev/licenses/1.0/",
+                "avatarPermission": "everyone",
+                "commercialUsage": "corporation",
+                "allowExcessivelySexualUsage": False,
+                "allowExcessivelyViolentUsage": True,
+                "allowRedistribution": True,
+                "modification": "allowModification",
+                "thumbnailImage": 0,
+            },
+        }
+    }
+    model.doc["materials"] = [
+        {
+            "name": "toon",
+            "pbrMetallicRoughness": {"baseColorFactor": [1, 0.5, 0.5, 1]},
+            "extensions": {
+                "KHR_materials_unlit": {},
+                "VRMC_materials_mtoon": {
+                    "specVersion": "1.0",
+                    "shadeColorFactor": [0.2, 0.1, 0.3],
+                    "shadingShiftFactor": -0.25,
+                    "shadingToonyFactor": 0.8,
+                    "outlineWidthMode": "worldCoordinates",
+                    "outlineWidthFactor": 0.004,
+                    "outlineColorFactor": [0.1, 0.2, 0.3],
+                    "outlineLightingMixFactor": 0.5,
+                },
+            },
+        }
+    ]
     model.doc["meshes"][0]["primitives"][0]["material"] = 0
     return model
 
@@ -372,8 +460,11 @@ def test_vrm1_humanoid_meta_and_mtoon(tmp_path):
     meta = avatar.meta
     assert (meta.name, meta.version, meta.authors) == ("Strip", "3", ["Ann", "Bo"])
     assert meta.licence == "https://vrm.dev/licenses/1.0/"
-    assert (meta.avatar_permission, meta.commercial_usage, meta.modification) == ("everyone", "corporation",
-                                                                                   "allowModification")
+    assert (meta.avatar_permission, meta.commercial_usage, meta.modification) == (
+        "everyone",
+        "corporation",
+        "allowModification",
+    )
     assert (meta.allow_sexual, meta.allow_violent, meta.allow_redistribution) == (False, True, True)
     assert "thumbnailImage" not in meta.raw and meta.raw["name"] == "Strip"
     (material,) = avatar.materials
@@ -390,25 +481,59 @@ def vrm0_model() -> Model:
     model.doc["extensionsUsed"] = ["VRM"]
     model.doc["materials"] = [{"name": "face"}, {"name": "hair", "doubleSided": True}]
     model.doc["meshes"][0]["primitives"][0]["material"] = 0
-    model.doc["extensions"] = {"VRM": {
-        "humanoid": {"humanBones": [{"bone": "hips", "node": 1}, {"bone": "leftThumbProximal", "node": 2},
-                                    {"bone": "leftThumbIntermediate", "node": 3}, {"bone": "leftThumbDistal", "node": 4}]},
-        "meta": {"title": "Old", "version": "0.9", "author": "Cy", "licenseName": "Other",
-                 "otherLicenseUrl": "https://example.org/l", "allowedUserName": "ExplicitlyLicensedPerson",
-                 "commercialUssageName": "Disallow", "sexualUssageName": "Disallow", "violentUssageName": "Allow",
-                 "texture": 0},
-        # Listed in the other order than the glTF materials: matched by name.
-        "materialProperties": [
-            {"name": "hair", "shader": "VRM/UnlitCutout", "floatProperties": {"_Cutoff": 0.3},
-             "vectorProperties": {"_Color": [0.5, 0.5, 0.5, 0.8]}},
-            {"name": "face", "shader": "VRM/MToon",
-             "floatProperties": {"_ShadeShift": 0.2, "_ShadeToony": 0.5, "_BlendMode": 1, "_Cutoff": 0.4,
-                                 "_CullMode": 0, "_OutlineWidthMode": 1, "_OutlineWidth": 0.5,
-                                 "_OutlineColorMode": 1, "_OutlineLightingMix": 0.25},
-             "vectorProperties": {"_Color": [0.5, 1.0, 0.25, 0.5], "_ShadeColor": [0.5, 0.25, 1.0, 1.0],
-                                  "_OutlineColor": [0.5, 0.5, 0.5, 1.0]}},
-        ],
-    }}
+    model.doc["extensions"] = {
+        "VRM": {
+            "humanoid": {
+                "humanBones": [
+                    {"bone": "hips", "node": 1},
+                    {"bone": "leftThumbProximal", "node": 2},
+                    {"bone": "leftThumbIntermediate", "node": 3},
+                    {"bone": "leftThumbDistal", "node": 4},
+                ]
+            },
+            "meta": {
+                "title": "Old",
+                "version": "0.9",
+                "author": "Cy",
+                "licenseName": "Other",
+                "otherLicenseUrl": "https://example.org/l",
+                "allowedUserName": "ExplicitlyLicensedPerson",
+                "commercialUssageName": "Disallow",
+                "sexualUssageName": "Disallow",
+                "violentUssageName": "Allow",
+                "texture": 0,
+            },
+            # Listed in the other order than the glTF materials: matched by name.
+            "materialProperties": [
+                {
+                    "name": "hair",
+                    "shader": "VRM/UnlitCutout",
+                    "floatProperties": {"_Cutoff": 0.3},
+                    "vectorProperties": {"_Color": [0.5, 0.5, 0.5, 0.8]},
+                },
+                {
+                    "name": "face",
+                    "shader": "VRM/MToon",
+                    "floatProperties": {
+                        "_ShadeShift": 0.2,
+                        "_ShadeToony": 0.5,
+                        "_BlendMode": 1,
+                        "_Cutoff": 0.4,
+                        "_CullMode": 0,
+                        "_OutlineWidthMode": 1,
+                        "_OutlineWidth": 0.5,
+                        "_OutlineColorMode": 1,
+                        "_OutlineLightingMix": 0.25,
+                    },
+                    "vectorProperties": {
+                        "_Color": [0.5, 1.0, 0.25, 0.5],
+                        "_ShadeColor": [0.5, 0.25, 1.0, 1.0],
+                        "_OutlineColor": [0.5, 0.5, 0.5, 1.0],
+                    },
+                },
+            ],
+        }
+    }
     return model
 
 
@@ -428,18 +553,18 @@ def test_vrm0_humanoid_meta_and_mtoon_conversion(tmp_path):
     face, hair = avatar.materials
     assert face.alpha_mode == "MASK" and face.alpha_cutoff == 0.4 and face.double_sided and not face.unlit
     # 0.x colours are gamma-encoded (three-vrm decodes them as v ** 2.2); alpha stays linear.
-    np.testing.assert_allclose(face.base_colour, (0.5 ** 2.2, 1.0, 0.25 ** 2.2, 0.5))
+    np.testing.assert_allclose(face.base_colour, (0.5**2.2, 1.0, 0.25**2.2, 0.5))
     mtoon = face.mtoon
-    np.testing.assert_allclose(mtoon.shade_colour, (0.5 ** 2.2, 0.25 ** 2.2, 1.0))
+    np.testing.assert_allclose(mtoon.shade_colour, (0.5**2.2, 0.25**2.2, 1.0))
     # three-vrm's V0 compat: toony1 = lerp(0.5, 1, 0.5 + 0.5 * 0.2) = 0.8; shift1 = -0.2 - (1 - 0.8) = -0.4.
     assert math.isclose(mtoon.shading_toony, 0.8) and math.isclose(mtoon.shading_shift, -0.4)
     assert mtoon.outline_mode == "world" and math.isclose(mtoon.outline_width, 0.005)  # 0.5 cm
-    np.testing.assert_allclose(mtoon.outline_colour, (0.5 ** 2.2,) * 3)
+    np.testing.assert_allclose(mtoon.outline_colour, (0.5**2.2,) * 3)
     assert mtoon.outline_lighting_mix == 0.25
 
     assert hair.unlit and hair.mtoon is None and hair.alpha_mode == "MASK" and hair.alpha_cutoff == 0.3
     assert hair.double_sided  # the unlit shaders keep the glTF material's culling
-    np.testing.assert_allclose(hair.base_colour, (0.5 ** 2.2,) * 3 + (0.8,))
+    np.testing.assert_allclose(hair.base_colour, (0.5**2.2,) * 3 + (0.8,))
 
 
 @pytest.mark.parametrize(("shift", "toony"), [(0.0, 0.9), (-1.0, 0.0), (1.0, 0.3), (0.5, 1.0), (-0.375, 7 / 11)])
@@ -451,6 +576,7 @@ def test_v0_shading_conversion_matches_three_vrm(shift, toony):
 
 
 # --- what a bad file gives ---
+
 
 def test_not_gltf(tmp_path):
     (tmp_path / "photo.vrm").write_bytes(png_bytes(PIXELS))
@@ -474,12 +600,14 @@ def test_damaged_containers(tmp_path):
     assert "truncated" in load_error(tmp_path / "json.glb")
 
     broken = b"{ not json }"
-    (tmp_path / "broken.vrm").write_bytes(struct.pack("<4sII", b"glTF", 2, 20 + len(broken))
-                                          + struct.pack("<I4s", len(broken), b"JSON") + broken)
+    (tmp_path / "broken.vrm").write_bytes(
+        struct.pack("<4sII", b"glTF", 2, 20 + len(broken)) + struct.pack("<I4s", len(broken), b"JSON") + broken
+    )
     assert "JSON is not valid" in load_error(tmp_path / "broken.vrm")
     latin = b'{"asset": {"version": "2.0\xff"}}'
-    (tmp_path / "latin.vrm").write_bytes(struct.pack("<4sII", b"glTF", 2, 20 + len(latin))
-                                         + struct.pack("<I4s", len(latin), b"JSON") + latin)
+    (tmp_path / "latin.vrm").write_bytes(
+        struct.pack("<4sII", b"glTF", 2, 20 + len(latin)) + struct.pack("<I4s", len(latin), b"JSON") + latin
+    )
     assert "UTF-8" in load_error(tmp_path / "latin.vrm")
     (tmp_path / "old.glb").write_bytes(glb_bytes({"asset": {"version": "1.0"}}))
     assert "2.x" in load_error(tmp_path / "old.glb")
@@ -526,9 +654,11 @@ def test_unsupported_required_extension_is_named(tmp_path, extension):
 
 def textured_triangle(image: bytes) -> Model:
     model = triangle()
-    model.doc.update(materials=[{"pbrMetallicRoughness": {"baseColorTexture": {"index": 0}}}],
-                     textures=[{"source": 0}], images=[{"bufferView": model.view(image), "mimeType": "image/png",
-                                                        "name": "albedo"}])
+    model.doc.update(
+        materials=[{"pbrMetallicRoughness": {"baseColorTexture": {"index": 0}}}],
+        textures=[{"source": 0}],
+        images=[{"bufferView": model.view(image), "mimeType": "image/png", "name": "albedo"}],
+    )
     model.doc["meshes"][0]["primitives"][0]["material"] = 0
     return model
 
@@ -582,6 +712,7 @@ def test_broken_structure(tmp_path):
 
 # --- robustness ---
 
+
 def mutate_value(document: dict, rng: random.Random) -> None:
     """Replace one leaf of the JSON tree with an odd value (wrong type, out of range, negative)."""
     parent, key = None, None
@@ -631,6 +762,7 @@ def test_fuzzed_files_load_or_raise_sabun_error(tmp_path):
 
 
 # --- third-party files ---
+
 
 @pytest.fixture
 def third_party() -> Path:
@@ -689,10 +821,13 @@ def test_third_party_sphere(third_party):
 
 
 @pytest.mark.third_party
-@pytest.mark.parametrize(("name", "words"), [
-    ("vrm_in_minimal.vrm", "no meshes to render"),
-    ("vrm_broken_empty.vrm", "no meshes to render"),
-    ("vrm_broken_draco.vrm", "KHR_draco_mesh_compression"),
-])
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        ("vrm_in_minimal.vrm", "no meshes to render"),
+        ("vrm_broken_empty.vrm", "no meshes to render"),
+        ("vrm_broken_draco.vrm", "KHR_draco_mesh_compression"),
+    ],
+)
 def test_third_party_unusable_files(third_party, name, words):
     assert words in load_error(third_party_file(third_party, name))

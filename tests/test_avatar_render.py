@@ -34,7 +34,9 @@ def models(tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-def _draw(path: Path, view: str, zoom: str, pose: str = "arms-at-sides", style: str = "toon", size: int = 96) -> np.ndarray:
+def _draw(
+    path: Path, view: str, zoom: str, pose: str = "arms-at-sides", style: str = "toon", size: int = 96
+) -> np.ndarray:
     avatar = load_avatar(path)
     posed = pose_avatar(avatar, pose)
     with Renderer(avatar, posed, style, size) as renderer:
@@ -160,14 +162,23 @@ def test_render_models_writes_captioned_shots(models, tmp_path):
     meta = json.loads((out / "alice_behind_full-body_arms-at-sides.json").read_text())
     assert meta["model"]["sha256"] == load_avatar(model).sha256
     assert meta["meta"]["name"] == "Tester" and meta["meta"]["avatar_permission"] == "everyone"
-    assert (meta["view"], meta["zoom"], meta["pose"], meta["style"], meta["size"]) == ("behind", "full-body", "arms-at-sides", "toon", 64)
+    assert (meta["view"], meta["zoom"], meta["pose"], meta["style"], meta["size"]) == (
+        "behind",
+        "full-body",
+        "arms-at-sides",
+        "toon",
+        64,
+    )
     assert Image.open(out / "alice_behind_full-body_arms-at-sides.png").size == (64, 64)
     txt = lambda name: (out / f"{name}.txt").read_text().strip()  # noqa: E731
     assert txt("alice_behind_full-body_arms-at-sides") == (
         "1girl, blonde hair, twintails, swimsuit, arms at sides, full body, from behind, white background, 3d"
     )
     caption_folder(out, "character")
-    assert txt("alice_behind_full-body_arms-at-sides") == "swimsuit, arms at sides, full body, from behind, white background"
+    assert (
+        txt("alice_behind_full-body_arms-at-sides")
+        == "swimsuit, arms at sides, full body, from behind, white background"
+    )
     assert txt("alice_front_portrait_arms-at-sides") == "swimsuit, portrait, white background"
     caption_folder(out, "stepping-stone")
     assert txt("alice_front_upper-body_arms-at-sides") == "1girl, blonde hair, twintails, swimsuit, upper body"
@@ -189,7 +200,10 @@ def test_only_author_licence_needs_author(tmp_path):
     with pytest.raises(SabunError, match=r"only its author.*onlyAuthor.*--author"):
         render_models(RenderModelConfig(models=(path,), out=tmp_path / "r", size=64))
     assert not (tmp_path / "r").exists()
-    written = render_models(RenderModelConfig(models=(path,), out=tmp_path / "r", size=64, zooms=("portrait",), author=True), note=lambda m: None)
+    written = render_models(
+        RenderModelConfig(models=(path,), out=tmp_path / "r", size=64, zooms=("portrait",), author=True),
+        note=lambda m: None,
+    )
     assert len(written) == 2
 
 
@@ -208,8 +222,24 @@ def test_cli_render_list_and_bad_input(models, tmp_path):
     assert listed.exit_code == 0, listed.output
     assert "vrm0" in listed.output and "leftUpperArm" in listed.output and "Hair" in listed.output
     out = tmp_path / "cli"
-    result = runner.invoke(app, ["render", "model", str(models["vrm1"]), "--out", str(out), "--size", "64", "--views", "front",
-                                 "--zooms", "portrait,full-body", "--sheet", str(tmp_path / "sheet.png")])
+    result = runner.invoke(
+        app,
+        [
+            "render",
+            "model",
+            str(models["vrm1"]),
+            "--out",
+            str(out),
+            "--size",
+            "64",
+            "--views",
+            "front",
+            "--zooms",
+            "portrait,full-body",
+            "--sheet",
+            str(tmp_path / "sheet.png"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert len(list(out.glob("*.png"))) == 2 and (tmp_path / "sheet.png").exists()
     for args in (["--views", "top"], ["--size", "5"], ["--background", "plaid"], ["--hide", "NoSuchMesh"]):
@@ -244,7 +274,9 @@ THIRD_PARTY_ERRORS = {
 
 
 @pytest.mark.third_party
-@pytest.mark.parametrize("name", ["debug_robot.vrm", "mtoon_vrm0.vrm", "mtoon_vrm1.vrm", "vrm_in_sphere.vrm", *THIRD_PARTY_ERRORS])
+@pytest.mark.parametrize(
+    "name", ["debug_robot.vrm", "mtoon_vrm0.vrm", "mtoon_vrm1.vrm", "vrm_in_sphere.vrm", *THIRD_PARTY_ERRORS]
+)
 def test_third_party_files_render_or_fail_clearly(name, tmp_path):
     """VRM files written by another project: sensible renders, or one clear error and nothing written."""
     path = THIRD_PARTY / name
@@ -253,8 +285,23 @@ def test_third_party_files_render_or_fail_clearly(name, tmp_path):
     from sabun.cli import app
 
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["render", "model", str(path), "--out", str(out), "--size", "64", "--author",
-                                      "--views", "front,behind", "--zooms", "full-body"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "render",
+            "model",
+            str(path),
+            "--out",
+            str(out),
+            "--size",
+            "64",
+            "--author",
+            "--views",
+            "front,behind",
+            "--zooms",
+            "full-body",
+        ],
+    )
     if name in THIRD_PARTY_ERRORS:
         assert isinstance(result.exception, SabunError) and THIRD_PARTY_ERRORS[name] in str(result.exception)
         assert name in str(result.exception)

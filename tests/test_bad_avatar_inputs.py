@@ -34,12 +34,21 @@ TRIANGLE = [[0, 0, 0], [1, 0, 0], [0, 1, 0]]
 
 # --- building files ---
 
+
 class Model:
     """A glTF document and its binary blob; `triangle()` adds a mesh on a node of the scene."""
 
     def __init__(self):
-        self.doc = {"asset": {"version": "2.0"}, "buffers": [], "bufferViews": [], "accessors": [], "meshes": [],
-                    "nodes": [], "scenes": [{"nodes": []}], "scene": 0}
+        self.doc = {
+            "asset": {"version": "2.0"},
+            "buffers": [],
+            "bufferViews": [],
+            "accessors": [],
+            "meshes": [],
+            "nodes": [],
+            "scenes": [{"nodes": []}],
+            "scene": 0,
+        }
         self.blob = bytearray()
 
     def view(self, data: bytes) -> int:
@@ -50,8 +59,9 @@ class Model:
 
     def accessor(self, values, type_: str = "VEC3", component: int = FLOAT) -> int:
         values = np.asarray(values, {FLOAT: "<f4", UBYTE: "u1", USHORT: "<u2", UINT: "<u4"}[component])
-        self.doc["accessors"].append({"bufferView": self.view(values.tobytes()), "componentType": component,
-                                      "count": len(values), "type": type_})
+        self.doc["accessors"].append(
+            {"bufferView": self.view(values.tobytes()), "componentType": component, "count": len(values), "type": type_}
+        )
         return len(self.doc["accessors"]) - 1
 
     def mesh(self, positions=TRIANGLE, **primitive) -> int:
@@ -86,22 +96,32 @@ class Model:
     def humanoid(self, bones: dict[str, int]) -> Model:
         """Make it a VRM 1.0 file with these humanoid bones."""
         self.doc["extensionsUsed"] = ["VRMC_vrm"]
-        self.doc["extensions"] = {"VRMC_vrm": {
-            "specVersion": "1.0", "humanoid": {"humanBones": {name: {"node": i} for name, i in bones.items()}},
-            "meta": {"name": "t", "authors": ["t"], "licenseUrl": "https://vrm.dev/licenses/1.0/",
-                     "avatarPermission": "everyone"},
-        }}
+        self.doc["extensions"] = {
+            "VRMC_vrm": {
+                "specVersion": "1.0",
+                "humanoid": {"humanBones": {name: {"node": i} for name, i in bones.items()}},
+                "meta": {
+                    "name": "t",
+                    "authors": ["t"],
+                    "licenseUrl": "https://vrm.dev/licenses/1.0/",
+                    "avatarPermission": "everyone",
+                },
+            }
+        }
         return self
 
 
 def external(folder: Path, uri: str, byte_length: int = 36, image_uri: str | None = None) -> Path:
     """A .gltf whose one buffer (and optionally one base-colour image) is given by `uri`."""
     doc = {
-        "asset": {"version": "2.0"}, "buffers": [{"uri": uri, "byteLength": byte_length}],
+        "asset": {"version": "2.0"},
+        "buffers": [{"uri": uri, "byteLength": byte_length}],
         "bufferViews": [{"buffer": 0, "byteOffset": 0, "byteLength": 36}],
         "accessors": [{"bufferView": 0, "componentType": FLOAT, "count": 3, "type": "VEC3"}],
-        "meshes": [{"primitives": [{"attributes": {"POSITION": 0}}]}], "nodes": [{"mesh": 0}],
-        "scenes": [{"nodes": [0]}], "scene": 0,
+        "meshes": [{"primitives": [{"attributes": {"POSITION": 0}}]}],
+        "nodes": [{"mesh": 0}],
+        "scenes": [{"nodes": [0]}],
+        "scene": 0,
     }
     if image_uri is not None:
         doc["images"] = [{"uri": image_uri}]
@@ -152,27 +172,45 @@ def render_error(path: Path, out: Path, **config) -> str:
 
 # --- models that load but cannot be framed or drawn ---
 
+
 def test_cli_one_point_model_is_one_error_line(tmp_path, capsys):
     """The hostile battery's notags.gltf: one triangle, all three vertices at the origin, no skeleton."""
     path = Model()
     path.triangle([[0, 0, 0]] * 3)
     path = path.write(tmp_path / "point.glb")
     out = tmp_path / "rm"
-    code, _, err = run_cli(capsys, "render", "model", path, "--size", "64", "--supersample", "1", "--views", "front",
-                       "--zooms", "portrait", "--out", out)
+    code, _, err = run_cli(
+        capsys,
+        "render",
+        "model",
+        path,
+        "--size",
+        "64",
+        "--supersample",
+        "1",
+        "--views",
+        "front",
+        "--zooms",
+        "portrait",
+        "--out",
+        out,
+    )
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
     assert str(path) in err and "one point" in err
     assert not out.exists()
 
 
-@pytest.mark.parametrize(("positions", "words"), [
-    ([[0, 0, 0]] * 3, "one point"),
-    ([[0, 0, 0], [1, 0, 0], [0, 0, 1]], "flat"),  # lying in the ground plane
-    ([[0, 0, 0], [0, 1, 0], [0, 2, 0]], "area"),  # corners on a line
-    ([[0, 0, 0], [1e-9, 0, 0], [0, 1, 0]], "area"),  # a sliver far under a pixel
-    ([[0, 0, 0], [1, 0, 0], [0, 1e-6, 0]], "flat"),
-])
+@pytest.mark.parametrize(
+    ("positions", "words"),
+    [
+        ([[0, 0, 0]] * 3, "one point"),
+        ([[0, 0, 0], [1, 0, 0], [0, 0, 1]], "flat"),  # lying in the ground plane
+        ([[0, 0, 0], [0, 1, 0], [0, 2, 0]], "area"),  # corners on a line
+        ([[0, 0, 0], [1e-9, 0, 0], [0, 1, 0]], "area"),  # a sliver far under a pixel
+        ([[0, 0, 0], [1, 0, 0], [0, 1e-6, 0]], "flat"),
+    ],
+)
 def test_degenerate_geometry(tmp_path, positions, words):
     model = Model()
     model.triangle(positions)
@@ -180,12 +218,15 @@ def test_degenerate_geometry(tmp_path, positions, words):
     assert words in message
 
 
-@pytest.mark.parametrize(("node", "words"), [
-    ({"scale": [1e30, 1e30, 1e30]}, "reach"),
-    ({"translation": [1e9, 0, 0]}, "reach"),
-    ({"scale": [1e-12, 1e-12, 1e-12]}, "one point"),
-    ({"scale": [0, 0, 0]}, "one point"),
-])
+@pytest.mark.parametrize(
+    ("node", "words"),
+    [
+        ({"scale": [1e30, 1e30, 1e30]}, "reach"),
+        ({"translation": [1e9, 0, 0]}, "reach"),
+        ({"scale": [1e-12, 1e-12, 1e-12]}, "one point"),
+        ({"scale": [0, 0, 0]}, "one point"),
+    ],
+)
 def test_absurd_scales(tmp_path, node, words):
     model = Model()
     model.triangle(**node)
@@ -261,8 +302,9 @@ def test_flat_mesh_standing_up_renders_lit(tmp_path):
 
 
 def bones_at_one_point(model: Model, at=(0.0, 1.0, 0.0)) -> dict[str, int]:
-    names = ["hips", "spine", "chest", "neck", "head"] + [f"{side}{bone}" for side in ("left", "right")
-                                                       for bone in ("UpperArm", "LowerArm", "Hand", "UpperLeg")]
+    names = ["hips", "spine", "chest", "neck", "head"] + [
+        f"{side}{bone}" for side in ("left", "right") for bone in ("UpperArm", "LowerArm", "Hand", "UpperLeg")
+    ]
     return {name: model.node(translation=list(at)) for name in names}
 
 
@@ -270,8 +312,11 @@ def test_humanoid_bones_at_one_point_pose_without_nan(tmp_path):
     model = Model()
     model.triangle([[-0.5, 0, 0], [0.5, 0, 0], [0, 1.6, 0]])
     model.humanoid(bones_at_one_point(model))
-    written = render(model.write(tmp_path / "stacked.vrm"), tmp_path / "out",
-                     poses=("arms-at-sides", "a-pose", "arms-up", "hands-on-hips"))
+    written = render(
+        model.write(tmp_path / "stacked.vrm"),
+        tmp_path / "out",
+        poses=("arms-at-sides", "a-pose", "arms-up", "hands-on-hips"),
+    )
     assert len(written) == 8
     for png_path in written:
         assert "NaN" not in png_path.with_suffix(".json").read_text()
@@ -302,12 +347,15 @@ def test_bad_model_among_good_ones_writes_nothing(tmp_path):
     out = tmp_path / "out"
     paths = (good.write(tmp_path / "good.glb"), bad.write(tmp_path / "bad.glb"))
     with pytest.raises(SabunError, match="bad.glb"):
-        render_models(RenderModelConfig(models=paths, out=out, views=("front",), zooms=("portrait",), size=64,
-                                        supersample=1), note=lambda _: None)
+        render_models(
+            RenderModelConfig(models=paths, out=out, views=("front",), zooms=("portrait",), size=64, supersample=1),
+            note=lambda _: None,
+        )
     assert not out.exists() or not any(out.iterdir())
 
 
 # --- files that point outside themselves ---
+
 
 def test_dev_zero_buffer_is_refused_without_reading(tmp_path):
     for uri, length in (("/dev/zero", 36), ("/dev/zero", 10**12), ("file:///dev/zero", 36)):
@@ -336,8 +384,9 @@ def test_absolute_and_escaping_paths(tmp_path):
 def test_fifo_and_folder_buffers_do_not_block(tmp_path):
     os.mkfifo(tmp_path / "pipe.bin")
     result = {}
-    thread = threading.Thread(target=lambda: result.update(message=load_error(external(tmp_path, "pipe.bin"))),
-                              daemon=True)
+    thread = threading.Thread(
+        target=lambda: result.update(message=load_error(external(tmp_path, "pipe.bin"))), daemon=True
+    )
     thread.start()
     thread.join(10)
     assert not thread.is_alive(), "reading a FIFO buffer blocked"
@@ -369,6 +418,7 @@ def test_data_uri_sizes_are_checked_before_decoding(tmp_path):
 
 
 # --- images ---
+
 
 def test_image_uris_follow_the_same_rules(tmp_path):
     folder = tmp_path / "model"
@@ -407,6 +457,7 @@ def test_decompression_bomb_and_texture_budget(tmp_path, monkeypatch):
 
 
 # --- declared sizes, indices and values ---
+
 
 def test_huge_declared_counts(tmp_path, monkeypatch):
     model = Model()
@@ -457,14 +508,33 @@ def test_vertex_and_triangle_budgets(tmp_path, monkeypatch):
     assert "past 20 vertices" in load_error(path)
 
 
-@pytest.mark.parametrize(("change", "words"), [
-    (lambda m: m.doc["meshes"][0]["primitives"][0].update(indices=m.accessor([0, 1, 7], "SCALAR", USHORT)), "vertex index 7"),
-    (lambda m: m.doc["meshes"][0]["primitives"][0]["attributes"].update(
-        NORMAL=m.accessor([[0, 0, 1], [0, 0, np.nan], [0, 0, 1]])), "NaN"),
-    (lambda m: m.doc["meshes"][0]["primitives"][0].update(targets=[{"POSITION": m.accessor([[0, 0, np.inf]] * 3)}]), "NaN"),
-    (lambda m: m.doc["meshes"][0]["primitives"][0]["attributes"].update(
-        TEXCOORD_0=m.accessor([[0, 0], [np.nan, 0], [0, 1]], "VEC2")), "NaN"),
-])
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (
+            lambda m: m.doc["meshes"][0]["primitives"][0].update(indices=m.accessor([0, 1, 7], "SCALAR", USHORT)),
+            "vertex index 7",
+        ),
+        (
+            lambda m: m.doc["meshes"][0]["primitives"][0]["attributes"].update(
+                NORMAL=m.accessor([[0, 0, 1], [0, 0, np.nan], [0, 0, 1]])
+            ),
+            "NaN",
+        ),
+        (
+            lambda m: m.doc["meshes"][0]["primitives"][0].update(
+                targets=[{"POSITION": m.accessor([[0, 0, np.inf]] * 3)}]
+            ),
+            "NaN",
+        ),
+        (
+            lambda m: m.doc["meshes"][0]["primitives"][0]["attributes"].update(
+                TEXCOORD_0=m.accessor([[0, 0], [np.nan, 0], [0, 1]], "VEC2")
+            ),
+            "NaN",
+        ),
+    ],
+)
 def test_bad_indices_and_values(tmp_path, change, words):
     model = Model()
     model.triangle()
@@ -473,6 +543,7 @@ def test_bad_indices_and_values(tmp_path, change, words):
 
 
 # --- the humanoid builder's size parameters ---
+
 
 @pytest.mark.parametrize("segments", [3, 101, 100000, 10.5, True])
 def test_humanoid_segments_are_bounded(segments):

@@ -42,7 +42,9 @@ def assert_refused(capsys, root: Path, args: list, *needles: str) -> str:
     """Run `sabun ARGS`; assert exit 2, one `error:` line holding each needle, and `root` unchanged."""
     before = snapshot(root)
     code, out, err = run_cli(capsys, *args)
-    lines = [line for line in err.splitlines() if line.strip() and not PROGRESS.match(line)]  # progress bars are not messages
+    lines = [
+        line for line in err.splitlines() if line.strip() and not PROGRESS.match(line)
+    ]  # progress bars are not messages
     assert code == 2, (code, out, err)
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     for needle in needles:
@@ -110,7 +112,19 @@ def lora_commands(path: Path, good: Path, out: Path) -> dict[str, list]:
         "info": ["lora", "info", path],
         "resize": ["lora", "resize", path, "--rank", "1", "--out", out / "small.safetensors"],
         "combine": ["lora", "combine", f"{good}:1", f"{path}:1", "--out", out / "sum.safetensors"],
-        "generate": ["generate", "--model", "tiny", "--prompt", "1girl", "--lora", path, "--out", out / "g.png", "--steps", "1"],
+        "generate": [
+            "generate",
+            "--model",
+            "tiny",
+            "--prompt",
+            "1girl",
+            "--lora",
+            path,
+            "--out",
+            out / "g.png",
+            "--steps",
+            "1",
+        ],
     }
 
 
@@ -134,8 +148,12 @@ def test_a_corrupt_lora_is_refused_by_every_command(capsys, files, kind):
 
 @pytest.mark.parametrize(
     "content, needle",
-    [(b"", "corrupt"), (b"not a safetensors file at all", "corrupt"), (struct.pack("<Q", 1 << 40) + b"{}", "corrupt"),
-     (struct.pack("<Q", 2) + b"[]", "corrupt")],  # fmt: skip
+    [
+        (b"", "corrupt"),
+        (b"not a safetensors file at all", "corrupt"),
+        (struct.pack("<Q", 1 << 40) + b"{}", "corrupt"),
+        (struct.pack("<Q", 2) + b"[]", "corrupt"),
+    ],  # fmt: skip
     ids=["empty", "text", "huge-header", "header-not-a-table"],
 )
 def test_a_file_that_is_not_safetensors_is_refused(capsys, files, content, needle):
@@ -177,7 +195,9 @@ def test_a_malicious_pickle_is_never_run_and_the_advice_is_sabuns(capsys, files,
 def test_a_bad_multiplier_is_refused(capsys, files, multiplier):
     root, _, good = files
     needle = "not a number" if multiplier == "notanumber" else ("--force" if multiplier == "1e30" else "finite")
-    assert_refused(capsys, root, ["merge", "--model", "tiny", "--lora", f"{good}:{multiplier}", "--out", root / "m"], needle)
+    assert_refused(
+        capsys, root, ["merge", "--model", "tiny", "--lora", f"{good}:{multiplier}", "--out", root / "m"], needle
+    )
     assert_refused(capsys, root, ["lora", "combine", f"{good}:{multiplier}", "--out", root / "c.safetensors"], needle)
     if multiplier != "notanumber":
         assert_refused(capsys, root, ["generate", "--model", "tiny", "--prompt", "x", "--lora", good, "--grid-weights", f"0,{multiplier}",
@@ -194,7 +214,9 @@ def test_a_large_multiplier_is_allowed_with_force(capsys, files):
 def test_resize_refuses_ranks_that_do_nothing(capsys, files):
     root, _, good = files
     assert_refused(capsys, root, ["lora", "resize", good, "--rank", "0", "--out", root / "r.safetensors"], "at least 1")
-    assert_refused(capsys, root, ["lora", "resize", good, "--rank", "100", "--out", root / "r.safetensors"], "not below", "4")
+    assert_refused(
+        capsys, root, ["lora", "resize", good, "--rank", "100", "--out", root / "r.safetensors"], "not below", "4"
+    )
 
 
 def test_combine_refuses_loras_of_different_models(capsys, files, tiny_pipe):
@@ -202,11 +224,26 @@ def test_combine_refuses_loras_of_different_models(capsys, files, tiny_pipe):
     sdxl = root / "sdxl.safetensors"
     save_file({f"lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.{k.split('.', 1)[1]}": v for k, v in state.items() if k.startswith(LAYER)},
               str(sdxl))  # fmt: skip
-    assert_refused(capsys, root, ["lora", "combine", good, sdxl, "--out", root / "c.safetensors"], "sdxl.safetensors", "shares no layer")
+    assert_refused(
+        capsys,
+        root,
+        ["lora", "combine", good, sdxl, "--out", root / "c.safetensors"],
+        "sdxl.safetensors",
+        "shares no layer",
+    )
     other = root / "other.safetensors"  # same layer names, other shapes
-    wide = {k: (torch.randn(v.shape[0], v.shape[1] * 2) * 0.01 if k.endswith("lora_down.weight") and v.dim() == 2 else v) for k, v in state.items()}
+    wide = {
+        k: (torch.randn(v.shape[0], v.shape[1] * 2) * 0.01 if k.endswith("lora_down.weight") and v.dim() == 2 else v)
+        for k, v in state.items()
+    }
     save_file(wide, str(other))
-    assert_refused(capsys, root, ["lora", "combine", good, other, "--out", root / "c.safetensors"], "other.safetensors", "different models")
+    assert_refused(
+        capsys,
+        root,
+        ["lora", "combine", good, other, "--out", root / "c.safetensors"],
+        "other.safetensors",
+        "different models",
+    )
 
 
 # --- OS errors: read-only, full disk, a file where a folder should be ---------------------------------
@@ -217,7 +254,9 @@ def test_an_output_under_a_file_is_one_line(capsys, files):
     blocker = root / "blocker"
     blocker.write_text("a file, not a folder")
     assert_refused(capsys, root, ["lora", "resize", good, "--rank", "2", "--out", blocker / "r.safetensors"], "blocker")
-    assert_refused(capsys, root, ["merge", "--model", "tiny", "--lora", good, "--out", blocker / "m.safetensors"], "blocker")
+    assert_refused(
+        capsys, root, ["merge", "--model", "tiny", "--lora", good, "--out", blocker / "m.safetensors"], "blocker"
+    )
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])
@@ -234,7 +273,9 @@ def test_a_failed_write_is_one_line_and_leaves_the_old_file(capsys, files, monke
         raise OSError(code, os.strerror(code), str(args[1]))
 
     monkeypatch.setattr(safetensors.torch, "save_file", failing)
-    line = assert_refused(capsys, root, ["lora", "resize", good, "--rank", "2", "--out", out, "--overwrite"], os.strerror(code))
+    line = assert_refused(
+        capsys, root, ["lora", "resize", good, "--rank", "2", "--out", out, "--overwrite"], os.strerror(code)
+    )
     assert "r.safetensors" in line and ".tmp-" not in line
     assert out.read_bytes() == b"the old file"
 
@@ -244,7 +285,12 @@ def small_disk(tmp_path):
     """A real 64 KiB file system (needs root for mount; elsewhere the simulated test above covers it)."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True).returncode:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True
+        ).returncode
+    ):
         pytest.skip("mounting a small file system needs root")
     yield mount
     subprocess.run(["umount", str(mount)], check=False)
@@ -283,8 +329,11 @@ def test_outputs_take_the_umask_and_stale_temporaries_go(capsys, files):
 
 @pytest.mark.parametrize(
     "text, needle",
-    [("[model\npath = 'tiny'", "TOML"), ("[model]\npath = 'tiny'\n[nonsense]\nx = 1\n", "nonsense"),
-     ("[model]\npath = 'tiny'\n[[datasets]]\npath = 'nowhere'\n[training]\nmax_steps = 1\n", "nowhere")],  # fmt: skip
+    [
+        ("[model\npath = 'tiny'", "TOML"),
+        ("[model]\npath = 'tiny'\n[nonsense]\nx = 1\n", "nonsense"),
+        ("[model]\npath = 'tiny'\n[[datasets]]\npath = 'nowhere'\n[training]\nmax_steps = 1\n", "nowhere"),
+    ],  # fmt: skip
     ids=["not-toml", "unknown-section", "missing-data"],
 )
 def test_a_bad_training_config_is_one_line(capsys, tmp_path, text, needle):
@@ -312,13 +361,18 @@ def test_a_file_where_a_folder_goes_and_the_other_way_round(capsys, files):
     root, _, good = files
     (root / "a_file").write_text("keep me")
     (root / "a_folder.safetensors").mkdir()
-    assert_refused(capsys, root, ["merge", "--model", "tiny", "--lora", good, "--out", root / "a_file", "--overwrite"], "a_file", "is a file")
+    assert_refused(
+        capsys,
+        root,
+        ["merge", "--model", "tiny", "--lora", good, "--out", root / "a_file", "--overwrite"],
+        "a_file",
+        "is a file",
+    )
     assert_refused(capsys, root, ["lora", "resize", good, "--rank", "2", "--out", root / "a_folder.safetensors", "--overwrite"],
                    "a_folder.safetensors", "is a folder")  # fmt: skip
 
 
 # --- training data --------------------------------------------------------------------------------------
-
 
 
 @pytest.mark.parametrize("bad", ["caption-cp1252", "animated-gif", "truncated-png"])
@@ -352,8 +406,12 @@ def test_bad_training_data_is_named_and_nothing_is_trained(capsys, tmp_path, mon
 
 @pytest.mark.parametrize(
     "args, needle",
-    [(["lora", "resize", "x.safetensors", "--rank", "abc"], "--rank"), (["merge", "--model", "tiny"], "--lora"),
-     (["nonsense"], "nonsense"), (["lora", "combine", "--out", "c.safetensors"], "loras")],  # fmt: skip
+    [
+        (["lora", "resize", "x.safetensors", "--rank", "abc"], "--rank"),
+        (["merge", "--model", "tiny"], "--lora"),
+        (["nonsense"], "nonsense"),
+        (["lora", "combine", "--out", "c.safetensors"], "loras"),
+    ],  # fmt: skip
     ids=["not-an-integer", "missing-option", "no-such-command", "missing-argument"],
 )
 def test_usage_errors_are_one_line(capsys, tmp_path, args, needle):
@@ -363,40 +421,96 @@ def test_usage_errors_are_one_line(capsys, tmp_path, args, needle):
 
 @pytest.mark.parametrize(
     "extra, needle",
-    [(["--rank", "-1"], "--rank -1"), (["--rank", "0"], "--rank 0"), (["--conv-rank", "-1"], "--conv-rank"), (["--energy", "2"], "--energy"),
-     (["--energy", "nan"], "--energy"), (["--energy", "0"], "--energy"), (["--rank", "2", "--energy", "0.9"], "not both")],  # fmt: skip
+    [
+        (["--rank", "-1"], "--rank -1"),
+        (["--rank", "0"], "--rank 0"),
+        (["--conv-rank", "-1"], "--conv-rank"),
+        (["--energy", "2"], "--energy"),
+        (["--energy", "nan"], "--energy"),
+        (["--energy", "0"], "--energy"),
+        (["--rank", "2", "--energy", "0.9"], "not both"),
+    ],  # fmt: skip
 )
 def test_combine_checks_its_numbers(capsys, files, extra, needle):
     root, _, good = files
-    assert_refused(capsys, root, ["lora", "combine", f"{good}:1", f"{good}:-0.5", *extra, "--out", root / "c.safetensors"], needle)
+    assert_refused(
+        capsys, root, ["lora", "combine", f"{good}:1", f"{good}:-0.5", *extra, "--out", root / "c.safetensors"], needle
+    )
 
 
 @pytest.mark.parametrize(
     "args, needle",
-    [(["--steps", "0"], "--steps"), (["--steps", "-5"], "--steps"), (["--guidance", "nan"], "--guidance"), (["--guidance", "inf"], "--guidance"),
-     (["--seed", "99999999999999999999"], "--seed"), (["--seed", "-1"], "--seed")],  # fmt: skip
+    [
+        (["--steps", "0"], "--steps"),
+        (["--steps", "-5"], "--steps"),
+        (["--guidance", "nan"], "--guidance"),
+        (["--guidance", "inf"], "--guidance"),
+        (["--seed", "99999999999999999999"], "--seed"),
+        (["--seed", "-1"], "--seed"),
+    ],  # fmt: skip
 )
 def test_generate_checks_its_numbers(capsys, tmp_path, args, needle):
-    assert_refused(capsys, tmp_path, ["generate", "--model", "tiny", "-p", "1girl", *args, "--out", tmp_path / "g.png"], needle)
+    assert_refused(
+        capsys, tmp_path, ["generate", "--model", "tiny", "-p", "1girl", *args, "--out", tmp_path / "g.png"], needle
+    )
 
 
 def test_generate_refuses_empty_grid_weights(capsys, files):
     root, _, good = files
-    assert_refused(capsys, root, ["generate", "--model", "tiny", "-p", "1girl", "--lora", good, "--grid-weights", "", "--out", root / "g.png"], "--grid-weights")
+    assert_refused(
+        capsys,
+        root,
+        ["generate", "--model", "tiny", "-p", "1girl", "--lora", good, "--grid-weights", "", "--out", root / "g.png"],
+        "--grid-weights",
+    )
 
 
 def test_extract_and_merge_check_their_choices(capsys, files):
     root, _, good = files
-    assert_refused(capsys, root, ["lora", "extract", "--original", "tiny", "--tuned", "tiny", "--rank", "2", "--method", "bogus", "--out", root / "e.safetensors"], "--method")
-    assert_refused(capsys, root, ["merge", "--model", "tiny", "--lora", good, "--prediction-type", "bogus", "--out", root / "m"], "--prediction-type")
+    assert_refused(
+        capsys,
+        root,
+        [
+            "lora",
+            "extract",
+            "--original",
+            "tiny",
+            "--tuned",
+            "tiny",
+            "--rank",
+            "2",
+            "--method",
+            "bogus",
+            "--out",
+            root / "e.safetensors",
+        ],
+        "--method",
+    )
+    assert_refused(
+        capsys,
+        root,
+        ["merge", "--model", "tiny", "--lora", good, "--prediction-type", "bogus", "--out", root / "m"],
+        "--prediction-type",
+    )
 
 
-@pytest.mark.parametrize("suffix, kind", [("dora_scale", "DoRA"), ("lora_mid.weight", "LoCon"), ("hada_w1_a", "LoHa"), ("lokr_w1", "LoKr"), ("diff_b", "full weight")])
+@pytest.mark.parametrize(
+    "suffix, kind",
+    [
+        ("dora_scale", "DoRA"),
+        ("lora_mid.weight", "LoCon"),
+        ("hada_w1_a", "LoHa"),
+        ("lokr_w1", "LoKr"),
+        ("diff_b", "full weight"),
+    ],
+)
 def test_lora_variants_sabun_does_not_read_are_refused_not_dropped(capsys, files, suffix, kind):
     root, state, _ = files
     variant = root / "variant.safetensors"
     save_file({**state, f"{LAYER}.{suffix}": torch.ones(4, 1)}, str(variant))
-    assert_refused(capsys, root, ["merge", "--model", "tiny", "--lora", variant, "--out", root / "m"], "variant.safetensors", kind)
+    assert_refused(
+        capsys, root, ["merge", "--model", "tiny", "--lora", variant, "--out", root / "m"], "variant.safetensors", kind
+    )
     assert_refused(capsys, root, ["lora", "info", variant], kind)
 
 
@@ -411,7 +525,13 @@ def test_a_failed_write_names_the_output(capsys, files, monkeypatch):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(PILImage.Image, "save", full)
-    line = assert_refused(capsys, root, ["generate", "--model", "tiny", "-p", "1girl", "--steps", "1", "--out", root / "g.png"], "g.png", "No space")
+    line = assert_refused(
+        capsys,
+        root,
+        ["generate", "--model", "tiny", "-p", "1girl", "--steps", "1", "--out", root / "g.png"],
+        "g.png",
+        "No space",
+    )
     assert ".tmp-" not in line
 
 
@@ -436,6 +556,16 @@ def test_render_model_on_a_full_disk_leaves_no_partial_set(capsys, tmp_path, mon
 
 def test_merge_names_a_mistyped_extension_and_extract_names_both_models(capsys, files, tiny_pipe):
     root, _, good = files
-    assert_refused(capsys, root, ["merge", "--model", "tiny", "--lora", good, "--out", root / "m.safetensor"], "did you mean .safetensors")
-    line = assert_refused(capsys, root, ["lora", "extract", "--original", "tiny", "--tuned", "toy", "--rank", "2", "--out", root / "e.safetensors"], "other layers")
+    assert_refused(
+        capsys,
+        root,
+        ["merge", "--model", "tiny", "--lora", good, "--out", root / "m.safetensor"],
+        "did you mean .safetensors",
+    )
+    line = assert_refused(
+        capsys,
+        root,
+        ["lora", "extract", "--original", "tiny", "--tuned", "toy", "--rank", "2", "--out", root / "e.safetensors"],
+        "other layers",
+    )
     assert "tiny" in line and "toy" in line

@@ -83,7 +83,10 @@ def test_demo_inputs_are_checked_before_the_first_stage(tmp_path, change, named)
 
     bad = tmp_path / "c.toml"
     bad.write_text("name = = 1\n")
-    characters = tuple({"BAD_TOML": str(bad), "MISSING_TOML": str(tmp_path / "missing.toml")}.get(c, c) for c in change.get("characters", ("target",)))
+    characters = tuple(
+        {"BAD_TOML": str(bad), "MISSING_TOML": str(tmp_path / "missing.toml")}.get(c, c)
+        for c in change.get("characters", ("target",))
+    )
     messages: list[str] = []
     with pytest.raises(SabunError, match=named):
         run_demo(tmp_path / "run", DemoConfig(**(DEMO | change | {"characters": characters})), log=messages.append)
@@ -114,7 +117,11 @@ def character_raw(tmp_path: Path, **sections) -> dict:
         "evaluation": {"weights": [1.0], "seeds": 1, "sample_steps": 1, "prompts": ["1girl"], "character": "target"},
     }
     for name, values in sections.items():
-        raw[name] = values if not isinstance(values, dict) else {k: v for k, v in (raw.get(name, {}) | values).items() if v is not None}
+        raw[name] = (
+            values
+            if not isinstance(values, dict)
+            else {k: v for k, v in (raw.get(name, {}) | values).items() if v is not None}
+        )
     return raw
 
 
@@ -123,29 +130,83 @@ def stone_folder(tmp_path, bad=False):
 
 
 CHARACTER_CASES = {
-    "model_missing": (lambda t: {"model": {"path": "/nonexistent/anything-v5.safetensors"}, "character": {"preset": None, "folder": str(image_folder(t / "mine")), "train": TINY_TRAIN}},
-                      "model.path: /nonexistent/anything-v5.safetensors: no such model"),
-    "model_folder_not_diffusers": (lambda t: {"model": {"path": str(image_folder(t / "notamodel"))}}, "model.path: .*notamodel: is a folder without model_index.json"),
+    "model_missing": (
+        lambda t: {
+            "model": {"path": "/nonexistent/anything-v5.safetensors"},
+            "character": {"preset": None, "folder": str(image_folder(t / "mine")), "train": TINY_TRAIN},
+        },
+        "model.path: /nonexistent/anything-v5.safetensors: no such model",
+    ),
+    "model_folder_not_diffusers": (
+        lambda t: {"model": {"path": str(image_folder(t / "notamodel"))}},
+        "model.path: .*notamodel: is a folder without model_index.json",
+    ),
     "model_pickle": (lambda t: {"model": {"path": str(t / "m.ckpt")}}, "model.path: .*m.ckpt: is a pickle checkpoint"),
-    "character_folder_missing": (lambda t: {"character": {"preset": None, "folder": "/nonexistent/char", "train": TINY_TRAIN}}, "character.folder: /nonexistent/char: no such folder"),
-    "stone_folder_missing": (lambda t: {"stepping_stone": {"presets": [], "folders": ["/nonexistent/stone"], "train": TINY_TRAIN}}, r"stepping_stone.folders\[0\]: /nonexistent/stone: no such folder"),
-    "stone_folder_corrupt_image": (lambda t: {"stepping_stone": stone_folder(t, bad=True)}, r"stepping_stone.folders\[0\]: .*1 bad training image.*bad.png"),
-    "character_folder_corrupt_image": (lambda t: {"character": {"preset": None, "folder": str(image_folder(t / "mine", bad=True)), "train": TINY_TRAIN}},
-                                       "character.folder: .*bad.png.*set character.train.data.skip_bad_images"),
-    "character_folder_empty": (lambda t: {"character": {"preset": None, "folder": str(_mkdir(t / "empty")), "train": TINY_TRAIN}}, "character.folder: .*empty: holds no images"),
-    "multiplier_nan": (lambda t: {"stepping_stone": {"multiplier": NAN}}, "stepping_stone.multiplier: must be a finite number, got nan"),
-    "multiplier_huge": (lambda t: {"stepping_stone": {"multiplier": 1e30}}, r"stepping_stone.multiplier: 1e\+30 is beyond \+-10"),
-    "eval_weight_nan": (lambda t: {"evaluation": {"weights": [NAN]}}, r"evaluation.weights\[0\]: must be a finite number, got nan"),
+    "character_folder_missing": (
+        lambda t: {"character": {"preset": None, "folder": "/nonexistent/char", "train": TINY_TRAIN}},
+        "character.folder: /nonexistent/char: no such folder",
+    ),
+    "stone_folder_missing": (
+        lambda t: {"stepping_stone": {"presets": [], "folders": ["/nonexistent/stone"], "train": TINY_TRAIN}},
+        r"stepping_stone.folders\[0\]: /nonexistent/stone: no such folder",
+    ),
+    "stone_folder_corrupt_image": (
+        lambda t: {"stepping_stone": stone_folder(t, bad=True)},
+        r"stepping_stone.folders\[0\]: .*1 bad training image.*bad.png",
+    ),
+    "character_folder_corrupt_image": (
+        lambda t: {
+            "character": {"preset": None, "folder": str(image_folder(t / "mine", bad=True)), "train": TINY_TRAIN}
+        },
+        "character.folder: .*bad.png.*set character.train.data.skip_bad_images",
+    ),
+    "character_folder_empty": (
+        lambda t: {"character": {"preset": None, "folder": str(_mkdir(t / "empty")), "train": TINY_TRAIN}},
+        "character.folder: .*empty: holds no images",
+    ),
+    "multiplier_nan": (
+        lambda t: {"stepping_stone": {"multiplier": NAN}},
+        "stepping_stone.multiplier: must be a finite number, got nan",
+    ),
+    "multiplier_huge": (
+        lambda t: {"stepping_stone": {"multiplier": 1e30}},
+        r"stepping_stone.multiplier: 1e\+30 is beyond \+-10",
+    ),
+    "eval_weight_nan": (
+        lambda t: {"evaluation": {"weights": [NAN]}},
+        r"evaluation.weights\[0\]: must be a finite number, got nan",
+    ),
     "eval_guidance_inf": (lambda t: {"evaluation": {"guidance": INF}}, "evaluation.guidance: must be a finite number"),
-    "eval_sample_steps_huge": (lambda t: {"evaluation": {"sample_steps": 5000}}, "evaluation.sample_steps: must be 1 to 1000"),
+    "eval_sample_steps_huge": (
+        lambda t: {"evaluation": {"sample_steps": 5000}},
+        "evaluation.sample_steps: must be 1 to 1000",
+    ),
     "eval_threshold": (lambda t: {"evaluation": {"threshold": 2.0}}, r"evaluation.threshold: must be in \[0, 1\]"),
     "eval_prompts_empty": (lambda t: {"evaluation": {"prompts": []}}, "evaluation.prompts: is empty"),
-    "eval_character_missing": (lambda t: {"evaluation": {"character": str(t / "nobody.toml")}}, "evaluation.character: .*nobody.toml: no such character file"),
-    "eval_prompt_file_missing": (lambda t: {"evaluation": {"protocol_prompts": str(t / "prompts.txt")}}, "evaluation.protocol_prompts: .*prompts.txt: no such prompt file"),
-    "stone_preset_bogus": (lambda t: {"stepping_stone": {"presets": ["nobody"]}}, r"stepping_stone.presets\[0\]: nobody: no such character preset"),
-    "stone_lr_inf": (lambda t: {"stepping_stone": {"train": {"optimizer": {"learning_rate": INF}}}}, "stepping_stone.train.optimizer.learning_rate: must be a finite number"),
-    "character_min_timestep_past": (lambda t: {"character": {"preset": "target", "train": {"training": {"min_timestep": 5000}}}}, "character.train.training.min_timestep: 5000 is past this model's 1000"),
-    "hair_distance_inf": (lambda t: {"stepping_stone": {"hair_distance": INF}}, "stepping_stone.hair_distance: must be a finite number"),
+    "eval_character_missing": (
+        lambda t: {"evaluation": {"character": str(t / "nobody.toml")}},
+        "evaluation.character: .*nobody.toml: no such character file",
+    ),
+    "eval_prompt_file_missing": (
+        lambda t: {"evaluation": {"protocol_prompts": str(t / "prompts.txt")}},
+        "evaluation.protocol_prompts: .*prompts.txt: no such prompt file",
+    ),
+    "stone_preset_bogus": (
+        lambda t: {"stepping_stone": {"presets": ["nobody"]}},
+        r"stepping_stone.presets\[0\]: nobody: no such character preset",
+    ),
+    "stone_lr_inf": (
+        lambda t: {"stepping_stone": {"train": {"optimizer": {"learning_rate": INF}}}},
+        "stepping_stone.train.optimizer.learning_rate: must be a finite number",
+    ),
+    "character_min_timestep_past": (
+        lambda t: {"character": {"preset": "target", "train": {"training": {"min_timestep": 5000}}}},
+        "character.train.training.min_timestep: 5000 is past this model's 1000",
+    ),
+    "hair_distance_inf": (
+        lambda t: {"stepping_stone": {"hair_distance": INF}},
+        "stepping_stone.hair_distance: must be a finite number",
+    ),
     "out_is_a_file": (lambda t: {"out": str(_touch(t / "run"))}, "out: .*run: is a file"),
 }
 
@@ -184,7 +245,10 @@ def test_character_set_overrides_are_checked_before_the_first_stage(tmp_path):
 
     path = tmp_path / "ch.toml"
     path.write_text(tomli_w.dumps(character_raw(tmp_path)))
-    for override, named in (("stepping_stone.multiplier=nan", "stepping_stone.multiplier: must be a finite"), ("evaluation.weights=[nan]", r"evaluation.weights\[0\]: must be a finite")):
+    for override, named in (
+        ("stepping_stone.multiplier=nan", "stepping_stone.multiplier: must be a finite"),
+        ("evaluation.weights=[nan]", r"evaluation.weights\[0\]: must be a finite"),
+    ):
         messages: list[str] = []
         with pytest.raises(SabunError, match=named):
             run_character(load_character_config(path, [override]), log=messages.append)
@@ -196,7 +260,15 @@ def test_character_set_overrides_are_checked_before_the_first_stage(tmp_path):
 COPY = {
     "model": {"path": "tiny"},
     "b": {"hair_colour": "blue"},
-    "copy": {"rank": 2, "conv_rank": 2, "steps_per_round": 1, "max_rounds": 1, "random_captions": 1, "check_prompts": ["1girl, outdoors"], "check_seeds": 1},
+    "copy": {
+        "rank": 2,
+        "conv_rank": 2,
+        "steps_per_round": 1,
+        "max_rounds": 1,
+        "random_captions": 1,
+        "check_prompts": ["1girl, outdoors"],
+        "check_seeds": 1,
+    },
     "edit": {"rank": 2, "steps": 1},
     "measure": {"prompts": ["1girl, indoors"], "seeds": 1, "steps": 1},
 }
@@ -230,7 +302,10 @@ def test_copy_machine_config_is_checked_when_loaded(tmp_path, override, named):
 @pytest.mark.parametrize(
     "change, named",
     [
-        ({"model": {"path": "/nonexistent/model.safetensors"}}, "model.path: /nonexistent/model.safetensors: no such model"),
+        (
+            {"model": {"path": "/nonexistent/model.safetensors"}},
+            "model.path: /nonexistent/model.safetensors: no such model",
+        ),
         ({"a": {"image": "MISSING"}, "b": {"image": "MISSING_B"}}, "a.image: .*missing_a.png: no such image file"),
         ({"output": {"dir": "FILE"}}, "output.dir: .*afile: is a file"),
     ],
@@ -240,7 +315,11 @@ def test_copy_machine_inputs_are_checked_before_the_first_stage(tmp_path, change
     from sabun.train.config import from_dict
 
     (tmp_path / "afile").write_text("")
-    paths = {"MISSING": str(tmp_path / "missing_a.png"), "MISSING_B": str(tmp_path / "missing_b.png"), "FILE": str(tmp_path / "afile")}
+    paths = {
+        "MISSING": str(tmp_path / "missing_a.png"),
+        "MISSING_B": str(tmp_path / "missing_b.png"),
+        "FILE": str(tmp_path / "afile"),
+    }
     raw = COPY | {"output": {"dir": str(tmp_path / "run")}}
     for name, values in change.items():
         raw[name] = {k: paths.get(v, v) for k, v in values.items()}
@@ -335,8 +414,12 @@ def test_toy_check_refuses_a_model_that_does_not_draw_64_px_images(tmp_path, mon
     from sabun.models.tiny import build_tiny_pipeline
     from sabun.toyworld.check import check_model
 
-    monkeypatch.setattr(sabun.models.load, "load_pipeline", lambda *a, **k: build_tiny_pipeline(sample_size=16))  # 32 px images
-    with pytest.raises(SabunError, match="big.safetensors: draws 32 px images, and the toy evaluator reads the toy model's 64 px ones"):
+    monkeypatch.setattr(
+        sabun.models.load, "load_pipeline", lambda *a, **k: build_tiny_pipeline(sample_size=16)
+    )  # 32 px images
+    with pytest.raises(
+        SabunError, match="big.safetensors: draws 32 px images, and the toy evaluator reads the toy model's 64 px ones"
+    ):
         check_model("big.safetensors", tmp_path / "ck", count=1, three_d_count=1, sampler=Sampler(steps=1))
     untouched(tmp_path / "ck")
 
@@ -390,7 +473,13 @@ def full_disk_after(monkeypatch, writes: int) -> None:
 def test_render_toy_on_a_full_disk_leaves_nothing_new(tmp_path, monkeypatch):
     from sabun.toyworld.commands import RenderToyConfig, render_toy
 
-    config = RenderToyConfig(out=tmp_path / "new" / "rt", style="anime", character="target", views=("front", "behind"), zooms=("portrait", "full-body"))
+    config = RenderToyConfig(
+        out=tmp_path / "new" / "rt",
+        style="anime",
+        character="target",
+        views=("front", "behind"),
+        zooms=("portrait", "full-body"),
+    )
     full_disk_after(monkeypatch, 7)
     with pytest.raises(SabunError, match=r"rt/target_anime_00002.json: No space left on device; free some space"):
         render_toy(config)
@@ -403,7 +492,15 @@ def test_render_toy_on_a_full_disk_leaves_nothing_new(tmp_path, monkeypatch):
     (existing / "mine.png").write_bytes(b"mine")
     full_disk_after(monkeypatch, 7)
     with pytest.raises(SabunError, match="No space left on device"):
-        render_toy(RenderToyConfig(out=existing, style="anime", character="target", views=("front", "behind"), zooms=("portrait", "full-body")))
+        render_toy(
+            RenderToyConfig(
+                out=existing,
+                style="anime",
+                character="target",
+                views=("front", "behind"),
+                zooms=("portrait", "full-body"),
+            )
+        )
     assert [p.name for p in tmp_path.iterdir()] == ["rt"]  # no temporary left beside it
     assert [p.name for p in existing.iterdir()] == ["mine.png"] and (existing / "mine.png").read_bytes() == b"mine"
 
@@ -414,11 +511,17 @@ def test_render_toy_moves_a_complete_set_into_place(tmp_path):
     out = tmp_path / "rt"
     out.mkdir()
     (out / "mine.txt").write_text("mine")
-    written = render_toy(RenderToyConfig(out=out, style="anime", character="target", views=("front",), zooms=("portrait", "full-body")))
+    written = render_toy(
+        RenderToyConfig(out=out, style="anime", character="target", views=("front",), zooms=("portrait", "full-body"))
+    )
     assert [p.name for p in written] == ["target_anime_00000.png", "target_anime_00001.png"]
     assert len(list(out.iterdir())) == 1 + 2 * 3 and [p.name for p in tmp_path.iterdir()] == ["rt"]
     assert oct((out / "target_anime_00000.png").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
-    fresh = render_toy(RenderToyConfig(out=tmp_path / "a" / "b", style="anime", character="target", views=("front",), zooms=("portrait",)))
+    fresh = render_toy(
+        RenderToyConfig(
+            out=tmp_path / "a" / "b", style="anime", character="target", views=("front",), zooms=("portrait",)
+        )
+    )
     assert fresh[0].is_file() and oct((tmp_path / "a" / "b").stat().st_mode & 0o777) == oct(0o777 & ~_umask())
 
 

@@ -49,8 +49,14 @@ LOAD = [
     (["sampling.multipliers=[nan]"], "sampling.multipliers[0]: must be a finite number"),
     (["sampling.multipliers=[1.0, 20]"], "sampling.multipliers[1]: 20 is beyond +-10"),
     (["sampling.steps=5000"], "sampling.steps: must be in [1, 1000]"),
-    (['model.base_weights=[{path = "stone.safetensors", multiplier = 1e30}]'], "model.base_weights[0].multiplier: 1e+30 is beyond +-10"),
-    (['model.base_weights=[{path = "stone.safetensors", multiplier = nan}]'], "model.base_weights[0].multiplier: must be a finite number"),
+    (
+        ['model.base_weights=[{path = "stone.safetensors", multiplier = 1e30}]'],
+        "model.base_weights[0].multiplier: 1e+30 is beyond +-10",
+    ),
+    (
+        ['model.base_weights=[{path = "stone.safetensors", multiplier = nan}]'],
+        "model.base_weights[0].multiplier: must be a finite number",
+    ),
     # 4. seeds
     (["training.seed=-1", "validation.split=0.5"], "training.seed: must be in [0, 4294967295], got -1"),
     (["sampling.seeds=[0, -5]"], "sampling.seeds[1]: must be in [0,"),
@@ -123,7 +129,11 @@ def settings(*overrides: str):
 
 
 RUN = [
-    ("clip_skip", settings("model.clip_skip=100"), "model.clip_skip: 100 is more layers than the text encoder of tiny has; the largest clip_skip for it is 2"),
+    (
+        "clip_skip",
+        settings("model.clip_skip=100"),
+        "model.clip_skip: 100 is more layers than the text encoder of tiny has; the largest clip_skip for it is 2",
+    ),
     ("rank", settings("network.rank=1000"), "network.rank: 1000 is larger than the model's layer"),
     ("rank_message", settings("network.rank=1000"), "the largest rank for tiny is 32"),
     ("conv_rank", settings("network.conv_rank=100000"), "network.conv_rank: 100000 is larger than the model's layer"),
@@ -134,11 +144,20 @@ RUN = [
     ("corrupt", corrupt, "broken.png: unreadable"),
 ]
 
-EARLIER = ["test.safetensors", "test.toml", "checkpoints/test-step000002/lora.safetensors", "checkpoints/test-step000002/state.pt"]
+EARLIER = [
+    "test.safetensors",
+    "test.toml",
+    "checkpoints/test-step000002/lora.safetensors",
+    "checkpoints/test-step000002/state.pt",
+]
 
 
 def tree(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.mark.parametrize("setup, needle", [(s, n) for _, s, n in RUN], ids=[i for i, _, _ in RUN])
@@ -181,12 +200,16 @@ def test_a_quoted_set_value_is_a_toml_string(tmp_path):
     config = load_config(tmp_path / "train.toml", ['optimizer.type="sgd"', "output.name=123", "datasets.0.default_caption='1girl, solo'",
                                                     'sampling.negative_prompt=bad hands, "blurry"'])  # fmt: skip
     assert config.optimizer.type == "sgd" and config.output.name == "123"
-    assert config.datasets[0].default_caption == "1girl, solo" and config.sampling.negative_prompt == 'bad hands, "blurry"'
+    assert (
+        config.datasets[0].default_caption == "1girl, solo" and config.sampling.negative_prompt == 'bad hands, "blurry"'
+    )
 
 
 def test_a_large_base_weight_multiplier_is_allowed_when_forced(tmp_path):
     (tmp_path / "train.toml").write_text(BASE_TOML)
-    config = load_config(tmp_path / "train.toml", ['model.base_weights=[{path = "stone.safetensors", multiplier = 20, force = true}]'])
+    config = load_config(
+        tmp_path / "train.toml", ['model.base_weights=[{path = "stone.safetensors", multiplier = 20, force = true}]']
+    )
     assert config.model.base_weights[0].multiplier == 20
 
 

@@ -22,13 +22,21 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # pipelines of small models 
 
 
 def tiny_config(out, **character):
-    return config_from_dict({
-        "out": str(out),
-        "model": {"path": "tiny"},
-        "stepping_stone": {"presets": ["red_long", "blue_short"], "train": TINY_TRAIN},
-        "character": (character or {"preset": "target"}) | {"train": TINY_TRAIN},
-        "evaluation": {"weights": [1.0], "seeds": 1, "sample_steps": 2, "prompts": ["1girl", "1girl, arms up"], "character": "target"},
-    })
+    return config_from_dict(
+        {
+            "out": str(out),
+            "model": {"path": "tiny"},
+            "stepping_stone": {"presets": ["red_long", "blue_short"], "train": TINY_TRAIN},
+            "character": (character or {"preset": "target"}) | {"train": TINY_TRAIN},
+            "evaluation": {
+                "weights": [1.0],
+                "seeds": 1,
+                "sample_steps": 2,
+                "prompts": ["1girl", "1girl, arms up"],
+                "character": "target",
+            },
+        }
+    )
 
 
 def test_character_pipeline_end_to_end_then_skips(tmp_path):
@@ -36,7 +44,9 @@ def test_character_pipeline_end_to_end_then_skips(tmp_path):
     report = run_character(tiny_config(tmp_path / "run"), log=messages.append)
     assert list(report["conditions"]) == ["plain model", "character LoRA x1"]
     assert report["conditions"]["plain model"] != report["conditions"]["character LoRA x1"]
-    assert report["weight_change_norms"]["character"]["unet"] > 0 and report["weight_change_norms"]["character"]["te"] > 0
+    assert (
+        report["weight_change_norms"]["character"]["unet"] > 0 and report["weight_change_norms"]["character"]["te"] > 0
+    )
     character = load_lora(report["loras"]["character"])
     assert "stepping_stone.safetensors" in character.metadata["sabun_base_weights"]  # trained on the merged model
     assert json.loads(load_lora(report["loras"]["stepping_stone"]).metadata.get("sabun_base_weights", "[]")) == []
@@ -44,7 +54,9 @@ def test_character_pipeline_end_to_end_then_skips(tmp_path):
     assert written["conditions"] == json.loads(json.dumps(report["conditions"]))
     assert (tmp_path / "run" / "samples.png").stat().st_size > 0
     page = (tmp_path / "run" / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 2 + 1 and page.count("<svg") == len(METRICS)  # grids, overview, charts
+    assert page.count("data:image/png;base64,") == 2 + 1 and page.count("<svg") == len(
+        METRICS
+    )  # grids, overview, charts
     assert "Weight change" in page
     # captions follow the policies: the stepping-stone keeps its features, the character drops them
     stone_caption = next((tmp_path / "run" / "data" / "stepping_stone_red_long").glob("*.txt")).read_text()
@@ -61,14 +73,18 @@ def test_a_changed_user_folder_retrains_only_what_depends_on_it(tmp_path):
     from sabun.toyworld.commands import RenderToyConfig, render_toy
 
     mine = tmp_path / "my_renders"
-    render_toy(RenderToyConfig(out=mine, style="3d", character="target", views=("front", "behind"), zooms=("full-body",)))
+    render_toy(
+        RenderToyConfig(out=mine, style="3d", character="target", views=("front", "behind"), zooms=("full-body",))
+    )
     for meta in mine.glob("*.json"):
         meta.unlink()  # a user's own renders: images and captions only
     config = tiny_config(tmp_path / "run", folder=str(mine))
     run_character(config, log=lambda m: None)
     caption = next(mine.glob("*.txt"))
     before = caption.read_text()
-    assert (tmp_path / "run" / "data" / "character" / caption.name).read_text() == before  # `keep`-like: no metadata, caption kept
+    assert (
+        tmp_path / "run" / "data" / "character" / caption.name
+    ).read_text() == before  # `keep`-like: no metadata, caption kept
 
     caption.write_text("1girl, white background\n")
     messages = []
@@ -86,10 +102,22 @@ def test_a_changed_user_folder_retrains_only_what_depends_on_it(tmp_path):
     [
         ({"character": {"preset": "target", "folder": "x"}}, "character.preset: folder or model: give exactly one"),
         ({"character": {"preset": "target", "colour": "red"}}, "character.colour: unknown field"),
-        ({"character": {"preset": "target", "train": {"network": {"rnak": 4}}}}, "character.train.network.rnak: unknown field; did you mean `rank`"),
-        ({"character": {"preset": "target", "train": {"output": {"name": "x"}}}}, "character.train.output: is set by the pipeline"),
-        ({"stepping_stone": {"presets": [], "folders": []}}, "stepping_stone.presets: folders and models are all empty"),
-        ({"character": {"preset": "target", "model": "x.vrm"}}, "character.preset: folder or model: give exactly one of them .got preset and model"),
+        (
+            {"character": {"preset": "target", "train": {"network": {"rnak": 4}}}},
+            "character.train.network.rnak: unknown field; did you mean `rank`",
+        ),
+        (
+            {"character": {"preset": "target", "train": {"output": {"name": "x"}}}},
+            "character.train.output: is set by the pipeline",
+        ),
+        (
+            {"stepping_stone": {"presets": [], "folders": []}},
+            "stepping_stone.presets: folders and models are all empty",
+        ),
+        (
+            {"character": {"preset": "target", "model": "x.vrm"}},
+            "character.preset: folder or model: give exactly one of them .got preset and model",
+        ),
         ({"render": {"style": "cel"}}, "render.style: "),
         ({"render": {"views": ["top"]}}, "render.views: "),
         ({"stepping_stone": {"models": [{"tags": "red hair"}]}}, r"stepping_stone.models\[0\].path: is required"),
@@ -125,14 +153,20 @@ def test_on_the_toy_model_only_the_character_lora_skips_the_low_noise_timesteps(
     from sabun.pipelines.character import train_config
 
     path = tmp_path / "pipeline.toml"
-    path.write_text('out = "run"\n[model]\npath = "toy"\n[character]\npreset = "target"\n[character.train]\ntraining = { max_steps = 5 }\n')
+    path.write_text(
+        'out = "run"\n[model]\npath = "toy"\n[character]\npreset = "target"\n[character.train]\ntraining = { max_steps = 5 }\n'
+    )
     config = load_character_config(path)
 
     def min_timestep(config, section, character):
         return train_config(config, section.train, [tmp_path], tmp_path, "x", character=character).training.min_timestep
 
-    assert min_timestep(config, config.character, True) == 500 and min_timestep(config, config.stepping_stone, False) == 0
-    assert train_config(config, config.character.train, [tmp_path], tmp_path, "x", character=True).training.max_steps == 5
+    assert (
+        min_timestep(config, config.character, True) == 500 and min_timestep(config, config.stepping_stone, False) == 0
+    )
+    assert (
+        train_config(config, config.character.train, [tmp_path], tmp_path, "x", character=True).training.max_steps == 5
+    )
     chosen = load_character_config(path, ["character.train.training.min_timestep=0"])
     assert min_timestep(chosen, chosen.character, True) == 0
 
@@ -144,7 +178,9 @@ def test_save_merged_writes_the_model_with_the_stepping_stone_in_it(tmp_path):
     from sabun.models.load import load_pipeline
 
     config = dataclasses.replace(tiny_config(tmp_path / "run"), save_merged=True)
-    config = dataclasses.replace(config, stepping_stone=dataclasses.replace(config.stepping_stone, presets=["red_long"]))
+    config = dataclasses.replace(
+        config, stepping_stone=dataclasses.replace(config.stepping_stone, presets=["red_long"])
+    )
     report = run_character(config, log=lambda m: None)
     merged = load_pipeline(str(tmp_path / "run" / "merged.safetensors"))
     expected = load_pipeline("tiny")
@@ -173,7 +209,9 @@ def test_the_evaluation_stage_reads_with_a_tagger_on_any_model(tmp_path):
     assert set(report["conditions"]["character LoRA x1"]["intervals"]) >= {"3d_leakage", "tag:twintails", "pose_obeyed"}
 
     messages = []
-    bad = dataclasses.replace(config, out=str(tmp_path / "bad"), evaluation=dataclasses.replace(config.evaluation, identity="cat ears"))
+    bad = dataclasses.replace(
+        config, out=str(tmp_path / "bad"), evaluation=dataclasses.replace(config.evaluation, identity="cat ears")
+    )
     with pytest.raises(SabunError, match="cat_ears"):
         run_character(bad, log=messages.append)
     assert not any(m.startswith("training") for m in messages)  # refused before any work

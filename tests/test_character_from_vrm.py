@@ -24,19 +24,33 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def export(folder: Path, preset: str, **change) -> Path:
-    vrm, _ = export_character(replace(load_preset(preset), **change), folder / f"{preset}.vrm", overwrite=True, segments=6)
+    vrm, _ = export_character(
+        replace(load_preset(preset), **change), folder / f"{preset}.vrm", overwrite=True, segments=6
+    )
     return vrm
 
 
 def vrm_config(out: Path, folder: Path, **stone) -> object:
-    return config_from_dict({
-        "out": str(out),
-        "model": {"path": "tiny"},
-        "render": {"views": ["front", "behind"], "zooms": ["portrait", "full-body"], "style": "lit"},
-        "stepping_stone": {"models": [{"path": str(folder / "red_long.vrm")}, {"path": str(folder / "black_twintails.vrm")}], "train": TINY_TRAIN} | stone,
-        "character": {"model": str(folder / "target.vrm"), "train": TINY_TRAIN},
-        "evaluation": {"weights": [1.0], "seeds": 1, "sample_steps": 2, "prompts": ["1girl"], "character": "target"},
-    })
+    return config_from_dict(
+        {
+            "out": str(out),
+            "model": {"path": "tiny"},
+            "render": {"views": ["front", "behind"], "zooms": ["portrait", "full-body"], "style": "lit"},
+            "stepping_stone": {
+                "models": [{"path": str(folder / "red_long.vrm")}, {"path": str(folder / "black_twintails.vrm")}],
+                "train": TINY_TRAIN,
+            }
+            | stone,
+            "character": {"model": str(folder / "target.vrm"), "train": TINY_TRAIN},
+            "evaluation": {
+                "weights": [1.0],
+                "seeds": 1,
+                "sample_steps": 2,
+                "prompts": ["1girl"],
+                "character": "target",
+            },
+        }
+    )
 
 
 def test_character_pipeline_from_vrm_files_renders_once_and_rerenders_only_a_changed_model(tmp_path):
@@ -48,7 +62,11 @@ def test_character_pipeline_from_vrm_files_renders_once_and_rerenders_only_a_cha
     report = run_character(vrm_config(tmp_path / "run", models), log=messages.append)
 
     data = tmp_path / "run" / "data"
-    assert sorted(p.name for p in data.iterdir() if p.is_dir()) == ["character", "stepping_stone_black_twintails", "stepping_stone_red_long"]
+    assert sorted(p.name for p in data.iterdir() if p.is_dir()) == [
+        "character",
+        "stepping_stone_black_twintails",
+        "stepping_stone_red_long",
+    ]
     assert len(list((data / "character").glob("*.png"))) == 2 * 2
     stone_caption = (data / "stepping_stone_red_long" / "red_long_front_portrait_arms-at-sides.txt").read_text()
     target_caption = (data / "character" / "target_behind_full-body_arms-at-sides.txt").read_text()
@@ -57,7 +75,9 @@ def test_character_pipeline_from_vrm_files_renders_once_and_rerenders_only_a_cha
 
     # coverage: printed, in the report and in OUT/coverage.json; blonde is far from red and black
     assert report["coverage"]["nearest"]["name"] in ("red_long", "black_twintails")
-    assert any("no stepping-stone character's hair is within 15" in w and "blonde" in w for w in report["coverage"]["warnings"])
+    assert any(
+        "no stepping-stone character's hair is within 15" in w and "blonde" in w for w in report["coverage"]["warnings"]
+    )
     assert not any("twintails" in w for w in report["coverage"]["warnings"])  # black_twintails has them
     assert json.loads((tmp_path / "run" / "coverage.json").read_text())["nearest"] == report["coverage"]["nearest"]
     assert any("stepping-stone coverage" in m for m in messages)
@@ -67,7 +87,11 @@ def test_character_pipeline_from_vrm_files_renders_once_and_rerenders_only_a_cha
     stone = json.loads(load_lora(report["loras"]["stepping_stone"]).metadata["sabun_source_models"])
     hashes = {name: file_sha256(models / f"{name}.vrm") for name in ("red_long", "black_twintails", "target")}
     assert {r["sha256"]: r["role"] for r in stone} == {hashes["red_long"]: "data", hashes["black_twintails"]: "data"}
-    assert {r["sha256"]: r["role"] for r in character} == {hashes["target"]: "data", hashes["red_long"]: "stepping-stone", hashes["black_twintails"]: "stepping-stone"}
+    assert {r["sha256"]: r["role"] for r in character} == {
+        hashes["target"]: "data",
+        hashes["red_long"]: "stepping-stone",
+        hashes["black_twintails"]: "stepping-stone",
+    }
     assert all(r["licence"] and r["avatar_permission"] == "everyone" and r["file"].endswith(".vrm") for r in character)
 
     messages.clear()
@@ -95,7 +119,14 @@ def test_model_sources_are_checked_before_any_stage_runs(tmp_path):
     config = vrm_config(tmp_path / "run", models, models=[{"path": str(models / "nope.vrm")}])
     with pytest.raises(ConfigError, match=r"stepping_stone.models\[0\].path: .*nope.vrm: no such file"):
         run_character(config, log=lambda m: None)
-    config = vrm_config(tmp_path / "run", models, models=[{"path": str(models / "target.vrm"), "tags": "blonde hair"}, {"path": str(models / "sub" / "target.vrm")}])
+    config = vrm_config(
+        tmp_path / "run",
+        models,
+        models=[
+            {"path": str(models / "target.vrm"), "tags": "blonde hair"},
+            {"path": str(models / "sub" / "target.vrm")},
+        ],
+    )
     with pytest.raises(ConfigError, match="two sources are both named 'target'"):
         run_character(config, log=lambda m: None)
 
@@ -119,7 +150,9 @@ def test_the_hair_colour_warning_fires_when_every_stepping_stone_is_far_and_not_
     assert close.warnings == [] and close.nearest[0] == "yellow" and close.nearest[1] < 5
     assert coverage(target, stones, max_distance=40.0).warnings == []  # the stated distance decides
     table = far.table().splitlines()
-    assert len(table) == 1 + 1 + 5 and all("CIEDE2000 to target" in table[0] and "hairstyle tags" in table[0] for _ in [0])
+    assert len(table) == 1 + 1 + 5 and all(
+        "CIEDE2000 to target" in table[0] and "hairstyle tags" in table[0] for _ in [0]
+    )
     assert json.loads(json.dumps(far.to_dict()))["nearest"]["name"] == "white"
 
 
@@ -144,7 +177,16 @@ def test_hair_colour_is_read_from_the_hair_pixels_of_each_render(tmp_path):
         path = tmp_path / name / f"{name}.vrm"
         path.parent.mkdir()
         write_glb(build_humanoid(HumanoidSpec(hair_colour=rgb, segments=6)), path)
-        render_models(RenderModelConfig(models=(path,), out=tmp_path / name / "renders", size=64, style="unlit", zooms=("portrait", "upper-body")), note=lambda m: None)
+        render_models(
+            RenderModelConfig(
+                models=(path,),
+                out=tmp_path / name / "renders",
+                size=64,
+                style="unlit",
+                zooms=("portrait", "upper-body"),
+            ),
+            note=lambda m: None,
+        )
         meta = json.loads((tmp_path / name / "renders" / f"{name}_front_portrait_arms-at-sides.json").read_text())
         assert meta["hair"]["materials"] == ["Hair"] and meta["hair"]["pixels"] > 100
         readings[name] = hair_colour(tmp_path / name / "renders")
@@ -159,13 +201,18 @@ def test_a_wrong_hair_material_name_is_refused_before_drawing(tmp_path):
 
     vrm = export(tmp_path, "red_long")
     (tmp_path / "red_long.toml").write_text('tags = "red hair"\nhair_materials = ["Hiar"]\n')
-    with pytest.raises(SabunError, match=r"red_long.toml: hair_materials names 'Hiar', which red_long.vrm does not have; its materials are: Skin, Hair"):
+    with pytest.raises(
+        SabunError,
+        match=r"red_long.toml: hair_materials names 'Hiar', which red_long.vrm does not have; its materials are: Skin, Hair",
+    ):
         render_models(RenderModelConfig(models=(vrm,), out=tmp_path / "out", size=64), note=lambda m: None)
     assert not (tmp_path / "out").exists()
 
 
 def test_no_hair_pixels_says_how_to_name_the_hair_materials(tmp_path):
-    (tmp_path / "a.json").write_text(json.dumps({"model": {"file": "robot.vrm"}, "hair": {"materials": [], "pixels": 0, "lab": None}}))
+    (tmp_path / "a.json").write_text(
+        json.dumps({"model": {"file": "robot.vrm"}, "hair": {"materials": [], "pixels": 0, "lab": None}})
+    )
     with pytest.raises(SabunError, match=r"robot.vrm: no hair pixels .* robot.toml beside it with hair_materials"):
         hair_colour(tmp_path)
 

@@ -21,7 +21,9 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1", "COLUMNS": "200"}
 
 
 def sabun(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sabun", *map(str, args)], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "sabun", *map(str, args)], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=300
+    )
 
 
 def assert_clean_error(result: subprocess.CompletedProcess, *needles: str) -> None:
@@ -36,8 +38,12 @@ def assert_clean_error(result: subprocess.CompletedProcess, *needles: str) -> No
 
 @pytest.fixture
 def lora_files(tiny_pipe, tmp_path):
-    a = save_lora(random_lora(tiny_pipe, rank=4, alpha=2.0, conv_rank=2, conv_alpha=1.0, seed=1), tmp_path / "a.safetensors")
-    b = save_lora(random_lora(tiny_pipe, rank=2, alpha=1.0, conv_rank=2, conv_alpha=1.0, seed=2), tmp_path / "b.safetensors")
+    a = save_lora(
+        random_lora(tiny_pipe, rank=4, alpha=2.0, conv_rank=2, conv_alpha=1.0, seed=1), tmp_path / "a.safetensors"
+    )
+    b = save_lora(
+        random_lora(tiny_pipe, rank=2, alpha=1.0, conv_rank=2, conv_alpha=1.0, seed=2), tmp_path / "b.safetensors"
+    )
     return a, b
 
 
@@ -81,7 +87,18 @@ def test_extract_command_reports_both_parts(tiny_pipe, tmp_path):
     tuned = tiny_pipe
     merge_into_model(pipeline_targets(tuned), [Weighted(random_lora(tuned, rank=4, std=0.2))])
     tuned.save_pretrained(tmp_path / "tuned")
-    result = sabun("lora", "extract", "--original", "tiny", "--tuned", tmp_path / "tuned", "--rank", "4", "--out", tmp_path / "x.safetensors")
+    result = sabun(
+        "lora",
+        "extract",
+        "--original",
+        "tiny",
+        "--tuned",
+        tmp_path / "tuned",
+        "--rank",
+        "4",
+        "--out",
+        tmp_path / "x.safetensors",
+    )
     assert result.returncode == 0, result.stderr
     assert "difference norm, unet" in result.stdout and "difference norm, te" in result.stdout
     assert any(n.startswith("lora_te_") for n in load_lora(tmp_path / "x.safetensors").weights)
@@ -92,26 +109,41 @@ def test_bad_inputs_give_one_line_errors_and_no_output(tiny_pipe, lora_files, tm
     out = tmp_path / "out.safetensors"
 
     # a missing path
-    assert_clean_error(sabun("lora", "resize", tmp_path / "nope.safetensors", "--rank", "2", "--out", out), "nope.safetensors", "no such")
+    assert_clean_error(
+        sabun("lora", "resize", tmp_path / "nope.safetensors", "--rank", "2", "--out", out),
+        "nope.safetensors",
+        "no such",
+    )
 
     # a truncated file
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(a.read_bytes()[: a.stat().st_size // 2])
-    assert_clean_error(sabun("lora", "resize", truncated, "--rank", "2", "--out", out), "truncated.safetensors", "corrupt")
+    assert_clean_error(
+        sabun("lora", "resize", truncated, "--rank", "2", "--out", out), "truncated.safetensors", "corrupt"
+    )
 
     # a safetensors file that is not a LoRA
     not_lora = tmp_path / "model.safetensors"
     save_file({"model.diffusion_model.conv_in.weight": torch.zeros(4, 4)}, str(not_lora))
-    assert_clean_error(sabun("lora", "combine", f"{not_lora}:1", "--out", out), "model.safetensors", "not a kohya-format LoRA")
+    assert_clean_error(
+        sabun("lora", "combine", f"{not_lora}:1", "--out", out), "model.safetensors", "not a kohya-format LoRA"
+    )
 
     # an SDXL LoRA on an SD1 model
     w = random_lora(tiny_pipe).weights["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"]
     sdxl = tmp_path / "sdxl.safetensors"
-    save_file({"lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.lora_down.weight": w.down,
-               "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.lora_up.weight": w.up,
-               "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": w.down.clone(),
-               "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight": w.up.clone()}, str(sdxl))
-    assert_clean_error(sabun("merge", "--model", "tiny", "--lora", sdxl, "--out", tmp_path / "merged"), "sdxl.safetensors", "sdxl")
+    save_file(
+        {
+            "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.lora_down.weight": w.down,
+            "lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.lora_up.weight": w.up,
+            "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_down.weight": w.down.clone(),
+            "lora_te1_text_model_encoder_layers_0_self_attn_q_proj.lora_up.weight": w.up.clone(),
+        },
+        str(sdxl),
+    )
+    assert_clean_error(
+        sabun("merge", "--model", "tiny", "--lora", sdxl, "--out", tmp_path / "merged"), "sdxl.safetensors", "sdxl"
+    )
     assert not (tmp_path / "merged").exists()
 
     # a .ckpt pickle: refused, then loaded weights-only when allowed

@@ -13,14 +13,30 @@ from PIL import Image
 
 from sabun.errors import SabunError
 from sabun.lora.file import load_lora
-from sabun.pipelines.copy_machine import CopyMachineConfig, copy_captions, load_copy_machine_config, pixel_difference, run_copy_machine, summary
+from sabun.pipelines.copy_machine import (
+    CopyMachineConfig,
+    copy_captions,
+    load_copy_machine_config,
+    pixel_difference,
+    run_copy_machine,
+    summary,
+)
 from sabun.train.config import ConfigError, from_dict
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "copy_machine.toml"
 TINY = {
     "model": {"path": "tiny"},
     "b": {"hair_colour": "blue"},
-    "copy": {"rank": 2, "conv_rank": 2, "steps_per_round": 2, "max_rounds": 2, "threshold": 0.0, "random_captions": 2, "check_prompts": ["1girl, outdoors"], "check_seeds": 1},
+    "copy": {
+        "rank": 2,
+        "conv_rank": 2,
+        "steps_per_round": 2,
+        "max_rounds": 2,
+        "threshold": 0.0,
+        "random_captions": 2,
+        "check_prompts": ["1girl, outdoors"],
+        "check_seeds": 1,
+    },
     "edit": {"rank": 4, "steps": 2, "resize_rank": 2},
     "measure": {"prompts": ["1girl, indoors", "1girl, arms up"], "seeds": 1, "steps": 2},
 }
@@ -55,7 +71,9 @@ def test_copy_machine_end_to_end_then_skips(tmp_path):
     # measured at -1, 0, +1 on the plain model; metrics.json holds the same report
     weights = report["transfer"]["weights"]
     assert list(weights) == ["-1", "+0", "+1"] and weights["+0"]["shift"] == 0.0
-    assert weights["+1"]["mean_lab"] != weights["-1"]["mean_lab"]  # the LoRA changes what the plain model draws, both ways
+    assert (
+        weights["+1"]["mean_lab"] != weights["-1"]["mean_lab"]
+    )  # the LoRA changes what the plain model draws, both ways
     assert report["transfer"]["images_per_weight"] == 2
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["transfer"] == report["transfer"]
@@ -66,7 +84,9 @@ def test_copy_machine_end_to_end_then_skips(tmp_path):
     messages.clear()
     again = run_copy_machine(tiny_config(tmp_path), log=messages.append)
     assert not any(m.startswith("training") for m in messages)
-    assert sum("up to date, skipped" in m for m in messages) == 2 + 2 + 1 + 1 + 1 + 1  # data, rounds, copy, edit training, edit, metrics
+    assert (
+        sum("up to date, skipped" in m for m in messages) == 2 + 2 + 1 + 1 + 1 + 1
+    )  # data, rounds, copy, edit training, edit, metrics
     assert again["transfer"] == report["transfer"]
 
     # a different resize redoes only the last steps; a met threshold drops round 2 and retrains the edit
@@ -87,8 +107,14 @@ def test_copy_machine_on_user_images(tmp_path):
     assert pixel_difference(a[None], a) == 0.0 < pixel_difference(b[None], a)  # B is A with other hair, same shot
     Image.fromarray(a).resize((96, 80)).save(tmp_path / "a.png")  # not square: centre-cropped like the trainer does
     Image.fromarray(b).save(tmp_path / "b.jpg")
-    config = tiny_config(tmp_path / "run", a={"image": str(tmp_path / "a.png"), "caption": "1girl, solo"}, b={"image": str(tmp_path / "b.jpg")},
-                         copy={"max_rounds": 1}, edit={"resize_rank": None}, measure={"enabled": False})
+    config = tiny_config(
+        tmp_path / "run",
+        a={"image": str(tmp_path / "a.png"), "caption": "1girl, solo"},
+        b={"image": str(tmp_path / "b.jpg")},
+        copy={"max_rounds": 1},
+        edit={"resize_rank": None},
+        measure={"enabled": False},
+    )
     report = run_copy_machine(config, log=lambda m: None)
     assert "transfer" not in report and (tmp_path / "run" / "edit.safetensors").is_file()
     assert (tmp_path / "run" / "data" / "b" / "image_00.txt").read_text().strip() == "1girl, solo"
@@ -105,7 +131,11 @@ def test_copy_captions_include_the_empty_caption_and_never_a_check_prompt():
 @pytest.mark.parametrize(
     "raw, field, words",
     [
-        ({"b": {"hair_colour": "blue"}, "copy": {"steps_per_rnd": 3}}, "copy.steps_per_rnd", "did you mean `steps_per_round`"),
+        (
+            {"b": {"hair_colour": "blue"}, "copy": {"steps_per_rnd": 3}},
+            "copy.steps_per_rnd",
+            "did you mean `steps_per_round`",
+        ),
         ({"b": {"hair_colour": "blue", "image": "b.png"}}, "b.image", "exactly one"),
         ({}, "b", "is required"),
         ({"b": {"hair_colour": "blue"}, "a": {"image": "a.png"}}, "b.image", "is required when A is a file"),
@@ -148,13 +178,40 @@ def test_example_config_validates():
 def test_cli_runs_the_pipeline_and_reports_bad_configs(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_COLOR": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
     path = tmp_path / "cm.toml"
-    lines = [f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()) for name, values in TINY.items()]
+    lines = [
+        f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items()) for name, values in TINY.items()
+    ]
     path.write_text("".join(lines) + '[output]\ndir = "run"\n')
-    result = subprocess.run([sys.executable, "-m", "sabun", "copy-machine", str(path), "--set", "copy.max_rounds=1", "--set", "measure.seeds=2"],
-                            capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sabun",
+            "copy-machine",
+            str(path),
+            "--set",
+            "copy.max_rounds=1",
+            "--set",
+            "measure.seeds=2",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert "position A->B" in result.stdout and "copy: mean |generated - A|" in result.stdout
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["transfer"]["images_per_weight"] == 4
-    bad = subprocess.run([sys.executable, "-m", "sabun", "copy-machine", str(path), "--set", "edit.stepz=3"], capture_output=True, text=True, env=env, timeout=300)
-    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "edit.stepz: unknown field; did you mean `steps`" in bad.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "sabun", "copy-machine", str(path), "--set", "edit.stepz=3"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert (
+        bad.returncode == 2
+        and bad.stderr.startswith("error: ")
+        and "edit.stepz: unknown field; did you mean `steps`" in bad.stderr
+    )
     assert "Traceback" not in bad.stderr

@@ -92,12 +92,24 @@ def test_rgba_transparent_pixels_become_white(tmp_path):
     ("name", "make", "expected"),
     [
         ("la.png", lambda: Image.fromarray(np.array([[[30, 0], [30, 255]]], np.uint8), "LA"), [[255] * 3, [30] * 3]),
-        ("l_trns.png", lambda: (Image.fromarray(np.array([[30, 90]], np.uint8), "L"), {"transparency": 90}), [[30] * 3, [255] * 3]),
-        ("rgb_trns.png", lambda: (Image.fromarray(np.array([[[1, 2, 3], [0, 0, 0]]], np.uint8), "RGB"), {"transparency": (0, 0, 0)}), [[1, 2, 3], [255] * 3]),
+        (
+            "l_trns.png",
+            lambda: (Image.fromarray(np.array([[30, 90]], np.uint8), "L"), {"transparency": 90}),
+            [[30] * 3, [255] * 3],
+        ),
+        (
+            "rgb_trns.png",
+            lambda: (Image.fromarray(np.array([[[1, 2, 3], [0, 0, 0]]], np.uint8), "RGB"), {"transparency": (0, 0, 0)}),
+            [[1, 2, 3], [255] * 3],
+        ),
         ("p_trns.png", lambda: (_palette(), {"transparency": 1}), [[255, 0, 0], [255] * 3]),
         ("p_trns.gif", lambda: (_palette(), {"transparency": 1}), [[255, 0, 0], [255] * 3]),  # one frame: read
         ("p.bmp", lambda: _palette(), [[255, 0, 0], [0, 255, 0]]),
-        ("cmyk.jpg", lambda: (Image.new("CMYK", (2, 1), (255, 0, 0, 0)), {"quality": 100}), [[0, 255, 255], [0, 255, 255]]),
+        (
+            "cmyk.jpg",
+            lambda: (Image.new("CMYK", (2, 1), (255, 0, 0, 0)), {"quality": 100}),
+            [[0, 255, 255], [0, 255, 255]],
+        ),
         ("cmyk.tif", lambda: Image.new("CMYK", (2, 1), (0, 0, 0, 255)), [[0, 0, 0], [0, 0, 0]]),
         ("bilevel.png", lambda: Image.fromarray(np.array([[False, True]])), [[0, 0, 0], [255, 255, 255]]),
     ],
@@ -177,12 +189,18 @@ def test_image_types_that_are_not_read_are_named_not_skipped_silently(tmp_path):
         found = scan(tmp_path)
     assert [im.path.name for im in found.images] == ["a.png"]
     message = " ".join(str(w.message) for w in caught)
-    assert str(tmp_path / "b.heic") in message and str(tmp_path / "source.psd") in message and "convert them to PNG" in message
+    assert (
+        str(tmp_path / "b.heic") in message
+        and str(tmp_path / "source.psd") in message
+        and "convert them to PNG" in message
+    )
 
     only = tmp_path / "only"
     only.mkdir()
     (only / "x.heic").write_bytes(b"\0")
-    with pytest.raises(SabunError, match=r"holds no images .* sabun does not read \(\S+/x\.heic\): convert them to PNG"):
+    with pytest.raises(
+        SabunError, match=r"holds no images .* sabun does not read \(\S+/x\.heic\): convert them to PNG"
+    ):
         scan(only)
 
 
@@ -239,7 +257,9 @@ def test_ribbon_seen_is_better_higher_only_for_a_character_with_a_ribbon(tmp_pat
     assert with_ribbon.ribbon
     directions = {spec.ribbon: {key: better for key, _, better in metrics_for(spec)} for spec in (with_ribbon, without)}
     assert directions[True]["ribbon"] == "higher" and directions[False]["ribbon"] == "lower"
-    assert {k: v for k, v in directions[True].items() if k != "ribbon"} == {k: v for k, v in directions[False].items() if k != "ribbon"}
+    assert {k: v for k, v in directions[True].items() if k != "ribbon"} == {
+        k: v for k, v in directions[False].items() if k != "ribbon"
+    }
     assert [m[0] for m in metrics_for(without)] == [m[0] for m in METRICS]  # the keys are unchanged
     assert metrics_for(without.to_dict()) == metrics_for(without) and metrics_for(with_ribbon.to_dict()) == METRICS
 

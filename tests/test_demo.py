@@ -49,9 +49,13 @@ def test_demo_end_to_end_on_the_tiny_model(tmp_path):
         for metrics in conditions.values():
             assert 0.0 <= metrics["3d_leakage"] <= 1.0 and metrics["hair_ciede2000"] >= 0.0
             assert metrics["images"] == len(Protocol().prompts())
-        assert json.loads((tmp_path / name / "metrics.json").read_text())["conditions"] == json.loads(json.dumps(conditions))
+        assert json.loads((tmp_path / name / "metrics.json").read_text())["conditions"] == json.loads(
+            json.dumps(conditions)
+        )
         page = (tmp_path / name / "report.html").read_text()
-        assert "<table>" in page and page.count("data:image/png;base64,") == len(conditions) + 1  # + prompts x conditions
+        assert (
+            "<table>" in page and page.count("data:image/png;base64,") == len(conditions) + 1
+        )  # + prompts x conditions
     assert json.loads((tmp_path / "metrics.json").read_text())["targets"]["red_long"]["character"]["name"] == "red_long"
     # the character LoRA on the stepping-stone records the stepping-stone it was trained on
     from sabun.lora.file import load_lora
@@ -62,13 +66,22 @@ def test_demo_end_to_end_on_the_tiny_model(tmp_path):
     from sabun.train import load_config
 
     paths = {name: Path(path).with_suffix(".toml") for name, path in summary["targets"]["target"]["loras"].items()}
-    assert {name: load_config(p).training.min_timestep for name, p in paths.items()} == {"no_plan": 500, "3d_tag": 500, "stepping_stone": 0, "character_on_stepping_stone": 500}
+    assert {name: load_config(p).training.min_timestep for name, p in paths.items()} == {
+        "no_plan": 500,
+        "3d_tag": 500,
+        "stepping_stone": 0,
+        "character_on_stepping_stone": 500,
+    }
     # the plain model's figures are the same for both targets' protocols where they do not depend on the target
     plain = [r["conditions"]["plain model"]["3d_leakage"] for r in summary["targets"].values()]
     assert plain[0] == plain[1]
 
     messages.clear()
-    run_demo(tmp_path, DemoConfig(characters=("target",), model="tiny", steps=2, seeds=1, batch_size=4, sample_steps=3), log=messages.append)
+    run_demo(
+        tmp_path,
+        DemoConfig(characters=("target",), model="tiny", steps=2, seeds=1, batch_size=4, sample_steps=3),
+        log=messages.append,
+    )
     assert not any(m.startswith("training") for m in messages)
     assert sum("up to date, skipped" in m for m in messages) == 7 + 4  # data stages + LoRAs
 
@@ -78,7 +91,10 @@ def test_demo_full_adds_the_ablations(tmp_path):
     config = DemoConfig(model="tiny", steps=1, seeds=1, batch_size=4, sample_steps=2, full=True)
     report = run_demo(tmp_path, config, log=messages.append)["targets"]["target"]
     assert list(report["conditions"])[-3:] == ["1-character stone x1", "uncaptioned stone x1", "stone + reg. images x1"]
-    assert all(c == "" for c in (p.read_text() for p in (tmp_path / "data" / "stepping_stone_red_long_uncaptioned").glob("*.txt")))
+    assert all(
+        c == ""
+        for c in (p.read_text() for p in (tmp_path / "data" / "stepping_stone_red_long_uncaptioned").glob("*.txt"))
+    )
     from sabun.lora.file import load_lora
 
     one = load_lora(report["loras"]["character_on_1_character_stone"]).metadata

@@ -55,14 +55,20 @@ def test_the_toy_readers_figures_are_the_protocols_definitions(evaluator, images
         "hairstyle": np.mean(np.array(read.label("hairstyle"))[bare] == target.hairstyle),
         "hair_colour_name": np.mean(np.array(read.hair_colour_name)[bare] == target.hair_colour_name),
         "ribbon": np.mean(np.array(read.label("ribbon"))[bare] == "yes"),
-        "background_obeyed": np.mean([read.label("background")[i] == expected_values[i] for i, g in enumerate(groups) if g == "background"]),
-        "pose_obeyed": np.mean([read.label("pose")[i] == expected_values[i] for i, g in enumerate(groups) if g == "pose"]),
+        "background_obeyed": np.mean(
+            [read.label("background")[i] == expected_values[i] for i, g in enumerate(groups) if g == "background"]
+        ),
+        "pose_obeyed": np.mean(
+            [read.label("pose")[i] == expected_values[i] for i, g in enumerate(groups) if g == "pose"]
+        ),
     }
     for key, value in expected.items():
         assert metrics[key] == pytest.approx(float(value), abs=1e-9), key
         low, high = metrics["intervals"][key]
         assert low <= metrics[key] <= high, key
-    assert metrics["n"]["hairstyle"] == 8 and metrics["n"]["background_obeyed"] == 32 and metrics["n"]["3d_leakage"] == 56
+    assert (
+        metrics["n"]["hairstyle"] == 8 and metrics["n"]["background_obeyed"] == 32 and metrics["n"]["3d_leakage"] == 56
+    )
     assert metrics["intervals"]["hairstyle"] == pytest.approx(list(wilson(round(metrics["hairstyle"] * 8), 8)))
 
 
@@ -74,12 +80,19 @@ def test_wilson_intervals_are_those_of_the_formula():
 
 def test_a_prompt_file_says_what_each_line_tests(tmp_path):
     path = tmp_path / "prompts.txt"
-    path.write_text("# my prompts\n[bare] 1girl\n\n[background:outdoor] 1girl, outdoors\n[pose:arms-up] 1girl, arms up\n1girl, school uniform\n", encoding="utf-8")
+    path.write_text(
+        "# my prompts\n[bare] 1girl\n\n[background:outdoor] 1girl, outdoors\n[pose:arms-up] 1girl, arms up\n1girl, school uniform\n",
+        encoding="utf-8",
+    )
     prompts = read_prompts(path)
     assert [(p.group, p.expected, p.text) for p in prompts] == [
         ("bare", "", "1girl"), ("background", "outdoor", "1girl, outdoors"), ("pose", "arms-up", "1girl, arms up"), ("free", "", "1girl, school uniform")]  # fmt: skip
     bad = tmp_path / "bad.txt"
-    for text, needle in (("[background] 1girl", "needs the background"), ("[colour:red] 1girl", "a label is"), ("# nothing\n", "holds no prompts")):
+    for text, needle in (
+        ("[background] 1girl", "needs the background"),
+        ("[colour:red] 1girl", "a label is"),
+        ("# nothing\n", "holds no prompts"),
+    ):
         bad.write_text(text, encoding="utf-8")
         with pytest.raises(SabunError, match=needle):
             read_prompts(bad)
@@ -103,12 +116,17 @@ def condition(**figures):
 
 
 def test_claims_hold_fail_or_are_not_separable():
-    plain = condition(**{"3d_leakage": (0.04, 0.03, 0.05), "background_obeyed": (0.4, 0.3, 0.5), "pose_obeyed": (0.6, 0.4, 0.8)})
+    plain = condition(
+        **{"3d_leakage": (0.04, 0.03, 0.05), "background_obeyed": (0.4, 0.3, 0.5), "pose_obeyed": (0.6, 0.4, 0.8)}
+    )
     no_plan = condition(**{"3d_leakage": (0.5, 0.4, 0.6)})
     half = condition(hair_ciede2000=(25.0, 23.0, 27.0))
     stone = condition(**{"3d_leakage": (0.05, 0.03, 0.07), "hair_ciede2000": (24.0, 22.0, 26.0), "hairstyle": (0.3, 0.15, 0.5),
                          "background_obeyed": (0.4, 0.33, 0.47), "pose_obeyed": (0.5, 0.3, 0.7)})  # fmt: skip
-    verdicts = {c["claim"]: c["verdict"] for c in claims({"plain model": plain, "no plan x1": no_plan, "no plan x0.5": half, "stepping-stone x1": stone})}
+    verdicts = {
+        c["claim"]: c["verdict"]
+        for c in claims({"plain model": plain, "no plan x1": no_plan, "no plan x0.5": half, "stepping-stone x1": stone})
+    }
     assert verdicts["stepping-stone 3D leakage below no plan's"] == HOLDS
     assert verdicts["stepping-stone 3D leakage within 0.1 of the plain model's"] == HOLDS
     assert verdicts["stepping-stone hair-colour error below no plan x0.5's"] == OPEN  # 22-26 overlaps 23-27
@@ -137,7 +155,9 @@ def test_evaluate_with_prompts_and_seeds_writes_metrics_with_intervals(tiny_pipe
     lora = save_lora(random_lora(tiny_pipe, rank=2, seed=4), tmp_path / "l.safetensors")
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("[bare] 1girl\n[pose:arms-up] 1girl, arms up\n", encoding="utf-8")
-    report = evaluate_loras("tiny", [(str(lora), 1.0)], [1.0], "target", tmp_path / "eval", seeds=2, prompts=prompts, seed_start=7)
+    report = evaluate_loras(
+        "tiny", [(str(lora), 1.0)], [1.0], "target", tmp_path / "eval", seeds=2, prompts=prompts, seed_start=7
+    )
     written = json.loads((tmp_path / "eval/metrics.json").read_text())
     assert written["protocol"]["seeds"] == 2 and written["protocol"]["seed_start"] == 7
     assert [p[2] for p in written["protocol"]["prompts"]] == ["1girl", "1girl, arms up"]

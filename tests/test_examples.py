@@ -9,7 +9,11 @@ import pytest
 from sabun.train import load_config
 
 ROOT = Path(__file__).parent.parent / "examples"
-PIPELINES = {"character_pipeline.toml", "character_from_vrm.toml", "copy_machine.toml"}  # configs of whole pipelines, not of `sabun train`
+PIPELINES = {
+    "character_pipeline.toml",
+    "character_from_vrm.toml",
+    "copy_machine.toml",
+}  # configs of whole pipelines, not of `sabun train`
 EXAMPLES = sorted(p for p in ROOT.glob("*.toml") if p.name not in PIPELINES)
 
 
@@ -39,8 +43,12 @@ def test_character_from_vrm_example_validates_and_its_models_are_fresh_exports(t
     from sabun.toyworld.export import export_character
 
     config = load_character_config(ROOT / "character_from_vrm.toml")
-    assert config.stepping_stone.presets == [] and len(config.stepping_stone.models) == 5 and config.render.style == "lit"
+    assert (
+        config.stepping_stone.presets == [] and len(config.stepping_stone.models) == 5 and config.render.style == "lit"
+    )
     for path in [m.path for m in config.stepping_stone.models] + [config.character.model]:
         vrm, tags = export_character(load_preset(Path(path).stem), tmp_path / Path(path).name)
-        assert vrm.read_bytes() == Path(path).read_bytes(), f"{path} is stale: sabun toyworld export --character {Path(path).stem} --out {path} --overwrite"
+        assert vrm.read_bytes() == Path(path).read_bytes(), (
+            f"{path} is stale: sabun toyworld export --character {Path(path).stem} --out {path} --overwrite"
+        )
         assert tags.read_text() == Path(path).with_suffix(".toml").read_text()

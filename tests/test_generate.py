@@ -60,7 +60,9 @@ def test_grid_over_weights_and_bad_arguments(tiny_pipe, make_lora, tmp_path, mon
     monkeypatch.setattr("sabun.models.load.load_pipeline", lambda spec, allow_pickle=False: tiny_pipe)
     lora = tmp_path / "a.safetensors"
     save_lora(make_lora(tiny_pipe, std=0.2), lora)
-    out = generate_command("tiny", ["1girl", "1girl, smile"], tmp_path / "grid.png", [(str(lora), 1.0)], [0.0, 1.0], count=2, sampler=FAST)
+    out = generate_command(
+        "tiny", ["1girl", "1girl, smile"], tmp_path / "grid.png", [(str(lora), 1.0)], [0.0, 1.0], count=2, sampler=FAST
+    )
     grid = Image.open(out)
     assert grid.width > 2 * 64 and grid.height > 4 * 64  # 4 rows (2 prompts x 2 seeds), 2 columns
     with pytest.raises(SabunError, match="exists"):
@@ -75,6 +77,8 @@ def test_grid_over_weights_and_bad_arguments(tiny_pipe, make_lora, tmp_path, mon
 def test_cli_generate_writes_one_image(tmp_path):
     from typer.testing import CliRunner
 
-    result = CliRunner().invoke(app, ["generate", "--model", "tiny", "-p", "1girl", "--steps", "2", "--out", str(tmp_path / "one.png")])
+    result = CliRunner().invoke(
+        app, ["generate", "--model", "tiny", "-p", "1girl", "--steps", "2", "--out", str(tmp_path / "one.png")]
+    )
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "one.png").size == (64, 64)

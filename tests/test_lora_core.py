@@ -50,7 +50,18 @@ def test_targets_use_kohya_names(tiny_pipe):
 def test_tokenizer_knows_its_words_as_single_tokens():
     tokenizer = build_clip_tokenizer(["blonde hair", "twintails"])
     tokens = tokenizer.convert_ids_to_tokens(tokenizer("blonde hair, twintails, xyz").input_ids)
-    assert tokens == ["<|startoftext|>", "blonde</w>", "hair</w>", ",</w>", "twintails</w>", ",</w>", "x", "y", "z</w>", "<|endoftext|>"]
+    assert tokens == [
+        "<|startoftext|>",
+        "blonde</w>",
+        "hair</w>",
+        ",</w>",
+        "twintails</w>",
+        ",</w>",
+        "x",
+        "y",
+        "z</w>",
+        "<|endoftext|>",
+    ]
 
 
 # --- network and files -------------------------------------------------------------------------
@@ -58,7 +69,9 @@ def test_tokenizer_knows_its_words_as_single_tokens():
 
 def test_network_changes_output_and_detach_restores_it(tiny_pipe):
     before = unet_and_text_outputs(tiny_pipe)
-    network = LoRANetwork.from_lora(random_lora(tiny_pipe, conv_rank=2), pipeline_targets(tiny_pipe, conv=True)).attach()
+    network = LoRANetwork.from_lora(
+        random_lora(tiny_pipe, conv_rank=2), pipeline_targets(tiny_pipe, conv=True)
+    ).attach()
     during = unet_and_text_outputs(tiny_pipe)
     network.detach()
     after = unet_and_text_outputs(tiny_pipe)
@@ -196,7 +209,10 @@ def test_merge_of_a_lora_that_does_not_fit_changes_nothing(tiny_pipe):
     targets = pipeline_targets(tiny_pipe)
     good = random_lora(tiny_pipe)
     name = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
-    bad = LoRA({"lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k": good.weights[name]}, {"ss_base_model_version": "sdxl_base_v1-0"})
+    bad = LoRA(
+        {"lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k": good.weights[name]},
+        {"ss_base_model_version": "sdxl_base_v1-0"},
+    )
     before = targets[name].module.weight.clone()
     with pytest.raises(SabunError, match="sdxl_base_v1-0"):
         merge_into_model(targets, [Weighted(good), Weighted(bad, source="sdxl.safetensors")])
@@ -269,7 +285,9 @@ def test_extract_recovers_a_merged_lora(tiny_pipe):
     lora = random_lora(tiny_pipe, rank=4, alpha=2.0, conv_rank=2, conv_alpha=2.0, std=0.2)
     tuned = copy.deepcopy(tiny_pipe)
     merge_into_model(pipeline_targets(tuned, conv=True), [Weighted(lora)])
-    extracted, report = extract_lora(pipeline_targets(tiny_pipe, conv=True), pipeline_targets(tuned, conv=True), rank=4, conv_rank=2)
+    extracted, report = extract_lora(
+        pipeline_targets(tiny_pipe, conv=True), pipeline_targets(tuned, conv=True), rank=4, conv_rank=2
+    )
     assert set(extracted.weights) == set(lora.weights)
     for name, weight in lora.weights.items():
         assert rel_error(extracted.weights[name].delta(), weight.delta()) < 1e-4

@@ -40,7 +40,9 @@ is_valid = fuzz.is_valid  # the reader's contract on what it returns (see fuzz_l
 
 CASES_PER_KIND = 20  # x 16 kinds = 320 cases; the benchmark's --seed 0 runs these same cases first
 LOAD_TIMEOUT = 10.0  # seconds; a tiny file loads in milliseconds, so only a hang gets near this
-READER = os.environ.get("FUZZ_LORA_READER", "load_lora")  # or a .py file with another load_lora, to check these tests on it
+READER = os.environ.get(
+    "FUZZ_LORA_READER", "load_lora"
+)  # or a .py file with another load_lora, to check these tests on it
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +82,9 @@ def test_base_files_load_as_written(tmp_path):
 
 def _weight(down=None, up=None, alpha=1.0, after=None):
     """A 2-D layer (down 2 x 4, up 3 x 2), then the attributes in `after` set (to build what LoRAWeight itself refuses)."""
-    w = LoRAWeight(torch.full((2, 4), 0.1) if down is None else down, torch.full((3, 2), 0.1) if up is None else up, alpha)
+    w = LoRAWeight(
+        torch.full((2, 4), 0.1) if down is None else down, torch.full((3, 2), 0.1) if up is None else up, alpha
+    )
     for k, v in (after or {}).items():
         setattr(w, k, v)
     return w
@@ -125,7 +129,15 @@ def test_is_valid_rejects_what_the_contract_forbids(name):
 def test_is_valid_accepts_valid_loras():
     conv = LoRAWeight(torch.full((2, 4, 3, 3), 0.01), torch.full((5, 2, 1, 1), 0.01), 1.0)
     assert is_valid(LoRA({"l": _weight(), "c": conv}, {"ss_network_dim": "2"}))
-    assert is_valid(LoRA({"l": _weight(down=torch.zeros(2, 4, dtype=torch.float16), up=torch.zeros(3, 2, dtype=torch.bfloat16), alpha=4)}))
+    assert is_valid(
+        LoRA(
+            {
+                "l": _weight(
+                    down=torch.zeros(2, 4, dtype=torch.float16), up=torch.zeros(3, 2, dtype=torch.bfloat16), alpha=4
+                )
+            }
+        )
+    )
     assert is_valid(LoRA({"l": _weight(alpha=1e-45)}))
 
 
@@ -143,7 +155,14 @@ def test_the_worker_reports_hangs_crashes_and_other_exceptions(tmp_path):
         outcomes["plain"] = w.load(path)["outcome"]
     finally:
         w.close()
-    assert outcomes == {"hang": "hang", "crash": "crash", "raise": "other", "oom": "other", "invalid": "invalid", "plain": "valid"}
+    assert outcomes == {
+        "hang": "hang",
+        "crash": "crash",
+        "raise": "other",
+        "oom": "other",
+        "invalid": "invalid",
+        "plain": "valid",
+    }
 
 
 CASES_DIGEST = """
@@ -166,7 +185,9 @@ def test_cases_are_reproducible_and_reach_the_reader():
     for kind in fuzz.KINDS:
         for seed in range(5):
             h.update(fuzz.make_case(kind, seed).data)
-    other = subprocess.run([sys.executable, "-c", CASES_DIGEST, fuzz.__file__], capture_output=True, text=True, check=True)
+    other = subprocess.run(
+        [sys.executable, "-c", CASES_DIGEST, fuzz.__file__], capture_output=True, text=True, check=True
+    )
     assert other.stdout.strip() == h.hexdigest()
     for kind in ("dtype", "shape", "keys", "family", "alpha", "values", "rank", "combo"):
         readable = 0
@@ -182,7 +203,9 @@ def test_cases_are_reproducible_and_reach_the_reader():
 # --- the reader --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("kind", "seed"), [pytest.param(k, s, id=f"{k}-{s}") for k in fuzz.KINDS for s in range(CASES_PER_KIND)])
+@pytest.mark.parametrize(
+    ("kind", "seed"), [pytest.param(k, s, id=f"{k}-{s}") for k in fuzz.KINDS for s in range(CASES_PER_KIND)]
+)
 def test_fuzz(kind, seed, worker, case_dir):
     result = fuzz.run_case(worker, fuzz.make_case(kind, seed), case_dir)
     assert result.ok, result.report()

@@ -45,6 +45,8 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
 PROMPT = "1girl, red hair, twintails"
 
 
@@ -53,7 +55,9 @@ def outputs(pipe, prompt: str = PROMPT, seed: int = 0) -> list[torch.Tensor]:
     latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         if pipeline_family(pipe) == "sdxl":
-            text, _, pooled, _ = pipe.encode_prompt(prompt, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False)
+            text, _, pooled, _ = pipe.encode_prompt(
+                prompt, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False
+            )
             added = {"text_embeds": pooled, "time_ids": torch.tensor([[128.0, 128.0, 0.0, 0.0, 128.0, 128.0]])}
             noise = pipe.unet(latents, torch.tensor([500]), text, added_cond_kwargs=added).sample
             return [noise, text, pooled]
@@ -68,7 +72,12 @@ def assert_same_outputs(got: list[torch.Tensor], expected: list[torch.Tensor], a
 
 def state(pipe) -> dict[str, torch.Tensor]:
     names = ("unet", "vae", "text_encoder", "text_encoder_2")
-    return {f"{n}/{k}": v for n in names if getattr(pipe, n, None) is not None for k, v in getattr(pipe, n).state_dict().items()}
+    return {
+        f"{n}/{k}": v
+        for n in names
+        if getattr(pipe, n, None) is not None
+        for k, v in getattr(pipe, n).state_dict().items()
+    }
 
 
 def from_single_file_by_diffusers(path: Path, family: str, config_folder: Path):
@@ -151,7 +160,9 @@ def test_configs_are_read_from_the_real_architectures_shapes(family):
     real = ARCHITECTURES[family]
     components = build_components(real, family, empty=True)
     params = {f"{c}/{k}": tuple(v.shape) for c, m in components.items() for k, v in m.state_dict().items()}
-    shapes = {e.original: original_shape(e, [params[p] for p in e.parts]) for e in checkpoint_layout(components, family)}
+    shapes = {
+        e.original: original_shape(e, [params[p] for p in e.parts]) for e in checkpoint_layout(components, family)
+    }
     if family == "sd2":  # the 24th OpenCLIP layer, which diffusers does not build
         shapes |= {k.replace("resblocks.0.", "resblocks.23."): s for k, s in shapes.items() if ".resblocks.0." in k}
     configs = component_configs(shapes, family)
@@ -179,9 +190,14 @@ def test_sdxl_unet_layers_take_kohya_sgm_names(checkpoints):
         "lora_te2_text_model_encoder_layers_31_self_attn_q_proj",
     ):
         assert name in targets, name
-    assert not any(n.startswith(("lora_unet_down_blocks", "lora_unet_mid_block", "lora_unet_up_blocks", "lora_te_")) for n in targets)
+    assert not any(
+        n.startswith(("lora_unet_down_blocks", "lora_unet_mid_block", "lora_unet_up_blocks", "lora_te_"))
+        for n in targets
+    )
     sd2 = pipeline_targets(load_pipeline(checkpoints("sd2").path))
-    assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k" in sd2  # SD 1.x/2.x keep diffusers' names
+    assert (
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k" in sd2
+    )  # SD 1.x/2.x keep diffusers' names
     assert "lora_te_text_model_encoder_layers_22_self_attn_out_proj" in sd2
 
 
@@ -203,7 +219,9 @@ def test_lora_on_a_single_file_gives_the_same_outputs_in_diffusers(checkpoints, 
     by_diffusers = outputs(pipe)
     pipe.unload_lora_weights()
     assert (by_sabun[0] - checkpoints(family).expected[0]).abs().max() > 1e-2, "the LoRA must change the U-Net output"
-    assert (by_sabun[1] - checkpoints(family).expected[1]).abs().max() > 1e-2, "the LoRA must change the text conditioning"
+    assert (by_sabun[1] - checkpoints(family).expected[1]).abs().max() > 1e-2, (
+        "the LoRA must change the text conditioning"
+    )
     assert_same_outputs(by_diffusers, by_sabun, atol=1e-4)
 
 
@@ -271,9 +289,16 @@ def test_training_conditions_on_the_text_as_the_pipeline_does(checkpoints, famil
 
 @pytest.mark.parametrize(
     "family, prediction_type, version",
-    [("sd1", None, "sd_v1"), ("sd2", None, "sd_v2"), ("sd2", "v_prediction", "sd_v2_v"), ("sdxl", None, "sdxl_base_v1-0")],
+    [
+        ("sd1", None, "sd_v1"),
+        ("sd2", None, "sd_v2"),
+        ("sd2", "v_prediction", "sd_v2_v"),
+        ("sdxl", None, "sdxl_base_v1-0"),
+    ],
 )
-def test_training_on_a_single_file_gives_a_lora_diffusers_applies_alike(checkpoints, family, prediction_type, version, tmp_path):
+def test_training_on_a_single_file_gives_a_lora_diffusers_applies_alike(
+    checkpoints, family, prediction_type, version, tmp_path
+):
     """`sabun train` on each family's single file (U-Net and text encoders, alpha != rank): the
     LoRA it writes changes the model, and diffusers' `load_lora_weights` applies it as sabun does."""
     from sabun.train import load_config, train
@@ -294,7 +319,10 @@ def test_training_on_a_single_file_gives_a_lora_diffusers_applies_alike(checkpoi
     if family == "sdxl":  # kohya's SGM names, which every SDXL tool reads
         unet_names = [n for n in lora.weights if n.startswith("lora_unet_")]
         assert any(n.startswith("lora_unet_input_blocks_") for n in unet_names)
-        assert all(n.startswith(("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_")) for n in unet_names)
+        assert all(
+            n.startswith(("lora_unet_input_blocks_", "lora_unet_middle_block_", "lora_unet_output_blocks_"))
+            for n in unet_names
+        )
 
     pipe = load_pipeline(ckpt.path)  # a fresh copy of the model the LoRA was trained on
     network = LoRANetwork.from_lora(lora, pipeline_targets(pipe)).attach()
@@ -313,8 +341,15 @@ def test_sdxl_training_with_frozen_text_encoders_caches_the_pooled_text(checkpoi
     from sabun.train import load_config, train
 
     write_captioned_images(tmp_path / "data", count=3)
-    (tmp_path / "train.toml").write_text(TRAIN_TOML.format(model=checkpoints("sdxl").path.as_posix(), prediction_type=""))
-    overrides = ["network.train_text_encoder=false", "validation.split=0.4", "sampling.every_n_steps=2", "sampling.steps=2"]
+    (tmp_path / "train.toml").write_text(
+        TRAIN_TOML.format(model=checkpoints("sdxl").path.as_posix(), prediction_type="")
+    )
+    overrides = [
+        "network.train_text_encoder=false",
+        "validation.split=0.4",
+        "sampling.every_n_steps=2",
+        "sampling.steps=2",
+    ]
     result = train(load_config(tmp_path / "train.toml", overrides))
     lora = load_lora(result.lora_path)
     assert lora.weights and all(name.startswith("lora_unet_") for name in lora.weights)
@@ -330,7 +365,10 @@ def test_merge_writes_a_single_file_that_loads_back(checkpoints, family, tmp_pat
 
     ckpt = checkpoints(family)
     # extras a real checkpoint carries: a schedule buffer (kept) and stale EMA weights (dropped)
-    tensors = load_file(ckpt.path) | {"alphas_cumprod": torch.rand(1000, dtype=torch.float32), "model_ema.decay": torch.tensor(0.999)}
+    tensors = load_file(ckpt.path) | {
+        "alphas_cumprod": torch.rand(1000, dtype=torch.float32),
+        "model_ema.decay": torch.tensor(0.999),
+    }
     source = tmp_path / "source.safetensors"
     save_file(tensors, str(source))
     pipe = load_pipeline(source)
@@ -378,7 +416,9 @@ def test_extract_between_single_files(checkpoints, family, tmp_path):
     tuned = tmp_path / "tuned.safetensors"
     merge(str(ckpt.path), [str(lora_path)], tuned, prediction_type="v_prediction" if family == "sd2" else None)
     out = tmp_path / "extracted.safetensors"
-    report = extract(str(ckpt.path), str(tuned), out, rank=8, prediction_type="v_prediction" if family == "sd2" else None)
+    report = extract(
+        str(ckpt.path), str(tuned), out, rank=8, prediction_type="v_prediction" if family == "sd2" else None
+    )
     extracted = load_lora(out)
     assert set(extracted.weights) == set(lora.weights)
     assert report.overall < 0.05  # what rank 8 misses is the fp16 rounding of the written weights
@@ -400,7 +440,10 @@ def test_prediction_type_is_requested_stated_or_detected(checkpoints, tmp_path, 
     assert vpred.scheduler.config.prediction_type == "v_prediction" and vpred.scheduler.config.rescale_betas_zero_snr
     assert "prediction type v_prediction (stated by the file)" in caplog.text
     assert load_pipeline(tmp_path / "bare.safetensors").scheduler.config.prediction_type == "epsilon"
-    assert load_pipeline(tmp_path / "vpred.safetensors", prediction_type="epsilon").scheduler.config.prediction_type == "epsilon"
+    assert (
+        load_pipeline(tmp_path / "vpred.safetensors", prediction_type="epsilon").scheduler.config.prediction_type
+        == "epsilon"
+    )
     with pytest.raises(SabunError, match="unknown prediction type"):
         load_pipeline(ckpt.path, prediction_type="sample")
 
@@ -410,7 +453,9 @@ def test_sd2_without_a_statement_is_tested_by_a_unet_call(checkpoints, tmp_path,
     with caplog.at_level(logging.INFO, logger="sabun"):
         pipe = load_pipeline(tmp_path / "bare.safetensors")
     assert "from a test U-Net call" in caplog.text
-    assert pipe.scheduler.config.prediction_type == ("v_prediction" if looks_like_v_prediction(pipe.unet) else "epsilon")
+    assert pipe.scheduler.config.prediction_type == (
+        "v_prediction" if looks_like_v_prediction(pipe.unet) else "epsilon"
+    )
 
 
 def test_v_prediction_test_reads_the_unet_output():
@@ -472,18 +517,37 @@ def test_wrong_files_get_one_line_errors_naming_them(checkpoints, tmp_path, case
     tensors = load_file(checkpoints("sd1").path)
     path = tmp_path / f"{case}.safetensors"
     if case == "lora":
-        save_file({"lora_unet_x.lora_down.weight": torch.zeros(4, 8), "lora_unet_x.lora_up.weight": torch.zeros(8, 4)}, str(path))
+        save_file(
+            {"lora_unet_x.lora_down.weight": torch.zeros(4, 8), "lora_unet_x.lora_up.weight": torch.zeros(8, 4)},
+            str(path),
+        )
     elif case == "empty":
         save_file({}, str(path))
     elif case == "truncated":
         path.write_bytes(checkpoints("sd1").path.read_bytes()[:5000])
     elif case == "missing":
-        save_file({k: v for k, v in tensors.items() if k != "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_v.weight"}, str(path))
+        save_file(
+            {
+                k: v
+                for k, v in tensors.items()
+                if k != "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_v.weight"
+            },
+            str(path),
+        )
     elif case == "inpainting":
         conv_in = tensors["model.diffusion_model.input_blocks.0.0.weight"]
-        save_file(tensors | {"model.diffusion_model.input_blocks.0.0.weight": conv_in.repeat(1, 3, 1, 1)[:, :9].contiguous()}, str(path))
+        save_file(
+            tensors | {"model.diffusion_model.input_blocks.0.0.weight": conv_in.repeat(1, 3, 1, 1)[:, :9].contiguous()},
+            str(path),
+        )
     elif case == "refiner":
-        save_file({"model.diffusion_model.out.2.weight": torch.zeros(4, 32, 3, 3), "conditioner.embedders.0.model.text_projection": torch.zeros(4, 4)}, str(path))
+        save_file(
+            {
+                "model.diffusion_model.out.2.weight": torch.zeros(4, 32, 3, 3),
+                "conditioner.embedders.0.model.text_projection": torch.zeros(4, 4),
+            },
+            str(path),
+        )
     elif case == "no_vae":
         save_file({k: v for k, v in tensors.items() if not k.startswith("first_stage_model.")}, str(path))
     elif case == "text":
@@ -512,9 +576,27 @@ def test_cli_merge_into_a_single_file(checkpoints, tmp_path):
         capture_output=True, text=True, env=env,
     )  # fmt: skip
     assert run.returncode == 0, run.stderr
-    assert f"{ckpt.path}: SD 1.x checkpoint (original layout), prediction type v_prediction (as requested)" in run.stderr
+    assert (
+        f"{ckpt.path}: SD 1.x checkpoint (original layout), prediction type v_prediction (as requested)" in run.stderr
+    )
     assert load_pipeline(out).scheduler.config.prediction_type == "v_prediction"
-    bad = subprocess.run([sys.executable, "-m", "sabun", "merge", "--model", str(lora), "--lora", str(lora), "--out", str(tmp_path / "x.safetensors")], capture_output=True, text=True, env=env)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sabun",
+            "merge",
+            "--model",
+            str(lora),
+            "--lora",
+            str(lora),
+            "--out",
+            str(tmp_path / "x.safetensors"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert bad.returncode == 2 and "is a LoRA, not a model" in bad.stderr and not (tmp_path / "x.safetensors").exists()
 
 

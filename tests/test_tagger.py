@@ -182,7 +182,9 @@ def test_predict_follows_the_model_batched(tagger):
     np.testing.assert_allclose(probs, tagger.predict(list(images), batch=16), atol=1e-6)
     np.testing.assert_allclose(probs, expected_probs(np.float32(images)[..., ::-1]), atol=1e-5)
     names = tagger.names
-    assert probs[0, names.index("blonde_hair")] > 0.9 and probs[2, names.index("blonde_hair")] < 0.1  # BGR: red is read as red
+    assert (
+        probs[0, names.index("blonde_hair")] > 0.9 and probs[2, names.index("blonde_hair")] < 0.1
+    )  # BGR: red is read as red
 
 
 def test_a_fixed_batch_model_is_run_in_its_batch_size(tmp_path):
@@ -217,14 +219,20 @@ def test_a_broken_model_is_named(tmp_path):
     (folder / "model.onnx").write_bytes(b"this is not an onnx model")
     with pytest.raises(SabunError) as e:
         Tagger.load(folder)
-    assert str(folder / "model.onnx") in str(e.value) and "could not be loaded" in str(e.value) and "\n" not in str(e.value)
+    assert (
+        str(folder / "model.onnx") in str(e.value)
+        and "could not be loaded" in str(e.value)
+        and "\n" not in str(e.value)
+    )
     (folder / "model.onnx").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 467000000\n")
     with pytest.raises(SabunError, match=r"model\.onnx: is a Git LFS pointer"):
         Tagger.load(folder)
 
 
 def test_an_nchw_model_is_refused(tmp_path):
-    with pytest.raises(SabunError, match=r"model\.onnx: takes tensor\(float\) \['batch', 3, 32, 32\], not one square NHWC"):
+    with pytest.raises(
+        SabunError, match=r"model\.onnx: takes tensor\(float\) \['batch', 3, 32, 32\], not one square NHWC"
+    ):
         Tagger.load(make_tagger(tmp_path / "t", input_shape=("batch", 3, SIZE, SIZE)))
 
 
@@ -233,7 +241,10 @@ def test_an_nchw_model_is_refused(tmp_path):
     [
         ("", "is not a tagger's tag list"),
         ("id,tag\n1,cat\n", "is not a tagger's tag list"),
-        ("tag_id,name,category,count\n1,1girl,general,5\n", r"selected_tags\.csv:2: a row needs a tag name and a numeric category"),
+        (
+            "tag_id,name,category,count\n1,1girl,general,5\n",
+            r"selected_tags\.csv:2: a row needs a tag name and a numeric category",
+        ),
         ("tag_id,name,category,count\n1,,0,5\n", r"selected_tags\.csv:2: a row needs"),
     ],
 )
@@ -247,7 +258,9 @@ def test_a_malformed_csv_is_named(tmp_path, text, message):
 def test_a_csv_of_another_model_is_named(tmp_path):
     folder = make_tagger(tmp_path / "t")
     write_csv(folder / "selected_tags.csv", ROWS[:-1])
-    with pytest.raises(SabunError, match=rf"selected_tags\.csv: lists {len(ROWS) - 1} tags, and .*model\.onnx gives {len(ROWS)}"):
+    with pytest.raises(
+        SabunError, match=rf"selected_tags\.csv: lists {len(ROWS) - 1} tags, and .*model\.onnx gives {len(ROWS)}"
+    ):
         Tagger.load(folder)
     (folder / "selected_tags.csv").unlink()
     with pytest.raises(SabunError, match=r"selected_tags\.csv: no such file"):
@@ -265,7 +278,9 @@ def test_tags_compare_in_underscore_form(tagger):
 
 def test_tag_map_file_merges_over_the_defaults(tmp_path):
     path = tmp_path / "tags.toml"
-    path.write_text('[tags]\noutdoor = ["outdoors", "blue sky"]\n3d = "3d"\nbackground.beach = ["beach"]\n\n[tags.pose]\nsitting = ["sitting"]\n')
+    path.write_text(
+        '[tags]\noutdoor = ["outdoors", "blue sky"]\n3d = "3d"\nbackground.beach = ["beach"]\n\n[tags.pose]\nsitting = ["sitting"]\n'
+    )
     tag_map = load_tag_map(path)
     assert tag_map.backgrounds["outdoor"] == ("outdoors", "blue_sky")
     assert tag_map.backgrounds["indoor"] == ("indoors",)  # untouched defaults stay
@@ -278,10 +293,10 @@ def test_tag_map_file_merges_over_the_defaults(tmp_path):
     "text, message",
     [
         ('[tags]\nbeach = ["beach"]\n', r"tags\.beach: unknown concept; .*background\.beach"),
-        ('[tags]\noutdoor = []\n', r"tags\.outdoor must be a list of tags"),
-        ('[tags]\noutdoor = [1]\n', r"tags\.outdoor must be a list of tags"),
-        ('[other]\nx = 1\n', r"a tag map holds one \[tags\] table"),
-        ('[tags\n', r"is not a readable TOML tag map"),
+        ("[tags]\noutdoor = []\n", r"tags\.outdoor must be a list of tags"),
+        ("[tags]\noutdoor = [1]\n", r"tags\.outdoor must be a list of tags"),
+        ("[other]\nx = 1\n", r"a tag map holds one \[tags\] table"),
+        ("[tags\n", r"is not a readable TOML tag map"),
         ('[tags]\npose.outdoor = ["x"]\n', r"'outdoor' is already a background"),
     ],
 )
@@ -306,10 +321,18 @@ def test_a_map_tag_missing_from_the_csv_is_named(tmp_path):
 
 def test_character_spec(tmp_path):
     path = tmp_path / "mychar.toml"
-    path.write_text('name = "mychar"\ntags = "blonde hair, twintails, hair ribbon, blue eyes, Blonde_hair"\nhair_colour = "#e8b860"\n')
+    path.write_text(
+        'name = "mychar"\ntags = "blonde hair, twintails, hair ribbon, blue eyes, Blonde_hair"\nhair_colour = "#e8b860"\n'
+    )
     character = load_tagged_character(path)
-    assert character == TaggedCharacter("mychar", ("blonde_hair", "twintails", "hair_ribbon", "blue_eyes"), (0xE8, 0xB8, 0x60))
-    assert character.to_dict() == {"name": "mychar", "tags": ["blonde_hair", "twintails", "hair_ribbon", "blue_eyes"], "hair_colour": "#e8b860"}
+    assert character == TaggedCharacter(
+        "mychar", ("blonde_hair", "twintails", "hair_ribbon", "blue_eyes"), (0xE8, 0xB8, 0x60)
+    )
+    assert character.to_dict() == {
+        "name": "mychar",
+        "tags": ["blonde_hair", "twintails", "hair_ribbon", "blue_eyes"],
+        "hair_colour": "#e8b860",
+    }
     path.write_text('tags = ["blonde hair"]\n')
     assert load_tagged_character(path) == TaggedCharacter("mychar", ("blonde_hair",), None)
 
@@ -321,7 +344,7 @@ def test_character_spec(tmp_path):
         ("tags = [", "is not a readable TOML file"),
         ('name = "x"\n', "has no tags"),
         ('tags = " , "\n', "tags is empty"),
-        ('tags = 3\n', "tags must be a string"),
+        ("tags = 3\n", "tags must be a string"),
         ('tags = "a"\nhair_colour = "#12345"\n', "hair_colour = '#12345' is not a colour"),
         ('tags = "a"\nhairstyle = "long"\n', "unknown key 'hairstyle'"),
         ('name = "my char"\ntags = "a"\n', "is not file-safe"),
@@ -352,8 +375,12 @@ def test_reader_readings(tagger):
     readings = reader.read(np.stack([solid(c) for c in ("red", "green", "blue", "white")]), TARGET)
     assert len(readings) == 4 and readings.hair_lab is None
     look = ("3d", "realistic", "photorealistic")
-    np.testing.assert_allclose(readings.p_3d, [max(prob(t, c) for t in look) for c in ("red", "green", "blue", "white")], atol=1e-6)
-    assert readings.p_3d[0] == pytest.approx(prob("3d", "red"), abs=1e-6) and readings.p_3d[1] == pytest.approx(prob("realistic", "green"), abs=1e-6)
+    np.testing.assert_allclose(
+        readings.p_3d, [max(prob(t, c) for t in look) for c in ("red", "green", "blue", "white")], atol=1e-6
+    )
+    assert readings.p_3d[0] == pytest.approx(prob("3d", "red"), abs=1e-6) and readings.p_3d[1] == pytest.approx(
+        prob("realistic", "green"), abs=1e-6
+    )
     assert readings.identity["tag:blonde_hair"].tolist() == [True, False, False, False]
     assert readings.identity["tag:twintails"].tolist() == [True] * 4
     assert readings.identity["tag:hair_ribbon"].tolist() == [False] * 4
@@ -363,7 +390,10 @@ def test_reader_readings(tagger):
 
 def test_reader_threshold(tagger):
     probs = tagger.predict([solid("white")])
-    at = {t: TaggerReader(tagger, threshold=t).readings(probs, TaggedCharacter("c", ("completely_nude",))) for t in (0.35, 0.6)}
+    at = {
+        t: TaggerReader(tagger, threshold=t).readings(probs, TaggedCharacter("c", ("completely_nude",)))
+        for t in (0.35, 0.6)
+    }
     assert at[0.35].identity["tag:completely_nude"].tolist() == [True]  # p = 0.5
     assert at[0.6].identity["tag:completely_nude"].tolist() == [False]
     for bad in (0.0, 1.0, -0.2, 1.5):
@@ -381,7 +411,10 @@ def test_a_prompt_for_an_unmapped_background_is_named(tagger):
 
     reader = TaggerReader(tagger)
     reader.check(TARGET, [Prompt("background", "outdoor", "1girl, outdoors"), Prompt("free", "", "1girl, smile")])
-    with pytest.raises(SabunError, match=r"\[background:beach\] 1girl, beach: the tag map .* names no background 'beach'.*background\.beach = "):
+    with pytest.raises(
+        SabunError,
+        match=r"\[background:beach\] 1girl, beach: the tag map .* names no background 'beach'.*background\.beach = ",
+    ):
         reader.check(TARGET, [Prompt("background", "beach", "1girl, beach")])
 
 
@@ -394,7 +427,12 @@ def test_the_protocol_scores_tagger_readings(tagger):
     from sabun.evaluate.metrics import Prompt, score
 
     reader = TaggerReader(tagger)
-    prompts = [Prompt("bare", "", "1girl"), Prompt("bare", "", "1girl"), Prompt("background", "outdoor", "1girl, outdoors"), Prompt("pose", "arms-up", "1girl, arms up")]
+    prompts = [
+        Prompt("bare", "", "1girl"),
+        Prompt("bare", "", "1girl"),
+        Prompt("background", "outdoor", "1girl, outdoors"),
+        Prompt("pose", "arms-up", "1girl, arms up"),
+    ]
     readings = reader.read(np.stack([solid(c) for c in ("red", "white", "blue", "green")]), TARGET)
     metrics = score(readings, prompts, reader, TARGET)
     assert metrics["tag:blonde_hair"] == 0.5 and metrics["tag:twintails"] == 1.0 and metrics["tag:hair_ribbon"] == 0.0
@@ -413,9 +451,18 @@ def test_caption_policies_on_tag_probabilities(tagger):
         "white background, simple background, arms at sides, from behind, nude, full body, ^_^, 1girl, upper body, "
         "twintails, solo, looking at viewer, completely nude"
     )
-    assert tag_caption(white, tagger, "stepping-stone") == "from behind, nude, full body, ^_^, 1girl, upper body, twintails, solo, looking at viewer, completely nude"
-    assert tag_caption(white, tagger, "character") == "nude, completely nude, arms at sides, full body, from behind, white background"
-    assert tag_caption(white, tagger, "character", threshold=0.6) == "nude, arms at sides, full body, from behind, white background"
+    assert (
+        tag_caption(white, tagger, "stepping-stone")
+        == "from behind, nude, full body, ^_^, 1girl, upper body, twintails, solo, looking at viewer, completely nude"
+    )
+    assert (
+        tag_caption(white, tagger, "character")
+        == "nude, completely nude, arms at sides, full body, from behind, white background"
+    )
+    assert (
+        tag_caption(white, tagger, "character", threshold=0.6)
+        == "nude, arms at sides, full body, from behind, white background"
+    )
     assert tag_caption(red, tagger, "full") == "3d, blonde hair, cowboy shot, 1girl, twintails, solo, looking at viewer"
     assert "3d" not in tag_caption(red, tagger, "stepping-stone").split(", ")
     assert tag_caption(red, tagger, "character") == "cowboy shot"
@@ -446,7 +493,11 @@ def test_caption_folder_by_each_policy(tmp_path, tagger_dir):
     for policy in ("full", "stepping-stone"):
         caption_folder_with_tagger(folder, tagger_dir, policy, overwrite=True, log=None)
         white = (folder / "a_white.txt").read_text().strip().split(", ")
-        assert ("white background" in white) == (policy == "full") and "from behind" in white and "hatsune miku" not in white
+        assert (
+            ("white background" in white) == (policy == "full")
+            and "from behind" in white
+            and "hatsune miku" not in white
+        )
         red = (folder / "b_red.txt").read_text().strip().split(", ")
         assert ("3d" in red) == (policy == "full") and "blonde hair" in red
 
@@ -496,7 +547,9 @@ def test_evaluate_with_a_tagger_on_the_tiny_pipeline_writes_metrics_with_interva
     spec.write_text('name = "mychar"\ntags = "blonde hair, twintails"\n', encoding="utf-8")
     prompts = tmp_path / "prompts.txt"  # two prompts, two seeds: the tiny pipeline draws 256 px images slowly
     prompts.write_text("[bare] 1girl\n[pose:arms-up] 1girl, arms up\n", encoding="utf-8")
-    report = evaluate_loras("tiny", [(str(lora), 1.0)], [1.0], str(spec), tmp_path / "eval", seeds=2, tagger=tagger_dir, prompts=prompts)
+    report = evaluate_loras(
+        "tiny", [(str(lora), 1.0)], [1.0], str(spec), tmp_path / "eval", seeds=2, tagger=tagger_dir, prompts=prompts
+    )
     written = json.loads((tmp_path / "eval/metrics.json").read_text())
     assert written["reader"].startswith("tagger")
     keys = [row[0] for row in written["metrics"]]
@@ -517,7 +570,16 @@ def test_evaluate_names_a_prompt_the_tag_map_cannot_read(tiny_pipe, tagger_dir, 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("[background:beach] 1girl, beach\n", encoding="utf-8")
     with pytest.raises(SabunError, match="beach"):
-        evaluate_loras("tiny", [("x.safetensors", 1.0)], [1.0], str(spec), tmp_path / "eval", seeds=1, tagger=tagger_dir, prompts=prompts)
+        evaluate_loras(
+            "tiny",
+            [("x.safetensors", 1.0)],
+            [1.0],
+            str(spec),
+            tmp_path / "eval",
+            seeds=1,
+            tagger=tagger_dir,
+            prompts=prompts,
+        )
     assert not (tmp_path / "eval").exists()
 
 
@@ -534,5 +596,10 @@ def test_caption_command_with_a_tagger(tagger_dir, tmp_path):
     assert run.returncode == 0, run.stderr
     assert "wrote 2 character captions" in run.stdout
     assert "white background" in (folder / "a.txt").read_text()
-    again = subprocess.run([sys.executable, "-m", "sabun", "caption", str(folder), "--tagger", str(tagger_dir)], capture_output=True, text=True, timeout=120)
+    again = subprocess.run(
+        [sys.executable, "-m", "sabun", "caption", str(folder), "--tagger", str(tagger_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert again.returncode == 2 and again.stderr.startswith("error: ") and "a.txt" in again.stderr, again.stderr

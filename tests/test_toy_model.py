@@ -25,7 +25,11 @@ def toy():
 def test_toy_model_is_a_real_sd_pipeline_loaded_offline_within_40_mb(toy):
     # conftest sets HF_HUB_OFFLINE=1: any attempt to reach a hub would fail here
     assert isinstance(toy, StableDiffusionPipeline)
-    assert isinstance(toy.unet, UNet2DConditionModel) and isinstance(toy.vae, AutoencoderKL) and isinstance(toy.text_encoder, CLIPTextModel)
+    assert (
+        isinstance(toy.unet, UNet2DConditionModel)
+        and isinstance(toy.vae, AutoencoderKL)
+        and isinstance(toy.text_encoder, CLIPTextModel)
+    )
     size = sum(f.stat().st_size for f in shipped_model_dir().rglob("*") if f.is_file())
     assert size <= 40 * 2**20, f"shipped toy model is {size / 2**20:.1f} MiB"
 
@@ -44,7 +48,9 @@ def test_the_3d_tag_gives_the_3d_look(toy):
     sampler = Sampler(steps=12, guidance=5.0)
     evaluator = ToyEvaluator.load()
     plain = evaluator.predict(generate_images(toy, ["1girl, solo, long hair, full body"] * 4, list(range(4)), sampler))
-    three_d = evaluator.predict(generate_images(toy, ["1girl, solo, long hair, full body, 3d"] * 4, list(range(4)), sampler))
+    three_d = evaluator.predict(
+        generate_images(toy, ["1girl, solo, long hair, full body, 3d"] * 4, list(range(4)), sampler)
+    )
     assert plain.p_3d.mean() < 0.3 < 0.7 < three_d.p_3d.mean()
 
 
@@ -53,10 +59,21 @@ def test_evaluator_reads_fresh_renders():
     rng = np.random.default_rng(2026)  # characters and shots the evaluator never saw
     specs = [
         load_preset("target"),
-        CharacterSpec(name="a", hair_colour=(60, 150, 70), hairstyle="ponytail", eye_colour=(230, 200, 50), outfit="dress", outfit_colour=(50, 95, 210)),
+        CharacterSpec(
+            name="a",
+            hair_colour=(60, 150, 70),
+            hairstyle="ponytail",
+            eye_colour=(230, 200, 50),
+            outfit="dress",
+            outfit_colour=(50, 95, 210),
+        ),
         CharacterSpec(name="b", hair_colour=(240, 240, 246), hairstyle="short", eye_colour=(200, 40, 40), body="curvy"),
     ]
-    shots = [Shot("front", "upper-body", "arms-up", "outdoor"), Shot("behind", "cowboy-shot", "hands-on-hips", "pink"), Shot("side", "full-body", "arms-at-sides", "indoor")]
+    shots = [
+        Shot("front", "upper-body", "arms-up", "outdoor"),
+        Shot("behind", "cowboy-shot", "hands-on-hips", "pink"),
+        Shot("side", "full-body", "arms-at-sides", "indoor"),
+    ]
     images, truths = [], []
     for spec in specs:
         for shot in shots:

@@ -29,9 +29,24 @@ from sabun.toyworld.render import VIEWS, ZOOMS, Shot, render
 from sabun.toyworld.stats import soft_gradient_share
 
 
-def _meta(preset="target", view="front", zoom="full-body", pose="arms-at-sides", background="white", style="anime", **character) -> dict:
+def _meta(
+    preset="target",
+    view="front",
+    zoom="full-body",
+    pose="arms-at-sides",
+    background="white",
+    style="anime",
+    **character,
+) -> dict:
     spec = dataclasses.replace(load_preset(preset), **character)
-    return {"character": spec.to_dict(), "style": style, "view": view, "zoom": zoom, "pose": pose, "background": background}
+    return {
+        "character": spec.to_dict(),
+        "style": style,
+        "view": view,
+        "zoom": zoom,
+        "pose": pose,
+        "background": background,
+    }
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -73,7 +88,10 @@ def test_random_characters_never_have_the_signature_nor_an_excluded_look():
 @pytest.mark.parametrize(
     "data, expected",
     [
-        ({"hairstyle": "bun"}, "hairstyle = 'bun' is not valid; choose one of: long, medium, short, ponytail, twintails"),
+        (
+            {"hairstyle": "bun"},
+            "hairstyle = 'bun' is not valid; choose one of: long, medium, short, ponytail, twintails",
+        ),
         ({"body": "tall"}, "choose one of: slim, average, curvy"),
         ({"outfit": "hat"}, "choose one of: none, dress, swimsuit, bodysuit"),
         ({"hat": "red"}, "unknown key(s) hat; valid keys: name, hair_colour, hairstyle, eye_colour, body"),
@@ -146,7 +164,10 @@ def test_caption_policies_exact():
         "1girl, solo, blonde hair, twintails, blue eyes, medium breasts, hair ribbon, nude, arms at sides, full body, "
         "from behind, white background"
     )
-    assert stepping_stone_caption(back) == "blonde hair, twintails, blue eyes, medium breasts, hair ribbon, nude, full body, from behind"
+    assert (
+        stepping_stone_caption(back)
+        == "blonde hair, twintails, blue eyes, medium breasts, hair ribbon, nude, full body, from behind"
+    )
     assert character_caption(back) == "nude, arms at sides, full body, from behind, white background"
 
     front_3d = _meta(zoom="upper-body", style="3d", background="outdoor")
@@ -154,15 +175,26 @@ def test_caption_policies_exact():
         "1girl, solo, blonde hair, twintails, blue eyes, medium breasts, hair ribbon, nude, arms at sides, upper body, "
         "looking at viewer, outdoors, blue sky, grass, 3d"
     )
-    assert stepping_stone_caption(front_3d) == "blonde hair, twintails, blue eyes, medium breasts, hair ribbon, nude, upper body"
+    assert (
+        stepping_stone_caption(front_3d)
+        == "blonde hair, twintails, blue eyes, medium breasts, hair ribbon, nude, upper body"
+    )
     assert character_caption(front_3d) == "nude, upper body"
 
     stone = _meta("red_long", view="side", zoom="portrait", style="3d")
-    assert full_caption(stone) == "1girl, solo, red hair, long hair, green eyes, slim, small breasts, nude, portrait, from side, white background, 3d"
-    assert stepping_stone_caption(stone) == "red hair, long hair, green eyes, slim, small breasts, nude, portrait, from side"
+    assert (
+        full_caption(stone)
+        == "1girl, solo, red hair, long hair, green eyes, slim, small breasts, nude, portrait, from side, white background, 3d"
+    )
+    assert (
+        stepping_stone_caption(stone)
+        == "red hair, long hair, green eyes, slim, small breasts, nude, portrait, from side"
+    )
     assert character_caption(stone) == "nude, portrait, white background"
 
-    dressed = _meta(pose="hands-on-hips", background="pink", outfit="dress", outfit_colour=(50, 90, 210), ribbon=False, body="curvy")
+    dressed = _meta(
+        pose="hands-on-hips", background="pink", outfit="dress", outfit_colour=(50, 90, 210), ribbon=False, body="curvy"
+    )
     assert full_caption(dressed) == (
         "1girl, solo, blonde hair, twintails, blue eyes, curvy, large breasts, wide hips, dress, blue dress, hands on hips, "
         "full body, looking at viewer, pink background"
@@ -188,8 +220,14 @@ def test_from_behind_exactly_on_back_views(tmp_path):
 
 def test_render_toy_writes_what_was_asked(tmp_path):
     config = RenderToyConfig(
-        out=tmp_path, style="3d", character="blue_short", views=("side",), zooms=("portrait", "full-body"),
-        poses=("hands-on-hips",), backgrounds=("indoor",), seed=5,
+        out=tmp_path,
+        style="3d",
+        character="blue_short",
+        views=("side",),
+        zooms=("portrait", "full-body"),
+        poses=("hands-on-hips",),
+        backgrounds=("indoor",),
+        seed=5,
     )
     pngs = render_toy(config)
     assert [p.name for p in pngs] == ["blue_short_3d_00000.png", "blue_short_3d_00001.png"]
@@ -198,15 +236,25 @@ def test_render_toy_writes_what_was_asked(tmp_path):
         assert (image.mode, image.size) == ("RGB", (64, 64))
         meta = json.loads(png.with_suffix(".json").read_text())
         assert {k: meta[k] for k in ("style", "view", "zoom", "pose", "background", "size")} == {
-            "style": "3d", "view": "side", "zoom": zoom, "pose": "hands-on-hips", "background": "indoor", "size": 64,
+            "style": "3d",
+            "view": "side",
+            "zoom": zoom,
+            "pose": "hands-on-hips",
+            "background": "indoor",
+            "size": 64,
         }
         assert meta["character"] == load_preset("blue_short").to_dict()
         assert png.with_suffix(".txt").read_text() == full_caption(meta) + "\n"
-        assert np.array_equal(np.asarray(image), render(load_preset("blue_short"), Shot("side", zoom, "hands-on-hips", "indoor"), "3d", seed=meta["seed"]))
+        assert np.array_equal(
+            np.asarray(image),
+            render(load_preset("blue_short"), Shot("side", zoom, "hands-on-hips", "indoor"), "3d", seed=meta["seed"]),
+        )
 
 
 def test_same_seed_same_bytes_and_overwrite_refused(tmp_path):
-    config = RenderToyConfig(out=tmp_path / "a", style="anime", random=True, count=4, views=VIEWS, backgrounds=("outdoor", "indoor"), seed=11)
+    config = RenderToyConfig(
+        out=tmp_path / "a", style="anime", random=True, count=4, views=VIEWS, backgrounds=("outdoor", "indoor"), seed=11
+    )
     render_toy(config)
     render_toy(dataclasses.replace(config, out=tmp_path / "b"))
     first = _files(tmp_path / "a")
@@ -239,25 +287,78 @@ def test_cli_end_to_end(tmp_path):
 
     runner = CliRunner()
     out = tmp_path / "renders"
-    result = runner.invoke(app, ["render", "toy", "--character", "target", "--style", "3d", "--out", str(out), "--views", "front,behind", "--zooms", "portrait", "--zooms", "full-body", "--seed", "1"])
+    result = runner.invoke(
+        app,
+        [
+            "render",
+            "toy",
+            "--character",
+            "target",
+            "--style",
+            "3d",
+            "--out",
+            str(out),
+            "--views",
+            "front,behind",
+            "--zooms",
+            "portrait",
+            "--zooms",
+            "full-body",
+            "--seed",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert len(list(out.glob("*.png"))) == 4
-    result = runner.invoke(app, ["render", "toy", "--random", "--count", "3", "--style", "anime", "--out", str(out), "--views", "all", "--backgrounds", "all", "--poses", "all"])
+    result = runner.invoke(
+        app,
+        [
+            "render",
+            "toy",
+            "--random",
+            "--count",
+            "3",
+            "--style",
+            "anime",
+            "--out",
+            str(out),
+            "--views",
+            "all",
+            "--backgrounds",
+            "all",
+            "--poses",
+            "all",
+        ],
+    )
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["caption", str(out), "--policy", "stepping-stone"])
     assert result.exit_code == 0, result.output
     assert "wrote 7 stepping-stone captions" in result.output
-    assert (out / "target_3d_00002.txt").read_text() == "blonde hair, twintails, blue eyes, medium breasts, hair ribbon, nude, portrait, from behind\n"
+    assert (
+        out / "target_3d_00002.txt"
+    ).read_text() == "blonde hair, twintails, blue eyes, medium breasts, hair ribbon, nude, portrait, from behind\n"
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["render", "toy", "--character", "target", "--out", "{out}"], "already exists; choose another output path or pass --overwrite"),
-        (["render", "toy", "--character", "target", "--views", "top", "--out", "{out}"], "--views 'top' is not valid; choose from: front, side, behind (or all)"),
+        (
+            ["render", "toy", "--character", "target", "--out", "{out}"],
+            "already exists; choose another output path or pass --overwrite",
+        ),
+        (
+            ["render", "toy", "--character", "target", "--views", "top", "--out", "{out}"],
+            "--views 'top' is not valid; choose from: front, side, behind (or all)",
+        ),
         (["render", "toy", "--random", "--out", "{out}"], "--random needs --count N"),
-        (["render", "toy", "--character", "target", "--exclude", "red_long", "--out", "{out}/new"], "--exclude only applies to --random characters"),
-        (["caption", "{out}", "--policy", "loose"], "--policy 'loose' is not valid; choose one of: full, stepping-stone, character"),
+        (
+            ["render", "toy", "--character", "target", "--exclude", "red_long", "--out", "{out}/new"],
+            "--exclude only applies to --random characters",
+        ),
+        (
+            ["caption", "{out}", "--policy", "loose"],
+            "--policy 'loose' is not valid; choose one of: full, stepping-stone, character",
+        ),
     ],
 )
 def test_cli_errors_are_one_line_exit_2(tmp_path, monkeypatch, capsys, args, message):

@@ -27,11 +27,20 @@ SEGMENTS = 6  # coarse, for speed; the geometry's layout does not depend on it
 
 def toy_meta(character: CharacterSpec) -> dict:
     """Toy render metadata of a front, full-body shot of `character`."""
-    return {"character": character.to_dict(), "style": "3d", "view": "front", "zoom": "full-body", "pose": "arms-at-sides", "background": "white"}
+    return {
+        "character": character.to_dict(),
+        "style": "3d",
+        "view": "front",
+        "zoom": "full-body",
+        "pose": "arms-at-sides",
+        "background": "white",
+    }
 
 
 def dressed(outfit: str) -> CharacterSpec:
-    return replace(load_preset("green_medium"), name=f"green_{outfit}", outfit=outfit, outfit_colour=THING_COLOURS["orange"])
+    return replace(
+        load_preset("green_medium"), name=f"green_{outfit}", outfit=outfit, outfit_colour=THING_COLOURS["orange"]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -57,18 +66,31 @@ def test_target_reads_back_as_the_spec(target):
     assert avatar.format == "vrm1"
     assert set(VRM1_REQUIRED_BONES) <= set(avatar.humanoid)
     materials = {m.name: m for m in avatar.materials}
-    for name, colour in (("Hair", spec.hair_colour), ("Iris", spec.eye_colour), ("Skin", spec.skin_colour), ("Ribbon", spec.ribbon_colour)):
+    for name, colour in (
+        ("Hair", spec.hair_colour),
+        ("Iris", spec.eye_colour),
+        ("Skin", spec.skin_colour),
+        ("Ribbon", spec.ribbon_colour),
+    ):
         np.testing.assert_allclose(materials[name].base_colour[:3], srgb_to_linear(colour), atol=1e-6, err_msg=name)
     assert "Ribbon" in avatar.mesh_names() and "Outfit" not in avatar.mesh_names()
     assert avatar.meta.name == "target" and avatar.meta.authors == ["sabun toy world"]
-    assert (avatar.meta.avatar_permission, avatar.meta.allow_redistribution, avatar.meta.modification) == ("everyone", True, "allowModificationRedistribution")
+    assert (avatar.meta.avatar_permission, avatar.meta.allow_redistribution, avatar.meta.modification) == (
+        "everyone",
+        True,
+        "allowModificationRedistribution",
+    )
 
 
 def test_tag_file_holds_the_toy_captions_tags(target):
     _, tag_file = target
     spec = load_preset("target")
     data = read_tag_file(tag_file)  # the reader `sabun render model` uses: no unknown keys
-    assert data == {"tags": "blonde hair, twintails, blue eyes, medium breasts, hair ribbon", "clothes": "nude", "hair_materials": ["Hair"]}
+    assert data == {
+        "tags": "blonde hair, twintails, blue eyes, medium breasts, hair ribbon",
+        "clothes": "nude",
+        "hair_materials": ["Hair"],
+    }
     # the toy's stepping-stone caption of a front full-body shot is exactly the character's tags, clothes and zoom
     assert stepping_stone_caption(toy_meta(spec)) == f"{data['tags']}, {data['clothes']}, full body"
     # the spec rides along as a comment that is itself a TOML inline table
@@ -113,10 +135,10 @@ def test_refuses_to_overwrite_and_bad_suffix(tmp_path):
     spec = load_preset("red_long")
     vrm = tmp_path / "red.vrm"
     tag_file = vrm.with_suffix(".toml")
-    tag_file.write_text("tags = \"mine\"\n")
+    tag_file.write_text('tags = "mine"\n')
     with pytest.raises(SabunError, match="red.toml: already exists"):
         export_character(spec, vrm, segments=SEGMENTS)
-    assert not vrm.exists() and tag_file.read_text() == "tags = \"mine\"\n"  # checked before anything is written
+    assert not vrm.exists() and tag_file.read_text() == 'tags = "mine"\n'  # checked before anything is written
     export_character(spec, vrm, overwrite=True, segments=SEGMENTS)
     assert read_tag_file(tag_file)["tags"].startswith("red hair, long hair")
     tag_file.unlink()
@@ -130,18 +152,25 @@ def test_refuses_to_overwrite_and_bad_suffix(tmp_path):
 def test_render_captions_come_from_the_tag_file(target, tmp_path):
     vrm, _ = target
     spec = load_preset("target")
-    pngs = render_models(RenderModelConfig(models=(vrm,), out=tmp_path, size=64, style="lit", policy="stepping-stone"), note=lambda _: None)
+    pngs = render_models(
+        RenderModelConfig(models=(vrm,), out=tmp_path, size=64, style="lit", policy="stepping-stone"),
+        note=lambda _: None,
+    )
     assert pngs
     for png in pngs:
         text = png.with_suffix(".txt").read_text()
-        assert f"{spec.hair_colour_name} hair" in text and HAIRSTYLE_TAGS[spec.hairstyle] in text and "hair ribbon" in text
+        assert (
+            f"{spec.hair_colour_name} hair" in text and HAIRSTYLE_TAGS[spec.hairstyle] in text and "hair ribbon" in text
+        )
 
 
 def test_cli_export(tmp_path, monkeypatch, capsys):
     from sabun.cli import app, main
 
     out = tmp_path / "models" / "target.vrm"
-    result = CliRunner().invoke(app, ["toyworld", "export", "--character", "target", "--out", str(out), "--segments", str(SEGMENTS)])
+    result = CliRunner().invoke(
+        app, ["toyworld", "export", "--character", "target", "--out", str(out), "--segments", str(SEGMENTS)]
+    )
     assert result.exit_code == 0, result.output
     assert str(out) in result.output and str(out.with_suffix(".toml")) in result.output and "triangles" in result.output
     assert load_avatar(out).triangle_count() > 0
@@ -151,5 +180,8 @@ def test_cli_export(tmp_path, monkeypatch, capsys):
         main()
     assert e.value.code == 2
     assert "already exists; choose another output path or pass --overwrite" in capsys.readouterr().err
-    result = CliRunner().invoke(app, ["toyworld", "export", "--character", "target", "--out", str(out), "--segments", str(SEGMENTS), "--overwrite"])
+    result = CliRunner().invoke(
+        app,
+        ["toyworld", "export", "--character", "target", "--out", str(out), "--segments", str(SEGMENTS), "--overwrite"],
+    )
     assert result.exit_code == 0, result.output

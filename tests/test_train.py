@@ -54,7 +54,9 @@ tensorboard = false
 """
 
 
-def write_images(folder: Path, count: int, size: tuple[int, int] = (32, 32), caption: str = "1girl, red hair", seed: int = 0) -> None:
+def write_images(
+    folder: Path, count: int, size: tuple[int, int] = (32, 32), caption: str = "1girl, red hair", seed: int = 0
+) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     for i in range(count):
@@ -110,7 +112,9 @@ def fixed_noise_loss(pipe, lora_path: Path | None, image_path: Path, caption: st
 def test_a_short_run_lowers_the_loss_on_one_image(tmp_path, tiny_pipe):
     write_images(tmp_path / "data", 1)
     (tmp_path / "train.toml").write_text(BASE_TOML)
-    cfg = config(tmp_path, "training.max_steps=30", "optimizer.learning_rate=3e-3", "data.batch_size=4", "datasets.0.repeats=4")
+    cfg = config(
+        tmp_path, "training.max_steps=30", "optimizer.learning_rate=3e-3", "data.batch_size=4", "datasets.0.repeats=4"
+    )
     before = fixed_noise_loss(tiny_pipe, None, tmp_path / "data/img0.png", "1girl, red hair")
     result = train(cfg, pipe=tiny_pipe)
     after = fixed_noise_loss(tiny_pipe, result.lora_path, tmp_path / "data/img0.png", "1girl, red hair")
@@ -122,7 +126,10 @@ def test_timestep_range_limits_what_the_unet_sees(workdir, tiny_pipe):
     seen = []
     hook = tiny_pipe.unet.register_forward_pre_hook(lambda _m, args: seen.append(args[1].clone()))
     try:
-        train(config(workdir, "training.min_timestep=600", "training.max_timestep=700", "data.batch_size=2"), pipe=tiny_pipe)
+        train(
+            config(workdir, "training.min_timestep=600", "training.max_timestep=700", "data.batch_size=2"),
+            pipe=tiny_pipe,
+        )
     finally:
         hook.remove()
     timesteps = torch.cat(seen)
@@ -137,7 +144,9 @@ def test_bf16_mixed_precision_trains_nearly_the_fp32_lora(workdir, tiny_pipe):
     import copy
 
     fp32 = load_lora(train(config(workdir), pipe=copy.deepcopy(tiny_pipe)).lora_path)
-    bf16 = load_lora(train(config(workdir, "training.mixed_precision=bf16", "output.name=bf16"), pipe=tiny_pipe).lora_path)
+    bf16 = load_lora(
+        train(config(workdir, "training.mixed_precision=bf16", "output.name=bf16"), pipe=tiny_pipe).lora_path
+    )
     assert bf16.weights.keys() == fp32.weights.keys()
     assert all(w.up.dtype == torch.float32 and torch.isfinite(w.up).all() for w in bf16.weights.values())
     a, b = (torch.cat([w.up.flatten() for _, w in sorted(lora.weights.items())]) for lora in (fp32, bf16))
@@ -145,9 +154,15 @@ def test_bf16_mixed_precision_trains_nearly_the_fp32_lora(workdir, tiny_pipe):
 
 
 def test_only_lora_parameters_change(workdir, tiny_pipe):
-    before = {f"{c}.{k}": v.clone() for c in ("unet", "text_encoder", "vae") for k, v in getattr(tiny_pipe, c).state_dict().items()}
+    before = {
+        f"{c}.{k}": v.clone()
+        for c in ("unet", "text_encoder", "vae")
+        for k, v in getattr(tiny_pipe, c).state_dict().items()
+    }
     result = train(config(workdir), pipe=tiny_pipe)
-    after = {f"{c}.{k}": v for c in ("unet", "text_encoder", "vae") for k, v in getattr(tiny_pipe, c).state_dict().items()}
+    after = {
+        f"{c}.{k}": v for c in ("unet", "text_encoder", "vae") for k, v in getattr(tiny_pipe, c).state_dict().items()
+    }
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
     lora = load_lora(result.lora_path)
@@ -163,7 +178,11 @@ def test_output_loads_in_diffusers_and_changes_the_images(workdir, tiny_pipe):
     assert (workdir / "out/test.toml").is_file()
 
     def image():
-        return np.asarray(tiny_pipe("1girl", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images[0])
+        return np.asarray(
+            tiny_pipe(
+                "1girl", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np"
+            ).images[0]
+        )
 
     plain = image()
     tiny_pipe.load_lora_weights(str(result.lora_path))
@@ -177,11 +196,16 @@ def test_stepping_stone_changes_the_result_and_is_recorded(workdir, tiny_pipe, m
     save_lora(make_lora(tiny_pipe, rank=4, seed=7), stone)
     weights_before = {k: v.clone() for k, v in tiny_pipe.unet.state_dict().items()}
     plain = train(config(workdir, "output.name=plain"), pipe=tiny_pipe)
-    stepped = train(config(workdir, "output.name=stepped", f'model.base_weights=[{{path = "{stone}", multiplier = 0.8}}]'), pipe=tiny_pipe)
+    stepped = train(
+        config(workdir, "output.name=stepped", f'model.base_weights=[{{path = "{stone}", multiplier = 0.8}}]'),
+        pipe=tiny_pipe,
+    )
     a, b = load_lora(plain.lora_path), load_lora(stepped.lora_path)
     assert max((a.weights[n].up - b.weights[n].up).abs().max().item() for n in a.weights) > 1e-6
     assert json.loads(a.metadata["sabun_base_weights"]) == []
-    assert json.loads(b.metadata["sabun_base_weights"]) == [{"path": str(stone), "sha256": file_sha256(stone), "multiplier": 0.8}]
+    assert json.loads(b.metadata["sabun_base_weights"]) == [
+        {"path": str(stone), "sha256": file_sha256(stone), "multiplier": 0.8}
+    ]
     assert json.loads(b.metadata["sabun_config"])["model"]["base_weights"][0]["multiplier"] == 0.8
     # the caller's pipeline is handed back plain: the stepping-stone was merged only for training
     assert all(torch.equal(weights_before[k], v) for k, v in tiny_pipe.unet.state_dict().items())
@@ -215,7 +239,10 @@ def test_cached_and_uncached_latents_train_the_same(workdir, tiny_pipe):
 def test_validation_loss_is_logged_with_fixed_noise(tmp_path, tiny_pipe):
     write_images(tmp_path / "data", 4)
     (tmp_path / "train.toml").write_text(BASE_TOML)
-    result = train(config(tmp_path, "validation.split=0.25", "validation.every_n_steps=2", "output.tensorboard=true"), pipe=tiny_pipe)
+    result = train(
+        config(tmp_path, "validation.split=0.25", "validation.every_n_steps=2", "output.tensorboard=true"),
+        pipe=tiny_pipe,
+    )
     assert sorted(result.validation) == [2, 4]
     assert all(np.isfinite(v) for v in result.validation.values())
     assert load_lora(result.lora_path).metadata["ss_num_train_images"] == "3"
@@ -231,7 +258,9 @@ def test_bad_images_are_all_listed_before_training(workdir):
         train(config(workdir))
     message = str(info.value)
     assert "3 bad training image(s)" in message
-    assert "empty.png: empty" in message and "broken.png: unreadable" in message and "tiny.png: too small (8x8" in message
+    assert (
+        "empty.png: empty" in message and "broken.png: unreadable" in message and "tiny.png: too small (8x8" in message
+    )
     assert "data.skip_bad_images" in message
     assert not (workdir / "out").exists()  # failed before anything was written
 
@@ -241,7 +270,13 @@ def test_bad_images_are_all_listed_before_training(workdir):
 
 
 def test_a_diverging_run_stops_and_writes_no_blown_up_weights(workdir, tiny_pipe):
-    cfg = config(workdir, "optimizer.learning_rate=1e15", "checkpoint.every_n_steps=1", "training.max_steps=6", "optimizer.max_grad_norm=0")
+    cfg = config(
+        workdir,
+        "optimizer.learning_rate=1e15",
+        "checkpoint.every_n_steps=1",
+        "training.max_steps=6",
+        "optimizer.max_grad_norm=0",
+    )
     stopped = r"(training loss is (nan|inf) at step \d+|the LoRA's weights at step \d+ are out of range .*), so training stopped"
     with pytest.raises(SabunError, match=stopped) as info:
         train(cfg, pipe=tiny_pipe)
@@ -265,7 +300,10 @@ def test_a_non_finite_loss_stops_with_the_last_good_checkpoint_kept(workdir, tin
         return loss * float("nan") if calls["n"] >= 4 else loss
 
     monkeypatch.setattr(trainer, "diffusion_loss", poisoned)
-    with pytest.raises(SabunError, match=r"training loss is nan at step \d+, so training stopped; the last good checkpoint is kept at \S+test-step\d+") as info:
+    with pytest.raises(
+        SabunError,
+        match=r"training loss is nan at step \d+, so training stopped; the last good checkpoint is kept at \S+test-step\d+",
+    ) as info:
         train(cfg, pipe=tiny_pipe)
     checkpoints = list_checkpoints(workdir / "out", "test")
     assert checkpoints and str(checkpoints[-1][1]) in str(info.value)
@@ -285,7 +323,15 @@ def test_outputs_are_not_overwritten_without_asking(workdir, tiny_pipe):
 
 def sabun(*args: str, cwd: Path, **kwargs) -> subprocess.Popen:
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-m", "sabun", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "sabun", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 def wait_for_checkpoint(workdir: Path, process: subprocess.Popen, timeout: float = 400) -> None:
@@ -314,13 +360,21 @@ def test_sigkill_after_a_checkpoint_then_resume_equals_an_uninterrupted_run(work
     assert resumed.step == 12 and len(resumed.losses) == 12 - resumed_from
     uninterrupted = train(config(workdir, *overrides, "output.name=whole"), pipe=tiny_pipe)
     a, b = load_lora(resumed.lora_path), load_lora(uninterrupted.lora_path)
-    diff = max(max((a.weights[n].up - b.weights[n].up).abs().max().item(), (a.weights[n].down - b.weights[n].down).abs().max().item()) for n in a.weights)
+    diff = max(
+        max(
+            (a.weights[n].up - b.weights[n].up).abs().max().item(),
+            (a.weights[n].down - b.weights[n].down).abs().max().item(),
+        )
+        for n in a.weights
+    )
     assert diff <= 1e-6
     assert resumed.losses == pytest.approx(uninterrupted.losses[resumed_from:], abs=1e-6)
 
 
 def test_ctrl_c_writes_a_checkpoint_and_the_printed_command_resumes_it(workdir):
-    run = sabun("train", "train.toml", "--set", "training.max_steps=1000", "--set", "checkpoint.every_n_steps=1", cwd=workdir)
+    run = sabun(
+        "train", "train.toml", "--set", "training.max_steps=1000", "--set", "checkpoint.every_n_steps=1", cwd=workdir
+    )
     wait_for_checkpoint(workdir, run)
     first = list_checkpoints(workdir / "out", "test")[-1][0]
     run.send_signal(signal.SIGINT)
@@ -342,7 +396,9 @@ def test_ctrl_c_writes_a_checkpoint_and_the_printed_command_resumes_it(workdir):
 
 
 def test_a_bare_resume_flag_means_the_latest_checkpoint(workdir):
-    killed = sabun("train", "train.toml", "--set", "training.max_steps=1000", "--set", "checkpoint.every_n_steps=1", cwd=workdir)
+    killed = sabun(
+        "train", "train.toml", "--set", "training.max_steps=1000", "--set", "checkpoint.every_n_steps=1", cwd=workdir
+    )
     wait_for_checkpoint(workdir, killed)
     killed.send_signal(signal.SIGKILL)
     killed.wait()
@@ -395,4 +451,6 @@ def test_cli_errors_are_one_line(workdir, monkeypatch, capsys):
         main()
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "network.rnk: unknown field; did you mean `rank`?" in err and err.count("\n") == 1
+    assert (
+        err.startswith("error: ") and "network.rnk: unknown field; did you mean `rank`?" in err and err.count("\n") == 1
+    )

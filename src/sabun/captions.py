@@ -20,7 +20,10 @@ from sabun.toyworld import captions as toy_captions
 from sabun.toyworld.commands import METADATA_FORMAT as TOY_FORMAT
 
 POLICIES = tuple(toy_captions.POLICIES)
-CAPTIONERS: dict[str, Callable[[dict, str], str]] = {TOY_FORMAT: toy_captions.caption, AVATAR_FORMAT: avatar_captions.caption}
+CAPTIONERS: dict[str, Callable[[dict, str], str]] = {
+    TOY_FORMAT: toy_captions.caption,
+    AVATAR_FORMAT: avatar_captions.caption,
+}
 
 
 def caption_folder(folder: Path, policy: str) -> list[Path]:
@@ -31,7 +34,9 @@ def caption_folder(folder: Path, policy: str) -> list[Path]:
         raise SabunError(f"{folder}: no such folder; give the folder that `sabun render` wrote")
     sources = sorted(folder.glob("*.json"))
     if not sources:
-        raise SabunError(f"{folder}: holds no .json render metadata; render with `sabun render toy` or `sabun render model` first")
+        raise SabunError(
+            f"{folder}: holds no .json render metadata; render with `sabun render toy` or `sabun render model` first"
+        )
     captions = {}
     for source in sources:
         try:

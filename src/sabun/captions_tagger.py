@@ -41,7 +41,27 @@ CHARACTER_BACKGROUNDS = ("white",)
 
 # Tags whose underscores are part of the face they draw; kept as they are (as the taggers' own tools do).
 KAOMOJI = frozenset(
-    {"0_0", "(o)_(o)", "+_+", "+_-", "._.", "<o>_<o>", "<|>_<|>", "=_=", ">_<", "3_3", "6_9", ">_o", "@_@", "^_^", "o_o", "u_u", "x_x", "|_|", "||_||"}
+    {
+        "0_0",
+        "(o)_(o)",
+        "+_+",
+        "+_-",
+        "._.",
+        "<o>_<o>",
+        "<|>_<|>",
+        "=_=",
+        ">_<",
+        "3_3",
+        "6_9",
+        ">_o",
+        "@_@",
+        "^_^",
+        "o_o",
+        "u_u",
+        "x_x",
+        "|_|",
+        "||_||",
+    }
 )
 
 
@@ -73,7 +93,9 @@ def required_tags(policy: str, tag_map: TagMap) -> list[str]:
     return list(dict.fromkeys(tags))
 
 
-def tag_caption(probs: np.ndarray, tagger: Tagger, policy: str, threshold: float = DEFAULT_THRESHOLD, tag_map: TagMap | None = None) -> str:
+def tag_caption(
+    probs: np.ndarray, tagger: Tagger, policy: str, threshold: float = DEFAULT_THRESHOLD, tag_map: TagMap | None = None
+) -> str:
     """The caption of one image under `policy` from its tag probabilities (tags,)."""
     tag_map = tag_map or default_tag_map()
     seen = _seen_general(probs, tagger, threshold)
@@ -138,13 +160,19 @@ def caption_folder_with_tagger(
         raise SabunError(f"{folder}: no such folder; give the folder of images to caption")
     images, rendered = images_to_caption(folder)
     if not images:
-        hint = f"its {len(rendered)} images have render metadata: caption them with `sabun caption {folder} --policy {policy}`" if rendered else "add PNG or JPEG images"
+        hint = (
+            f"its {len(rendered)} images have render metadata: caption them with `sabun caption {folder} --policy {policy}`"
+            if rendered
+            else "add PNG or JPEG images"
+        )
         raise SabunError(f"{folder}: holds no images to tag; {hint}")
     outputs: dict[Path, Path] = {}
     for image in images:
         text = image.with_suffix(".txt")
         if text in outputs:
-            raise SabunError(f"{image}: shares its caption file {text.name} with {outputs[text].name}; rename one of them")
+            raise SabunError(
+                f"{image}: shares its caption file {text.name} with {outputs[text].name}; rename one of them"
+            )
         outputs[text] = image
     if not overwrite:
         existing = next((t for t in outputs if t.exists()), None)
@@ -159,7 +187,9 @@ def caption_folder_with_tagger(
         for image, probs in zip(chunk, tagger.predict(chunk, batch=batch)):
             captions[image.with_suffix(".txt")] = tag_caption(probs, tagger, policy, threshold, tag_map)
     if rendered and log is not None:
-        log(f"skipped {len(rendered)} images with render metadata (NAME.json); `sabun caption {folder} --policy {policy}` captions them")
+        log(
+            f"skipped {len(rendered)} images with render metadata (NAME.json); `sabun caption {folder} --policy {policy}` captions them"
+        )
     for path, text in captions.items():
         with atomic_output(path, overwrite=overwrite) as tmp:
             tmp.write_text(text + "\n", encoding="utf-8")

@@ -23,7 +23,10 @@ app = typer.Typer(
 
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output.")]
 Force = Annotated[bool, typer.Option("--force", help="Allow a LoRA multiplier beyond +-10.")]
-AllowPickle = Annotated[bool, typer.Option("--allow-pickle", help="Allow .ckpt/.pt pickles (loaded weights-only). Only for files you trust.")]
+AllowPickle = Annotated[
+    bool,
+    typer.Option("--allow-pickle", help="Allow .ckpt/.pt pickles (loaded weights-only). Only for files you trust."),
+]
 
 # --- toy world commands (sabun render toy, sabun caption) ---
 
@@ -33,16 +36,56 @@ app.add_typer(render_app, name="render")
 
 @render_app.command("toy")
 def render_toy_cmd(
-    out: Annotated[Path, typer.Option("--out", help="Output folder: NAME.png, NAME.json (metadata), NAME.txt (full caption).")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Output folder: NAME.png, NAME.json (metadata), NAME.txt (full caption).")
+    ],
     style: Annotated[str, typer.Option("--style", help="anime or 3d.")] = "anime",
-    character: Annotated[str | None, typer.Option("--character", help="A preset (target, red_long, green_medium, blue_short, white_ponytail, black_twintails) or a character .toml.")] = None,
-    random: Annotated[bool, typer.Option("--random", help="A new random character per image (never with the signature ribbon); needs --count.")] = False,
-    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="With --random: never draw this character's look (hair colour, hairstyle, eyes). Default: target.")] = None,
-    count: Annotated[int | None, typer.Option("--count", help="Number of images, shots drawn from the lists below; default: every combination once.")] = None,
-    views: Annotated[list[str] | None, typer.Option("--views", help="front, side, behind or all; repeat or comma-separate. Default: front,behind.")] = None,
-    zooms: Annotated[list[str] | None, typer.Option("--zooms", help="portrait, upper-body, cowboy-shot, full-body or all. Default: all.")] = None,
-    poses: Annotated[list[str] | None, typer.Option("--poses", help="arms-at-sides, arms-up, hands-on-hips, arms-behind-back or all. Default: arms-at-sides.")] = None,
-    backgrounds: Annotated[list[str] | None, typer.Option("--backgrounds", help="white, grey, blue, pink, yellow, green, outdoor, indoor or all. Default: white.")] = None,
+    character: Annotated[
+        str | None,
+        typer.Option(
+            "--character",
+            help="A preset (target, red_long, green_medium, blue_short, white_ponytail, black_twintails) or a character .toml.",
+        ),
+    ] = None,
+    random: Annotated[
+        bool,
+        typer.Option(
+            "--random", help="A new random character per image (never with the signature ribbon); needs --count."
+        ),
+    ] = False,
+    exclude: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--exclude",
+            help="With --random: never draw this character's look (hair colour, hairstyle, eyes). Default: target.",
+        ),
+    ] = None,
+    count: Annotated[
+        int | None,
+        typer.Option(
+            "--count", help="Number of images, shots drawn from the lists below; default: every combination once."
+        ),
+    ] = None,
+    views: Annotated[
+        list[str] | None,
+        typer.Option("--views", help="front, side, behind or all; repeat or comma-separate. Default: front,behind."),
+    ] = None,
+    zooms: Annotated[
+        list[str] | None,
+        typer.Option("--zooms", help="portrait, upper-body, cowboy-shot, full-body or all. Default: all."),
+    ] = None,
+    poses: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--poses", help="arms-at-sides, arms-up, hands-on-hips, arms-behind-back or all. Default: arms-at-sides."
+        ),
+    ] = None,
+    backgrounds: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--backgrounds", help="white, grey, blue, pink, yellow, green, outdoor, indoor or all. Default: white."
+        ),
+    ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed: the same options always write the same files.")] = 0,
     size: Annotated[int, typer.Option("--size", help="Image side in pixels.")] = 64,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing files.")] = False,
@@ -53,7 +96,12 @@ def render_toy_cmd(
     from sabun.toyworld.render import BACKGROUNDS, VIEWS, ZOOMS
 
     # lists left out keep RenderToyConfig's defaults (the seed's stepping-stone shots)
-    lists = {"views": (views, VIEWS), "zooms": (zooms, ZOOMS), "poses": (poses, POSES), "backgrounds": (backgrounds, BACKGROUNDS)}
+    lists = {
+        "views": (views, VIEWS),
+        "zooms": (zooms, ZOOMS),
+        "poses": (poses, POSES),
+        "backgrounds": (backgrounds, BACKGROUNDS),
+    }
     chosen = {key: expand_choices(values, valid, key) for key, (values, valid) in lists.items() if values}
     config = RenderToyConfig(
         out=out,
@@ -72,21 +120,70 @@ def render_toy_cmd(
 
 @render_app.command("model")
 def render_model_cmd(
-    models: Annotated[list[Path], typer.Argument(help=".vrm, .glb or .gltf files; each model's tags come from NAME.toml beside it (tags = \"red hair, long hair\").")],
-    out: Annotated[Path | None, typer.Option("--out", help="Output folder: NAME.png, NAME.json (metadata), NAME.txt (caption).")] = None,
-    list_only: Annotated[bool, typer.Option("--list", help="Print each model's meshes, materials, bones and licence; render nothing.")] = False,
-    views: Annotated[list[str] | None, typer.Option("--views", help="front, left, right, behind, front-left, front-right, back-left, back-right or all; repeat or comma-separate. Default: front,behind.")] = None,
-    zooms: Annotated[list[str] | None, typer.Option("--zooms", help="portrait, upper-body, cowboy-shot, full-body or all. Default: all.")] = None,
-    poses: Annotated[list[str] | None, typer.Option("--poses", help="arms-at-sides, rest, a-pose, arms-up, hands-on-hips or all. Default: arms-at-sides.")] = None,
-    style: Annotated[str, typer.Option("--style", help="toon (MToon shading and outlines), lit (smooth shading: a 3D-render look) or unlit.")] = "toon",
+    models: Annotated[
+        list[Path],
+        typer.Argument(
+            help='.vrm, .glb or .gltf files; each model\'s tags come from NAME.toml beside it (tags = "red hair, long hair").'
+        ),
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Output folder: NAME.png, NAME.json (metadata), NAME.txt (caption).")
+    ] = None,
+    list_only: Annotated[
+        bool, typer.Option("--list", help="Print each model's meshes, materials, bones and licence; render nothing.")
+    ] = False,
+    views: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--views",
+            help="front, left, right, behind, front-left, front-right, back-left, back-right or all; repeat or comma-separate. Default: front,behind.",
+        ),
+    ] = None,
+    zooms: Annotated[
+        list[str] | None,
+        typer.Option("--zooms", help="portrait, upper-body, cowboy-shot, full-body or all. Default: all."),
+    ] = None,
+    poses: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--poses", help="arms-at-sides, rest, a-pose, arms-up, hands-on-hips or all. Default: arms-at-sides."
+        ),
+    ] = None,
+    style: Annotated[
+        str,
+        typer.Option(
+            "--style", help="toon (MToon shading and outlines), lit (smooth shading: a 3D-render look) or unlit."
+        ),
+    ] = "toon",
     size: Annotated[int, typer.Option("--size", help="Image side in pixels (512, 768 or 1024 for SD).")] = 768,
-    background: Annotated[str, typer.Option("--background", help="white, grey, black, transparent or #RRGGBB.")] = "white",
-    hide: Annotated[list[str] | None, typer.Option("--hide", help="Leave out a mesh or node by name (clothes, props); see --list. Repeatable.")] = None,
-    tags: Annotated[str | None, typer.Option("--tags", help="The character's booru tags, for one model, instead of NAME.toml.")] = None,
-    policy: Annotated[str, typer.Option("--policy", help="Caption policy of the .txt files: full, stepping-stone or character.")] = "full",
-    supersample: Annotated[int, typer.Option("--supersample", help="Drawn at this many times the size (plus 4x MSAA), then averaged down.")] = 2,
-    author: Annotated[bool, typer.Option("--author", help="State that you are the model's author (needed when its VRM meta allows only its author).")] = False,
-    sheet: Annotated[Path | None, typer.Option("--sheet", help="Also write a contact sheet of the shots to this PNG (keep it outside the data set).")] = None,
+    background: Annotated[
+        str, typer.Option("--background", help="white, grey, black, transparent or #RRGGBB.")
+    ] = "white",
+    hide: Annotated[
+        list[str] | None,
+        typer.Option("--hide", help="Leave out a mesh or node by name (clothes, props); see --list. Repeatable."),
+    ] = None,
+    tags: Annotated[
+        str | None, typer.Option("--tags", help="The character's booru tags, for one model, instead of NAME.toml.")
+    ] = None,
+    policy: Annotated[
+        str, typer.Option("--policy", help="Caption policy of the .txt files: full, stepping-stone or character.")
+    ] = "full",
+    supersample: Annotated[
+        int, typer.Option("--supersample", help="Drawn at this many times the size (plus 4x MSAA), then averaged down.")
+    ] = 2,
+    author: Annotated[
+        bool,
+        typer.Option(
+            "--author", help="State that you are the model's author (needed when its VRM meta allows only its author)."
+        ),
+    ] = False,
+    sheet: Annotated[
+        Path | None,
+        typer.Option(
+            "--sheet", help="Also write a contact sheet of the shots to this PNG (keep it outside the data set)."
+        ),
+    ] = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Render VRM / glTF characters into the method's captioned shots: one camera rule, light and pose for every model."""
@@ -108,8 +205,18 @@ def render_model_cmd(
     lists = {"views": (views, VIEWS), "zooms": (zooms, ZOOMS), "poses": (poses, POSES)}
     chosen = {key: expand_choices(values, valid, key) for key, (values, valid) in lists.items() if values}
     config = RenderModelConfig(
-        models=tuple(models), out=out, style=style, size=size, background=background, supersample=supersample,
-        hide=tuple(hide or ()), tags=tags, policy=policy, author=author, overwrite=overwrite, **chosen,
+        models=tuple(models),
+        out=out,
+        style=style,
+        size=size,
+        background=background,
+        supersample=supersample,
+        hide=tuple(hide or ()),
+        tags=tags,
+        policy=policy,
+        author=author,
+        overwrite=overwrite,
+        **chosen,
     )
     if sheet is not None:
         check_writable(sheet, overwrite)
@@ -131,12 +238,33 @@ def render_model_cmd(
 
 @app.command("caption")
 def caption_cmd(
-    folder: Annotated[Path, typer.Argument(help="A folder written by `sabun render toy` / `sabun render model`, or (with --tagger) any folder of images.")],
-    policy: Annotated[str, typer.Option("--policy", help="full, stepping-stone or character (see docs/toyworld.md, docs/render.md, docs/tagger.md).")] = "full",
-    tagger: Annotated[Path | None, typer.Option("--tagger", help="Tag images without render metadata (screenshots) with this booru tagger: a folder with model.onnx and selected_tags.csv.")] = None,
-    tag_map: Annotated[Path | None, typer.Option("--tag-map", help="With --tagger: a TOML [tags] table extending the concept -> tag map.")] = None,
+    folder: Annotated[
+        Path,
+        typer.Argument(
+            help="A folder written by `sabun render toy` / `sabun render model`, or (with --tagger) any folder of images."
+        ),
+    ],
+    policy: Annotated[
+        str,
+        typer.Option(
+            "--policy", help="full, stepping-stone or character (see docs/toyworld.md, docs/render.md, docs/tagger.md)."
+        ),
+    ] = "full",
+    tagger: Annotated[
+        Path | None,
+        typer.Option(
+            "--tagger",
+            help="Tag images without render metadata (screenshots) with this booru tagger: a folder with model.onnx and selected_tags.csv.",
+        ),
+    ] = None,
+    tag_map: Annotated[
+        Path | None,
+        typer.Option("--tag-map", help="With --tagger: a TOML [tags] table extending the concept -> tag map."),
+    ] = None,
     threshold: Annotated[float, typer.Option(help="With --tagger: keep tags at this probability or above.")] = 0.35,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="With --tagger: replace existing NAME.txt captions.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="With --tagger: replace existing NAME.txt captions.")
+    ] = False,
 ) -> None:
     """Write NAME.txt captions under a caption policy: from NAME.json render metadata, or with --tagger from a booru tagger."""
     if tagger is None:
@@ -157,7 +285,9 @@ app.add_typer(toyworld_app, name="toyworld")
 
 @toyworld_app.command("pretrain")
 def toyworld_pretrain_cmd(
-    out: Annotated[Path, typer.Option("--out", help="Run folder; re-running with the same settings resumes where it stopped.")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Run folder; re-running with the same settings resumes where it stopped.")
+    ],
     images: Annotated[int, typer.Option(help="Rendered training images.")] = 16000,
     vae_steps: Annotated[int, typer.Option(help="VAE optimiser steps.")] = 1500,
     steps: Annotated[int, typer.Option(help="U-Net + text encoder optimiser steps.")] = 2000,
@@ -168,14 +298,19 @@ def toyworld_pretrain_cmd(
     """Pretrain the toy model from scratch on rendered toy-world images (see docs/toy_model.md)."""
     from sabun.toyworld.pretrain import PretrainConfig, pretrain
 
-    config = PretrainConfig(images=images, vae_steps=vae_steps, steps=steps, batch=batch, three_d_share=three_d_share, seed=seed)
+    config = PretrainConfig(
+        images=images, vae_steps=vae_steps, steps=steps, batch=batch, three_d_share=three_d_share, seed=seed
+    )
     model_dir = pretrain(out, config)
     typer.echo(f"toy model written to {model_dir}")
+
 
 @toyworld_app.command("check")
 def toyworld_check_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder for check.json and a labelled sheet of generations.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="The toy model: `toy` or a pretraining run's model folder.")] = "toy",
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="The toy model: `toy` or a pretraining run's model folder.")
+    ] = "toy",
     count: Annotated[int, typer.Option(help="Generations from prompts with known attributes.")] = 240,
     three_d_count: Annotated[int, typer.Option(help="Generations with the `3d` tag added.")] = 64,
     steps: Annotated[int, typer.Option(help="Sampling steps.")] = 25,
@@ -188,15 +323,20 @@ def toyworld_check_cmd(
     from sabun.generate import Sampler
     from sabun.toyworld.check import check_model
 
-    results = check_model(model, out, count, three_d_count, Sampler(steps=steps, guidance=guidance), overwrite=overwrite)
+    results = check_model(
+        model, out, count, three_d_count, Sampler(steps=steps, guidance=guidance), overwrite=overwrite
+    )
     typer.echo(json.dumps(results, indent=2))
+
 
 @toyworld_app.command("check-vrm")
 def toyworld_check_vrm_cmd(
     out: Annotated[Path, typer.Option("--out", help="Folder for check_vrm.json and renders.png.")],
     count: Annotated[int, typer.Option(help="Random characters besides the six presets.")] = 24,
     seed: Annotated[int, typer.Option(help="Seed of the random characters.")] = 0,
-    styles: Annotated[str, typer.Option(help="Render styles of the exported models, comma-separated: toon, lit, unlit.")] = "lit,toon",
+    styles: Annotated[
+        str, typer.Option(help="Render styles of the exported models, comma-separated: toon, lit, unlit.")
+    ] = "lit,toon",
     overwrite: Overwrite = False,
 ) -> None:
     """Export toy characters to VRM, render them as `sabun render model` does, and measure how well the toy evaluator reads them."""
@@ -211,11 +351,22 @@ def toyworld_check_vrm_cmd(
     typer.echo(table(results))
     typer.echo(f"wrote {out / 'check_vrm.json'} and {results['sheet']}")
 
+
 @toyworld_app.command("export")
 def toyworld_export_cmd(
-    character: Annotated[str, typer.Option("--character", help="A preset (target, red_long, green_medium, blue_short, white_ponytail, black_twintails) or a character .toml.")],
-    out: Annotated[Path, typer.Option("--out", help="The model, NAME.vrm (VRM 1.0); its tag file NAME.toml is written beside it.")],
-    segments: Annotated[int, typer.Option("--segments", help="Tessellation: sectors around a limb (10 -> about 6k triangles).")] = 10,
+    character: Annotated[
+        str,
+        typer.Option(
+            "--character",
+            help="A preset (target, red_long, green_medium, blue_short, white_ponytail, black_twintails) or a character .toml.",
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="The model, NAME.vrm (VRM 1.0); its tag file NAME.toml is written beside it.")
+    ],
+    segments: Annotated[
+        int, typer.Option("--segments", help="Tessellation: sectors around a limb (10 -> about 6k triangles).")
+    ] = 10,
     overwrite: Overwrite = False,
 ) -> None:
     """Export a toy-world character as a VRM 1.0 model with its tag file, ready for `sabun render model`."""
@@ -226,10 +377,18 @@ def toyworld_export_cmd(
     model, tag_file = export_character(load_character(character), out, overwrite=overwrite, segments=segments)
     typer.echo(f"wrote {model} ({load_avatar(model).triangle_count()} triangles) and its tag file {tag_file}")
 
+
 @toyworld_app.command("train-evaluator")
 def toyworld_train_evaluator_cmd(
-    out: Annotated[Path, typer.Option("--out", help="Folder for evaluator.safetensors, its config and its validation.")],
-    vae: Annotated[Path | None, typer.Option("--vae", help="The toy model's VAE for round-trips: a pretraining run's vae.pt or a diffusers vae folder.")] = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for evaluator.safetensors, its config and its validation.")
+    ],
+    vae: Annotated[
+        Path | None,
+        typer.Option(
+            "--vae", help="The toy model's VAE for round-trips: a pretraining run's vae.pt or a diffusers vae folder."
+        ),
+    ] = None,
     images: Annotated[int, typer.Option(help="Training renders.")] = 12000,
     steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 4000,
     batch: Annotated[int, typer.Option(help="Batch size.")] = 32,
@@ -239,8 +398,11 @@ def toyworld_train_evaluator_cmd(
 
     from sabun.evaluate.toy_evaluator import EvaluatorConfig, load_vae, train_evaluator
 
-    report = train_evaluator(out, load_vae(vae) if vae else None, EvaluatorConfig(images=images, steps=steps, batch=batch))
+    report = train_evaluator(
+        out, load_vae(vae) if vae else None, EvaluatorConfig(images=images, steps=steps, batch=batch)
+    )
     typer.echo(json.dumps(report, indent=2))
+
 
 # --- end toy world commands ---
 
@@ -250,9 +412,17 @@ def toyworld_train_evaluator_cmd(
 @app.command("train")
 def train_cmd(
     config: Annotated[Path, typer.Argument(help="Training config (TOML); see docs/training.md.")],
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config value: KEY=VALUE, e.g. network.rank=8; repeatable.")] = None,
-    resume: Annotated[str | None, typer.Option("--resume", help="Continue from a checkpoint folder, or `latest` (a bare --resume means latest).")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output and drop an earlier run's checkpoints.")] = False,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config value: KEY=VALUE, e.g. network.rank=8; repeatable."),
+    ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option("--resume", help="Continue from a checkpoint folder, or `latest` (a bare --resume means latest)."),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing output and drop an earlier run's checkpoints.")
+    ] = False,
 ) -> None:
     """Train one LoRA (stepping-stone base_weights are merged into the model first)."""
     from sabun.train import load_config, train
@@ -263,10 +433,17 @@ def train_cmd(
         print("interrupted", file=sys.stderr)
         raise typer.Exit(130) from None
     if result.interrupted:
-        again = " ".join(shlex.quote(part) for part in ["sabun", "train", str(config), *[f"--set={item}" for item in set_ or []], "--resume", "latest"])
-        print(f"stopped at step {result.step}; checkpoint: {result.checkpoint}\ncontinue with: {again}", file=sys.stderr)
+        again = " ".join(
+            shlex.quote(part)
+            for part in ["sabun", "train", str(config), *[f"--set={item}" for item in set_ or []], "--resume", "latest"]
+        )
+        print(
+            f"stopped at step {result.step}; checkpoint: {result.checkpoint}\ncontinue with: {again}", file=sys.stderr
+        )
         raise typer.Exit(130)
-    print(f"wrote {result.lora_path} ({result.step} steps, final loss {result.losses[-1] if result.losses else float('nan'):.4f}); config: {result.config_path}")
+    print(
+        f"wrote {result.lora_path} ({result.step} steps, final loss {result.losses[-1] if result.losses else float('nan'):.4f}); config: {result.config_path}"
+    )
 
 
 # --- end train command ---
@@ -276,11 +453,20 @@ def train_cmd(
 
 @app.command("generate")
 def generate_cmd(
-    model: Annotated[str, typer.Option("--model", "-m", help="`toy`, a single-file SD checkpoint, or a diffusers folder.")],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="`toy`, a single-file SD checkpoint, or a diffusers folder.")
+    ],
     prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="Prompt; repeat for more rows.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output image (.png): one image, or a grid when there are several.")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output image (.png): one image, or a grid when there are several.")
+    ],
     lora: Annotated[list[str] | None, typer.Option("--lora", "-l", help="PATH[:WEIGHT], repeatable.")] = None,
-    grid_weights: Annotated[str | None, typer.Option("--grid-weights", help="Columns of LoRA weights, e.g. 0,0.5,1 (each scales every --lora's weight).")] = None,
+    grid_weights: Annotated[
+        str | None,
+        typer.Option(
+            "--grid-weights", help="Columns of LoRA weights, e.g. 0,0.5,1 (each scales every --lora's weight)."
+        ),
+    ] = None,
     count: Annotated[int, typer.Option("--count", "-n", help="Images per prompt (seeds SEED, SEED+1, ...).")] = 1,
     seed: Annotated[int, typer.Option(help="First seed.")] = 0,
     steps: Annotated[int, typer.Option(help="Sampling steps (DDIM).")] = 25,
@@ -299,8 +485,21 @@ def generate_cmd(
     loras = [parse_weighted(spec) for spec in lora or []]
     total = len(prompt) * count * len(weights or [1])
     with tqdm(total=total, desc="generate", unit="img", disable=total < 8) as bar:
-        path = generate_command(model, prompt, out, loras, weights, count, seed, Sampler(steps=steps, guidance=guidance, negative=negative), overwrite, allow_pickle, progress=bar.update)
+        path = generate_command(
+            model,
+            prompt,
+            out,
+            loras,
+            weights,
+            count,
+            seed,
+            Sampler(steps=steps, guidance=guidance, negative=negative),
+            overwrite,
+            allow_pickle,
+            progress=bar.update,
+        )
     typer.echo(f"wrote {path}")
+
 
 # --- end generate command ---
 
@@ -309,19 +508,50 @@ def generate_cmd(
 
 @app.command("demo")
 def demo_cmd(
-    out: Annotated[Path | None, typer.Option("--out", help="Folder for data, LoRAs, metrics.json and report.html (default sabun-demo, or sabun-demo-vrm with --from-vrm); a re-run skips finished stages.")] = None,
-    character: Annotated[list[str] | None, typer.Option("--character", help="Target: a preset name or a character .toml; repeat for several targets (the stepping-stone is shared).")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Folder for data, LoRAs, metrics.json and report.html (default sabun-demo, or sabun-demo-vrm with --from-vrm); a re-run skips finished stages.",
+        ),
+    ] = None,
+    character: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--character",
+            help="Target: a preset name or a character .toml; repeat for several targets (the stepping-stone is shared).",
+        ),
+    ] = None,
     steps: Annotated[int, typer.Option(help="Optimiser steps of each LoRA.")] = 300,
-    character_min_timestep: Annotated[int, typer.Option(help="Character LoRAs train on timesteps >= this (0: all); the stepping-stones always on all.")] = 500,
+    character_min_timestep: Annotated[
+        int,
+        typer.Option(help="Character LoRAs train on timesteps >= this (0: all); the stepping-stones always on all."),
+    ] = 500,
     seeds: Annotated[int, typer.Option(help="Images per evaluation prompt.")] = 16,
-    full: Annotated[bool, typer.Option("--full", help="Add the ablations: 1-character stone, uncaptioned stone, regularisation images.")] = False,
-    from_vrm: Annotated[bool, typer.Option("--from-vrm", help="Export the characters to VRM and train on their `sabun render model` renders (lit style) instead of the toy renderer's.")] = False,
+    full: Annotated[
+        bool,
+        typer.Option("--full", help="Add the ablations: 1-character stone, uncaptioned stone, regularisation images."),
+    ] = False,
+    from_vrm: Annotated[
+        bool,
+        typer.Option(
+            "--from-vrm",
+            help="Export the characters to VRM and train on their `sabun render model` renders (lit style) instead of the toy renderer's.",
+        ),
+    ] = False,
 ) -> None:
     """The seed's experiment on the toy model: no plan vs a `3d` tag vs the stepping-stone, measured."""
     from sabun.pipelines.demo import DemoConfig, run_demo
 
     console = Console()
-    config = DemoConfig(characters=tuple(character or ("target",)), steps=steps, character_min_timestep=character_min_timestep, seeds=seeds, full=full, from_vrm=from_vrm)
+    config = DemoConfig(
+        characters=tuple(character or ("target",)),
+        steps=steps,
+        character_min_timestep=character_min_timestep,
+        seeds=seeds,
+        full=full,
+        from_vrm=from_vrm,
+    )
     out = out or Path("sabun-demo-vrm" if from_vrm else "sabun-demo")
     summary = run_demo(out, config, log=lambda m: console.print(f"[dim]{m}[/dim]"))
     for name, report in summary["targets"].items():
@@ -333,17 +563,26 @@ def demo_cmd(
 @app.command("character")
 def character_cmd(
     config: Annotated[Path, typer.Argument(help="The pipeline's .toml (see examples/character_pipeline.toml).")],
-    out: Annotated[Path | None, typer.Option("--out", help="Folder for every stage's output; default: the config's `out`.")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE overriding the config, e.g. character.preset=red_long; repeatable.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder for every stage's output; default: the config's `out`.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="KEY=VALUE overriding the config, e.g. character.preset=red_long; repeatable."),
+    ] = None,
 ) -> None:
     """Use 1 in one command: stepping-stone LoRA -> merge -> character LoRA -> evaluation on the plain model."""
     from sabun.pipelines.character import load_character_config, run_character
 
     console = Console()
     settings = load_character_config(config, [*(set_ or []), *([f"out={out.resolve()}"] if out else [])])
-    report = run_character(settings, log=lambda m: console.print(m, style="dim", markup=False, highlight=False, soft_wrap=True))
+    report = run_character(
+        settings, log=lambda m: console.print(m, style="dim", markup=False, highlight=False, soft_wrap=True)
+    )
     if "conditions" in report:
-        print_metrics(console, f"sabun character: {report['character']['name']} (character LoRA on the plain model)", report)
+        print_metrics(
+            console, f"sabun character: {report['character']['name']} (character LoRA on the plain model)", report
+        )
     norms = ", ".join(f"{part} {norm:.3f}" for part, norm in report["weight_change_norms"]["character"].items())
     console.print(f"character LoRA: {report['loras']['character']}   weight change ||dW||: {norms}")
     if "coverage" in report:
@@ -351,7 +590,9 @@ def character_cmd(
         console.print(report["coverage"]["table"], markup=False, highlight=False, soft_wrap=True)
         for warning in report["coverage"]["warnings"]:
             console.print(f"[yellow]warning:[/yellow] {warning}")
-    console.print(f"samples: {report['samples']}   metrics: {Path(settings.out) / 'metrics.json'}   ({report['seconds']:.0f} s)")
+    console.print(
+        f"samples: {report['samples']}   metrics: {Path(settings.out) / 'metrics.json'}   ({report['seconds']:.0f} s)"
+    )
 
 
 def print_metrics(console, title: str, report: dict) -> None:
@@ -366,7 +607,10 @@ def print_metrics(console, title: str, report: dict) -> None:
     for condition in report["conditions"]:
         table.add_column(condition, justify="right", no_wrap=True)
     for key, name, better in rows_of(report):
-        table.add_row(f"{name} {'(lower: better)' if better == 'lower' else '(higher: better)'}", *(with_interval(m, key) for m in report["conditions"].values()))
+        table.add_row(
+            f"{name} {'(lower: better)' if better == 'lower' else '(higher: better)'}",
+            *(with_interval(m, key) for m in report["conditions"].values()),
+        )
     needed = Measurement.get(console, console.options.update(width=10_000), table).maximum
     width = console.width
     console.width = max(width, min(needed, 400))  # rich caps a print's width at the console's
@@ -376,21 +620,52 @@ def print_metrics(console, title: str, report: dict) -> None:
         console.width = width
     for claim in report.get("claims", []):
         colour = {"holds": "green", "fails": "red"}.get(claim["verdict"], "yellow")
-        console.print(f"  [{colour}]{claim['verdict']}[/{colour}]: {claim['claim']} ({claim['figures']})", highlight=False, soft_wrap=True)
+        console.print(
+            f"  [{colour}]{claim['verdict']}[/{colour}]: {claim['claim']} ({claim['figures']})",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @app.command("evaluate")
 def evaluate_cmd(
-    lora: Annotated[list[str], typer.Option("--lora", "-l", help="PATH[:WEIGHT], repeatable; all are applied together.")],
+    lora: Annotated[
+        list[str], typer.Option("--lora", "-l", help="PATH[:WEIGHT], repeatable; all are applied together.")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for metrics.json and report.html.")],
-    model: Annotated[str, typer.Option("--model", "-m", help="`toy`, or with --tagger any model: a checkpoint file or diffusers folder.")] = "toy",
-    character: Annotated[str, typer.Option("--character", help="The character the LoRA should draw: a toy preset or character .toml; with --tagger a .toml of its identity tags.")] = "target",
-    weights: Annotated[str, typer.Option("--weights", help="Multipliers of the LoRAs to measure at, e.g. 0.5,1.")] = "0.5,1",
+    model: Annotated[
+        str,
+        typer.Option("--model", "-m", help="`toy`, or with --tagger any model: a checkpoint file or diffusers folder."),
+    ] = "toy",
+    character: Annotated[
+        str,
+        typer.Option(
+            "--character",
+            help="The character the LoRA should draw: a toy preset or character .toml; with --tagger a .toml of its identity tags.",
+        ),
+    ] = "target",
+    weights: Annotated[
+        str, typer.Option("--weights", help="Multipliers of the LoRAs to measure at, e.g. 0.5,1.")
+    ] = "0.5,1",
     seeds: Annotated[int, typer.Option(help="Images per prompt.")] = 16,
     seed_start: Annotated[int, typer.Option(help="The first seed (images of a prompt use seeds S .. S+N-1).")] = 1000,
-    prompts: Annotated[Path | None, typer.Option("--prompts", help="Prompt file, one per line; [bare], [background:NAME], [pose:NAME] labels say what a line tests (see docs/evaluation.md).")] = None,
-    tagger: Annotated[Path | None, typer.Option("--tagger", help="Read the images with a booru tagger: a folder with model.onnx and selected_tags.csv.")] = None,
-    tag_map: Annotated[Path | None, typer.Option("--tag-map", help="With --tagger: a TOML [tags] table extending the concept -> tag map.")] = None,
+    prompts: Annotated[
+        Path | None,
+        typer.Option(
+            "--prompts",
+            help="Prompt file, one per line; [bare], [background:NAME], [pose:NAME] labels say what a line tests (see docs/evaluation.md).",
+        ),
+    ] = None,
+    tagger: Annotated[
+        Path | None,
+        typer.Option(
+            "--tagger", help="Read the images with a booru tagger: a folder with model.onnx and selected_tags.csv."
+        ),
+    ] = None,
+    tag_map: Annotated[
+        Path | None,
+        typer.Option("--tag-map", help="With --tagger: a TOML [tags] table extending the concept -> tag map."),
+    ] = None,
     threshold: Annotated[float, typer.Option(help="With --tagger: a tag is seen at this probability or above.")] = 0.35,
     overwrite: Overwrite = False,
 ) -> None:
@@ -404,6 +679,7 @@ def evaluate_cmd(
     print_metrics(Console(), f"sabun evaluate: {report['character']['name']} (read by the {report['reader']})", report)
     typer.echo(f"report: {out / 'report.html'}   metrics: {out / 'metrics.json'}")
 
+
 # --- end demo and evaluate commands ---
 
 # --- copy-machine command (sabun copy-machine) ---
@@ -412,13 +688,19 @@ def evaluate_cmd(
 @app.command("copy-machine")
 def copy_machine_cmd(
     config: Annotated[Path, typer.Argument(help="Pipeline config (TOML); see examples/copy_machine.toml.")],
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config value: KEY=VALUE, e.g. copy.max_rounds=4; repeatable.")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config value: KEY=VALUE, e.g. copy.max_rounds=4; repeatable."),
+    ] = None,
 ) -> None:
     """Use 2, the copy machine: a copy LoRA on image A, then an edit LoRA on B (the edited A) on top; the edit works on the plain model."""
     from sabun.pipelines.copy_machine import load_copy_machine_config, run_copy_machine, summary
 
     console = Console()
-    report = run_copy_machine(load_copy_machine_config(config, set_ or []), log=lambda m: console.print(m, style="dim", markup=False, highlight=False))
+    report = run_copy_machine(
+        load_copy_machine_config(config, set_ or []),
+        log=lambda m: console.print(m, style="dim", markup=False, highlight=False),
+    )
     title, headers, rows, notes = summary(report)
     if rows:
         table = Table(title=title)
@@ -429,6 +711,7 @@ def copy_machine_cmd(
         console.print(table)
     for note in notes:
         console.print(note, markup=False, highlight=False)
+
 
 # --- end copy-machine command ---
 
@@ -468,14 +751,32 @@ def print_approximation(report, title: str) -> None:
     for name, err in report.per_layer.items():
         table.add_row(name, str(report.ranks[name]), f"{err:.2e}")
     console.print(table)
-    console.print(f"overall relative error ||dW - dW_k|| / ||dW||: {report.overall:.3e} over {len(report.per_layer)} layers")
+    console.print(
+        f"overall relative error ||dW - dW_k|| / ||dW||: {report.overall:.3e} over {len(report.per_layer)} layers"
+    )
 
 
 @app.command("merge")
 def merge_cmd(
-    model: Annotated[str, typer.Option("--model", "-m", help="`tiny`, a single-file SD 1.x/2.x/SDXL .safetensors checkpoint, or a diffusers folder.")],
-    lora: Annotated[list[str], typer.Option("--lora", "-l", help="PATH[:MULTIPLIER], repeatable; multiplier defaults to 1.0.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output: NAME.safetensors for one file in the original layout (as A1111/ComfyUI use), else a diffusers folder.")],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            help="`tiny`, a single-file SD 1.x/2.x/SDXL .safetensors checkpoint, or a diffusers folder.",
+        ),
+    ],
+    lora: Annotated[
+        list[str], typer.Option("--lora", "-l", help="PATH[:MULTIPLIER], repeatable; multiplier defaults to 1.0.")
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Output: NAME.safetensors for one file in the original layout (as A1111/ComfyUI use), else a diffusers folder.",
+        ),
+    ],
     overwrite: Overwrite = False,
     allow_pickle: AllowPickle = False,
     prediction_type: PredictionType = None,
@@ -485,7 +786,9 @@ def merge_cmd(
     from sabun.lora.commands import merge
 
     show_model_log()
-    changed = merge(model, lora, out, overwrite=overwrite, allow_pickle=allow_pickle, prediction_type=prediction_type, force=force)
+    changed = merge(
+        model, lora, out, overwrite=overwrite, allow_pickle=allow_pickle, prediction_type=prediction_type, force=force
+    )
     console.print(f"merged {len(lora)} LoRA(s) into {changed} layers -> {out}")
 
 
@@ -493,10 +796,16 @@ def merge_cmd(
 def combine_cmd(
     loras: Annotated[list[str], typer.Argument(help="PATH[:MULTIPLIER] ... e.g. a.safetensors:1 b.safetensors:-1")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output LoRA (.safetensors).")],
-    rank: Annotated[int | None, typer.Option(help="Rank per layer after SVD (default: exact, the sum of ranks).")] = None,
+    rank: Annotated[
+        int | None, typer.Option(help="Rank per layer after SVD (default: exact, the sum of ranks).")
+    ] = None,
     conv_rank: Annotated[int | None, typer.Option(help="Rank for 3x3 conv layers (default: --rank).")] = None,
-    energy: Annotated[float | None, typer.Option(help="Instead of --rank: keep this share of the spectrum's energy, e.g. 0.99.")] = None,
-    concat: Annotated[bool, typer.Option("--concat", help="Stack along the rank instead of SVD: exact, ranks add up.")] = False,
+    energy: Annotated[
+        float | None, typer.Option(help="Instead of --rank: keep this share of the spectrum's energy, e.g. 0.99.")
+    ] = None,
+    concat: Annotated[
+        bool, typer.Option("--concat", help="Stack along the rank instead of SVD: exact, ranks add up.")
+    ] = False,
     overwrite: Overwrite = False,
     allow_pickle: AllowPickle = False,
     force: Force = False,
@@ -512,12 +821,21 @@ def combine_cmd(
 
 @lora_app.command("extract")
 def extract_cmd(
-    original: Annotated[str, typer.Option("--original", help="The model before tuning (`tiny`, a .safetensors checkpoint or a diffusers folder).")],
+    original: Annotated[
+        str,
+        typer.Option(
+            "--original", help="The model before tuning (`tiny`, a .safetensors checkpoint or a diffusers folder)."
+        ),
+    ],
     tuned: Annotated[str, typer.Option("--tuned", help="The tuned model, same architecture.")],
     rank: Annotated[int, typer.Option(help="Rank for Linear and 1x1 layers.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output LoRA (.safetensors).")],
-    conv_rank: Annotated[int | None, typer.Option(help="Rank for 3x3 conv layers (default: leave them out, reported).")] = None,
-    unet_only: Annotated[bool, typer.Option("--unet-only", help="Leave the text encoder out (its difference is still reported).")] = False,
+    conv_rank: Annotated[
+        int | None, typer.Option(help="Rank for 3x3 conv layers (default: leave them out, reported).")
+    ] = None,
+    unet_only: Annotated[
+        bool, typer.Option("--unet-only", help="Leave the text encoder out (its difference is still reported).")
+    ] = False,
     method: Annotated[str, typer.Option(help="SVD: `full` (exact) or `randomized` (faster on large layers).")] = "full",
     overwrite: Overwrite = False,
     allow_pickle: AllowPickle = False,
@@ -535,7 +853,9 @@ def extract_cmd(
     if report.identical_layers:
         console.print(f"{report.identical_layers} layers identical in both models (nothing to extract there)")
     if report.skipped_conv_layers:
-        console.print(f"{report.skipped_conv_layers} 3x3 conv layers differ (norm {report.skipped_conv_norm:.3e}) but were left out; pass --conv-rank to include them")
+        console.print(
+            f"{report.skipped_conv_layers} 3x3 conv layers differ (norm {report.skipped_conv_norm:.3e}) but were left out; pass --conv-rank to include them"
+        )
     console.print(f"wrote {out}")
 
 
@@ -544,7 +864,9 @@ def resize_cmd(
     lora: Annotated[str, typer.Argument(help="LoRA file to resize.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output LoRA (.safetensors).")],
     rank: Annotated[int | None, typer.Option(help="New rank per layer (never higher than the current one).")] = None,
-    energy: Annotated[float | None, typer.Option(help="Instead of --rank: keep this share of each layer's energy, e.g. 0.99.")] = None,
+    energy: Annotated[
+        float | None, typer.Option(help="Instead of --rank: keep this share of each layer's energy, e.g. 0.99.")
+    ] = None,
     overwrite: Overwrite = False,
     allow_pickle: AllowPickle = False,
 ) -> None:
@@ -580,14 +902,17 @@ def info_cmd(
         console.print(f"  {key} = {value}", markup=False, highlight=False)
     if fit is not None:
         status = "fits" if fit.ok else "does NOT fit"
-        console.print(f"model {model}: {status}: {len(fit.matched)} layers match, {len(fit.not_in_model)} not in the model, "
-                      f"{len(fit.shape_mismatch)} shape mismatches, {fit.targets_without_lora} model layers without LoRA")
+        console.print(
+            f"model {model}: {status}: {len(fit.matched)} layers match, {len(fit.not_in_model)} not in the model, "
+            f"{len(fit.shape_mismatch)} shape mismatches, {fit.targets_without_lora} model layers without LoRA"
+        )
         for name in fit.not_in_model[:10]:
             console.print(f"  not in model: {name}", markup=False)
         for name, model_shape, lora_shape in fit.shape_mismatch[:10]:
             console.print(f"  shape mismatch: {name}: model {model_shape}, LoRA {lora_shape}", markup=False)
         if not fit.ok:
             raise typer.Exit(1)
+
 
 # --- end LoRA core commands ---
 

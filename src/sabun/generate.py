@@ -47,7 +47,9 @@ class Sampler:
 
 
 @contextlib.contextmanager
-def applied(pipe, loras: Sequence[tuple[str | os.PathLike, float]], allow_pickle: bool = False) -> Iterator[list[LoRANetwork]]:
+def applied(
+    pipe, loras: Sequence[tuple[str | os.PathLike, float]], allow_pickle: bool = False
+) -> Iterator[list[LoRANetwork]]:
     """Attach each (LoRA file, multiplier) to `pipe` for the duration of the block."""
     targets = pipeline_targets(pipe, conv=True)
     networks = []
@@ -69,7 +71,14 @@ def _latents(pipe, seeds: Sequence[int], size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate_images(pipe, prompts: Sequence[str], seeds: Sequence[int], sampler: Sampler = Sampler(), size: int | None = None, progress=None) -> np.ndarray:
+def generate_images(
+    pipe,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    sampler: Sampler = Sampler(),
+    size: int | None = None,
+    progress=None,
+) -> np.ndarray:
     """Images (N, size, size, 3) uint8 for prompts[i] with seeds[i]."""
     if len(prompts) != len(seeds):
         raise ValueError("one seed per prompt")
@@ -94,7 +103,9 @@ def generate_images(pipe, prompts: Sequence[str], seeds: Sequence[int], sampler:
     return np.concatenate(out)
 
 
-def grid_image(cells: np.ndarray, row_labels: Sequence[str], column_labels: Sequence[str], scale: int = 2) -> Image.Image:
+def grid_image(
+    cells: np.ndarray, row_labels: Sequence[str], column_labels: Sequence[str], scale: int = 2
+) -> Image.Image:
     """(rows, columns, H, W, 3) uint8 -> one image with labels above columns and left of rows."""
     rows, columns, h, w, _ = cells.shape
     font = ImageFont.load_default()

@@ -152,7 +152,9 @@ def read_toml(path: str | os.PathLike, what: str = "TOML file", hint: str = "") 
     try:
         return tomllib.loads(read_text(path, what))
     except tomllib.TOMLDecodeError as e:
-        raise SabunError(f"{path}: is not a readable {what} ({e}){'; ' + hint if hint else '; fix the syntax'}") from None
+        raise SabunError(
+            f"{path}: is not a readable {what} ({e}){'; ' + hint if hint else '; fix the syntax'}"
+        ) from None
 
 
 def require_file(path: str | os.PathLike, what: str = "file") -> Path:
@@ -165,7 +167,9 @@ def require_file(path: str | os.PathLike, what: str = "file") -> Path:
     return path
 
 
-def load_tensors(path: str | os.PathLike, allow_pickle: bool = False, what: str = "file") -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def load_tensors(
+    path: str | os.PathLike, allow_pickle: bool = False, what: str = "file"
+) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Read a tensor file: safetensors always; pickle formats only when `allow_pickle`.
 
     Returns (tensors, metadata). Pickles are loaded with `weights_only=True` even when allowed, and
@@ -183,13 +187,17 @@ def load_tensors(path: str | os.PathLike, allow_pickle: bool = False, what: str 
             )
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # a failed pickle load can raise nearly anything; torch's message advises weights_only=False
+        except (
+            Exception
+        ) as e:  # a failed pickle load can raise nearly anything; torch's message advises weights_only=False
             if isinstance(e, pickle.UnpicklingError) or "weights_only" in str(e):
                 raise SabunError(
                     f"{path}: holds objects other than tensors, which only a full unpickle (that can run code) would load; "
                     "sabun never does that, even with --allow-pickle: convert the file to .safetensors with a tool you trust"
                 ) from None
-            raise SabunError(f"{path}: could not be read as a weights-only pickle ({type(e).__name__}); it may be truncated or corrupt") from None
+            raise SabunError(
+                f"{path}: could not be read as a weights-only pickle ({type(e).__name__}); it may be truncated or corrupt"
+            ) from None
         if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
             obj = obj["state_dict"]
         if not isinstance(obj, dict):
@@ -208,7 +216,10 @@ def load_tensors(path: str | os.PathLike, allow_pickle: bool = False, what: str 
 
 
 def save_tensors(
-    tensors: dict[str, torch.Tensor], path: str | os.PathLike, metadata: dict[str, str] | None = None, overwrite: bool = False
+    tensors: dict[str, torch.Tensor],
+    path: str | os.PathLike,
+    metadata: dict[str, str] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write a safetensors file atomically; refuse to replace an existing file unless `overwrite`."""
     from safetensors.torch import save_file

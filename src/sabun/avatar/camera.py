@@ -30,8 +30,14 @@ TOP_MARGIN = 0.04
 
 # View -> (forward, left) weights of the camera's position relative to the character.
 _VIEW_DIRECTIONS = {
-    "front": (1, 0), "behind": (-1, 0), "left": (0, 1), "right": (0, -1),
-    "front-left": (1, 1), "front-right": (1, -1), "back-left": (-1, 1), "back-right": (-1, -1),
+    "front": (1, 0),
+    "behind": (-1, 0),
+    "left": (0, 1),
+    "right": (0, -1),
+    "front-left": (1, 1),
+    "front-right": (1, -1),
+    "back-left": (-1, 1),
+    "back-right": (-1, -1),
 }
 
 
@@ -86,12 +92,14 @@ def look_at(eye: np.ndarray, target: np.ndarray, up: np.ndarray = UP) -> np.ndar
 
 def perspective(fov_degrees: float, near: float, far: float) -> np.ndarray:
     f = 1.0 / math.tan(math.radians(fov_degrees) / 2)
-    return np.array([
-        [f, 0, 0, 0],
-        [0, f, 0, 0],
-        [0, 0, (far + near) / (near - far), 2 * far * near / (near - far)],
-        [0, 0, -1, 0],
-    ])
+    return np.array(
+        [
+            [f, 0, 0, 0],
+            [0, f, 0, 0],
+            [0, 0, (far + near) / (near - far), 2 * far * near / (near - far)],
+            [0, 0, -1, 0],
+        ]
+    )
 
 
 @dataclass
@@ -132,7 +140,9 @@ def heights(posed: Posed, avatar: Avatar) -> Heights:
     waist = max(waist, hips + 0.3 * (chest - hips))
     hips_bone = posed.bone("hips", avatar)
     centre = hips_bone if hips_bone is not None else (vertices.min(0) + vertices.max(0)) / 2
-    return Heights(top=top, bottom=bottom, neck=neck, waist=waist, hips=hips, knees=knees, centre=np.asarray(centre, np.float64))
+    return Heights(
+        top=top, bottom=bottom, neck=neck, waist=waist, hips=hips, knees=knees, centre=np.asarray(centre, np.float64)
+    )
 
 
 def frame_span(h: Heights, zoom: str) -> tuple[float, float]:
@@ -153,8 +163,12 @@ def check_framing(posed: Posed, avatar: Avatar, h: Heights, zoom: str, bottom: f
     tall = h.top - h.bottom
     fix = "fix the humanoid bone mapping (or the skin) in the VRM exporter and export again"
     if not top - bottom > 0.01 * tall:
-        source = {"portrait": "the neck bone", "upper-body": "the spine and hips bones",
-                  "cowboy-shot": "the hips and knee bones", "full-body": "the lowest vertex"}[zoom]
+        source = {
+            "portrait": "the neck bone",
+            "upper-body": "the spine and hips bones",
+            "cowboy-shot": "the hips and knee bones",
+            "full-body": "the lowest vertex",
+        }[zoom]
         raise SabunError(
             f"{avatar.path}: its humanoid bones do not match its mesh: the {zoom} shot would frame heights {bottom:.3g} "
             f"to {top:.3g} (from {source}), but the mesh spans {h.bottom:.3g} to {h.top:.3g}; {fix}"
@@ -189,4 +203,11 @@ def camera_for(posed: Posed, avatar: Avatar, view: str, zoom: str) -> Camera:
     radius = float(np.linalg.norm(vertices - target, axis=1).max())
     near = max(distance - radius, distance * 0.05)
     far = distance + radius
-    return Camera(eye=eye, target=target, view=look_at(eye, target), projection=perspective(FIELD_OF_VIEW, near, far), near=near, far=far)
+    return Camera(
+        eye=eye,
+        target=target,
+        view=look_at(eye, target),
+        projection=perspective(FIELD_OF_VIEW, near, far),
+        near=near,
+        far=far,
+    )

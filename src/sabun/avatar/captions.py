@@ -22,7 +22,12 @@ from sabun.io import read_toml
 
 Tag = tuple[str, str]  # (category, tag)
 
-POSE_TAGS = {"arms-at-sides": "arms at sides", "a-pose": "arms at sides", "arms-up": "arms up", "hands-on-hips": "hands on hips"}
+POSE_TAGS = {
+    "arms-at-sides": "arms at sides",
+    "a-pose": "arms at sides",
+    "arms-up": "arms up",
+    "hands-on-hips": "hands on hips",
+}
 ZOOM_TAGS = {"portrait": "portrait", "upper-body": "upper body", "cowboy-shot": "cowboy shot", "full-body": "full body"}
 VIEW_TAGS: dict[str, Tag | None] = {
     "front": ("gaze", "looking at viewer"),
@@ -51,7 +56,9 @@ def read_tag_file(path: Path) -> dict:
         raise SabunError(f"{path}: unknown key {unknown[0]!r}; a model's tag file may hold: {', '.join(TAG_FILE_KEYS)}")
     for key in ("tags", "clothes"):
         if key in data and not isinstance(data[key], str):
-            raise SabunError(f"{path}: {key} must be a string of comma-separated tags, e.g. {key} = \"red hair, long hair\"")
+            raise SabunError(
+                f'{path}: {key} must be a string of comma-separated tags, e.g. {key} = "red hair, long hair"'
+            )
     return data
 
 
@@ -69,7 +76,9 @@ def tags(meta: dict) -> list[Tag]:
     """Every tag of the image with its category, in caption order."""
     missing = [k for k in REQUIRED_KEYS if k not in meta]
     if missing:
-        raise SabunError(f"metadata lacks {', '.join(missing)}; 3D-model render metadata needs: {', '.join(REQUIRED_KEYS)}")
+        raise SabunError(
+            f"metadata lacks {', '.join(missing)}; 3D-model render metadata needs: {', '.join(REQUIRED_KEYS)}"
+        )
     out: list[Tag] = [("character", t) for t in split_tags(meta.get("tags", ""))]
     out += [("clothes", t) for t in split_tags(meta.get("clothes", ""))]
     if _pose_visible(meta["pose"], meta["zoom"]):
@@ -102,7 +111,7 @@ def require_tags(model_file: str, tags_text: str, policy: str) -> None:
     if policy == "stepping-stone" and not split_tags(tags_text):
         raise SabunError(
             f"{model_file}: has no tags, and the stepping-stone policy captions each character by its features; write "
-            f"{Path(model_file).with_suffix('.toml').name} beside it with tags = \"red hair, long hair, ...\" and render again"
+            f'{Path(model_file).with_suffix(".toml").name} beside it with tags = "red hair, long hair, ..." and render again'
         )
 
 

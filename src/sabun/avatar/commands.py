@@ -76,16 +76,24 @@ class RenderModelConfig:
         if self.policy not in POLICIES:
             raise SabunError(f"--policy {self.policy!r} is not valid; choose one of: {', '.join(POLICIES)}")
         if not SIZES[0] <= self.size <= SIZES[1]:
-            raise SabunError(f"--size {self.size} is out of range; use {SIZES[0]} to {SIZES[1]} pixels (512, 768 or 1024 for SD)")
+            raise SabunError(
+                f"--size {self.size} is out of range; use {SIZES[0]} to {SIZES[1]} pixels (512, 768 or 1024 for SD)"
+            )
         if not 1 <= self.supersample <= 4:
             raise SabunError(f"--supersample {self.supersample} is out of range; use 1 to 4")
-        for what, values, valid in (("views", self.views, VIEWS), ("zooms", self.zooms, ZOOMS), ("poses", self.poses, POSES)):
+        for what, values, valid in (
+            ("views", self.views, VIEWS),
+            ("zooms", self.zooms, ZOOMS),
+            ("poses", self.poses, POSES),
+        ):
             unknown = [v for v in values if v not in valid]
             if not values or unknown:
-                raise SabunError(f"--{what} {', '.join(unknown) or '(empty)'} is not valid; choose from: {', '.join(valid)}")
+                raise SabunError(
+                    f"--{what} {', '.join(unknown) or '(empty)'} is not valid; choose from: {', '.join(valid)}"
+                )
         background_colour(self.background)
         if self.tags is not None and len(self.models) > 1:
-            raise SabunError("--tags applies to one model; for several, write NAME.toml with tags = \"...\" beside each")
+            raise SabunError('--tags applies to one model; for several, write NAME.toml with tags = "..." beside each')
         stems = [m.stem for m in self.models]
         repeated = sorted({s for s in stems if stems.count(s) > 1})
         if repeated:
@@ -100,7 +108,9 @@ def background_colour(background: str) -> tuple[float, float, float] | None:
         return NAMED_BACKGROUNDS[background]
     if re.fullmatch(r"#[0-9a-fA-F]{6}", background):
         return tuple(int(background[i : i + 2], 16) / 255 for i in (1, 3, 5))
-    raise SabunError(f"--background {background!r} is not valid; use {', '.join(NAMED_BACKGROUNDS)}, transparent or #RRGGBB")
+    raise SabunError(
+        f"--background {background!r} is not valid; use {', '.join(NAMED_BACKGROUNDS)}, transparent or #RRGGBB"
+    )
 
 
 @dataclass
@@ -134,14 +144,18 @@ def meta_record(meta: Meta) -> dict:
 def check_licence(avatar: Avatar, author: bool) -> str:
     """Refuse a model licensed to its author only unless the user says they are the author; returns a warning or ''."""
     meta = avatar.meta
-    quoted = json.dumps({k: v for k, v in meta.raw.items() if k in ("avatarPermission", "allowedUserName", "authors", "author")})
+    quoted = json.dumps(
+        {k: v for k, v in meta.raw.items() if k in ("avatarPermission", "allowedUserName", "authors", "author")}
+    )
     if meta.avatar_permission == "onlyAuthor" and not author:
         raise SabunError(
             f"{avatar.path}: its VRM meta lets only its author use the model ({quoted}); if you are the author, "
             "pass --author; otherwise ask the author for permission"
         )
     if meta.avatar_permission == "onlySeparatelyLicensedPerson":
-        return f"{avatar.path}: its VRM meta allows use only under a separate licence ({quoted}); make sure you hold one"
+        return (
+            f"{avatar.path}: its VRM meta allows use only under a separate licence ({quoted}); make sure you hold one"
+        )
     return ""
 
 
@@ -184,14 +198,20 @@ def load_source(path: Path, config: RenderModelConfig) -> tuple[Source, str]:
     """Load one model, check its licence, read its tags; returns the source and a warning or ''."""
     avatar = load_avatar(path)
     warning = check_licence(avatar, config.author)
-    unknown = [name for name in config.hide if name not in avatar.mesh_names() and name not in {n.name for n in avatar.nodes}]
+    unknown = [
+        name for name in config.hide if name not in avatar.mesh_names() and name not in {n.name for n in avatar.nodes}
+    ]
     if unknown:
-        raise SabunError(f"{path}: has no mesh or node named {unknown[0]!r}; its meshes are: {', '.join(avatar.mesh_names())}")
+        raise SabunError(
+            f"{path}: has no mesh or node named {unknown[0]!r}; its meshes are: {', '.join(avatar.mesh_names())}"
+        )
     source = Source(avatar=avatar)
     tag_file = tags_beside(path)
     if tag_file.is_file():
         data = read_tag_file(tag_file)
-        source = Source(avatar, data.get("tags", ""), data.get("clothes", ""), list(data.get("hair_materials", [])), tag_file)
+        source = Source(
+            avatar, data.get("tags", ""), data.get("clothes", ""), list(data.get("hair_materials", [])), tag_file
+        )
     if config.tags is not None:
         source.tags = config.tags
     hair_material_indices(source)  # a wrong hair_materials name fails before anything is drawn
@@ -212,7 +232,9 @@ def image_name(model: Path, pose: str, view: str, zoom: str) -> str:
     return f"{model.stem}_{view}_{zoom}_{pose}"
 
 
-def metadata(source: Source, config: RenderModelConfig, name: str, pose: str, view: str, zoom: str, camera, posed, note: str) -> dict:
+def metadata(
+    source: Source, config: RenderModelConfig, name: str, pose: str, view: str, zoom: str, camera, posed, note: str
+) -> dict:
     avatar = source.avatar
     bones = {}
     for bone in ("head", "neck", "hips", "leftHand", "rightHand", "leftFoot", "rightFoot"):
@@ -224,8 +246,13 @@ def metadata(source: Source, config: RenderModelConfig, name: str, pose: str, vi
     return {
         "format": METADATA_FORMAT,
         "name": name,
-        "model": {"file": avatar.path.name, "path": str(avatar.path), "sha256": avatar.sha256, "format": avatar.format,
-                  "triangles": avatar.triangle_count()},
+        "model": {
+            "file": avatar.path.name,
+            "path": str(avatar.path),
+            "sha256": avatar.sha256,
+            "format": avatar.format,
+            "triangles": avatar.triangle_count(),
+        },
         "meta": meta_record(avatar.meta),
         "tags": source.tags,
         "clothes": source.clothes,
@@ -346,23 +373,35 @@ def describe(avatar: Avatar) -> str:
     for mesh in avatar.meshes:
         triangles = sum(len(p.indices) for p in mesh.primitives)
         morphs = max((len(p.targets) for p in mesh.primitives), default=0)
-        lines.append(f"  {mesh.name or '(unnamed)'}: {len(mesh.primitives)} primitives, {triangles} triangles"
-                     + (f", {morphs} morph targets" if morphs else ""))
+        lines.append(
+            f"  {mesh.name or '(unnamed)'}: {len(mesh.primitives)} primitives, {triangles} triangles"
+            + (f", {morphs} morph targets" if morphs else "")
+        )
     hair = set(hair_material_indices(Source(avatar)))
     lines.append("materials (* hair, for the hair-colour reading; name others with hair_materials in NAME.toml):")
     for i, m in enumerate(avatar.materials):
         kind = "MToon" if m.mtoon else "unlit" if m.unlit else "PBR"
-        outline = f", outline {m.mtoon.outline_mode} {m.mtoon.outline_width:g}" if m.mtoon and m.mtoon.outline_mode != "none" else ""
-        lines.append(f"  {'*' if i in hair else ' '}{m.name or '(unnamed)'}: {kind}, {m.alpha_mode}{', double-sided' if m.double_sided else ''}{outline}")
+        outline = (
+            f", outline {m.mtoon.outline_mode} {m.mtoon.outline_width:g}"
+            if m.mtoon and m.mtoon.outline_mode != "none"
+            else ""
+        )
+        lines.append(
+            f"  {'*' if i in hair else ' '}{m.name or '(unnamed)'}: {kind}, {m.alpha_mode}{', double-sided' if m.double_sided else ''}{outline}"
+        )
     if avatar.humanoid:
         lines.append(f"humanoid bones ({len(avatar.humanoid)}):")
         lines.append("  " + ", ".join(f"{bone}={avatar.nodes[i].name}" for bone, i in avatar.humanoid.items()))
     else:
         lines.append("humanoid bones: none (renders in the rest pose as stored)")
     meta = avatar.meta
-    lines.append(f"meta: name {meta.name!r}, authors {', '.join(meta.authors) or '(none)'}, licence {meta.licence or '(none)'}")
-    lines.append(f"  avatar permission {meta.avatar_permission}, commercial {meta.commercial_usage}, sexual {meta.allow_sexual}, "
-                 f"violent {meta.allow_violent}, redistribution {meta.allow_redistribution}, modification {meta.modification}")
+    lines.append(
+        f"meta: name {meta.name!r}, authors {', '.join(meta.authors) or '(none)'}, licence {meta.licence or '(none)'}"
+    )
+    lines.append(
+        f"  avatar permission {meta.avatar_permission}, commercial {meta.commercial_usage}, sexual {meta.allow_sexual}, "
+        f"violent {meta.allow_violent}, redistribution {meta.allow_redistribution}, modification {meta.modification}"
+    )
     return "\n".join(lines)
 
 

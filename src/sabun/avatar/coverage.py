@@ -72,7 +72,10 @@ def lab_to_hex(lab) -> str:
     f = np.array([fy + a / 500, fy, fy - b / 200])
     xyz = np.where(f > 6 / 29, f**3, 3 * (6 / 29) ** 2 * (f - 4 / 29)) * np.array([0.95047, 1.0, 1.08883])
     linear = np.linalg.solve(
-        np.array([[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]]), xyz
+        np.array(
+            [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]]
+        ),
+        xyz,
     )
     linear = np.clip(linear, 0.0, 1.0)
     srgb = np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055)
@@ -99,7 +102,7 @@ def hair_colour(folder: Path, model_file: str | None = None) -> HairColour:
         model = name or str(folder)
         raise SabunError(
             f"{model}: no hair pixels in its renders in {folder}; name its hair materials in "
-            f"{Path(model).with_suffix('.toml').name} beside it with hair_materials = [\"...\"] (see `sabun render model --list`)"
+            f'{Path(model).with_suffix(".toml").name} beside it with hair_materials = ["..."] (see `sabun render model --list`)'
         )
     lab = np.median(np.array(readings, dtype=np.float64), axis=0)
     return HairColour((float(lab[0]), float(lab[1]), float(lab[2])), len(readings), pixels)
@@ -161,7 +164,12 @@ class Coverage:
              "ciede2000_to_target": d, "hairstyles": hairstyles(e.tags)}
             for e, role, d in self.entries()
         ]  # fmt: skip
-        return {"max_distance": self.max_distance, "nearest": {"name": name, "ciede2000": distance}, "characters": characters, "warnings": self.warnings}
+        return {
+            "max_distance": self.max_distance,
+            "nearest": {"name": name, "ciede2000": distance},
+            "characters": characters,
+            "warnings": self.warnings,
+        }
 
 
 def coverage(target: Entry, stones: list[Entry], max_distance: float = DEFAULT_DISTANCE) -> Coverage:
@@ -181,7 +189,11 @@ def coverage(target: Entry, stones: list[Entry], max_distance: float = DEFAULT_D
     have = {h for s in stones for h in hairstyles(s.tags)}
     for style in wanted:
         if style not in have:
-            result.warnings.append(f"{target.name}'s hairstyle `{style}` is not among the stepping-stone characters' ({', '.join(sorted(have)) or 'none tagged'}); add one with {style}")
+            result.warnings.append(
+                f"{target.name}'s hairstyle `{style}` is not among the stepping-stone characters' ({', '.join(sorted(have)) or 'none tagged'}); add one with {style}"
+            )
     if not wanted:
-        result.warnings.append(f"{target.name} has no hairstyle tag (e.g. long hair, twintails), so hairstyle coverage is not checked; give the target's tags")
+        result.warnings.append(
+            f"{target.name} has no hairstyle tag (e.g. long hair, twintails), so hairstyle coverage is not checked; give the target's tags"
+        )
     return result

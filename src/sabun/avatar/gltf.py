@@ -63,19 +63,33 @@ from sabun.avatar.types import (
 )
 from sabun.errors import SabunError
 
-SUPPORTED_EXTENSIONS = frozenset({
-    "KHR_materials_unlit", "KHR_texture_transform", "KHR_mesh_quantization", "KHR_materials_emissive_strength",
-    "EXT_texture_webp", "VRM", "VRMC_vrm", "VRMC_materials_mtoon", "VRMC_springBone", "VRMC_node_constraint",
-    "VRMC_vrm_animation",
-})
+SUPPORTED_EXTENSIONS = frozenset(
+    {
+        "KHR_materials_unlit",
+        "KHR_texture_transform",
+        "KHR_mesh_quantization",
+        "KHR_materials_emissive_strength",
+        "EXT_texture_webp",
+        "VRM",
+        "VRMC_vrm",
+        "VRMC_materials_mtoon",
+        "VRMC_springBone",
+        "VRMC_node_constraint",
+        "VRMC_vrm_animation",
+    }
+)
 """Extensions a file may list in `extensionsRequired` and still load."""
 
 _REEXPORT = "export the model again from its editor (VRoid Studio, Blender's VRM add-on, UniVRM)"
 
 # glTF componentType -> little-endian numpy dtype
 _COMPONENTS = {
-    5120: np.dtype("<i1"), 5121: np.dtype("<u1"), 5122: np.dtype("<i2"),
-    5123: np.dtype("<u2"), 5125: np.dtype("<u4"), 5126: np.dtype("<f4"),
+    5120: np.dtype("<i1"),
+    5121: np.dtype("<u1"),
+    5122: np.dtype("<i2"),
+    5123: np.dtype("<u2"),
+    5125: np.dtype("<u4"),
+    5126: np.dtype("<f4"),
 }
 _WIDTHS = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4, "MAT2": 4, "MAT3": 9, "MAT4": 16}
 # Divisors for `normalized` integers (glTF 2.0 spec, "Animations" / "Accessors": signed values clamp at -1).
@@ -102,8 +116,10 @@ _OUTLINE_MODES_V0 = ("none", "world", "screen")
 _ALPHA_MODES_V0 = ("OPAQUE", "MASK", "BLEND", "BLEND")
 """VRM 0.x MToon `_BlendMode`: 0 opaque, 1 cutout, 2 transparent, 3 transparent with z-write."""
 _UNLIT_ALPHA_V0 = {
-    "VRM/UnlitTexture": "OPAQUE", "VRM/UnlitCutout": "MASK",
-    "VRM/UnlitTransparent": "BLEND", "VRM/UnlitTransparentZWrite": "BLEND",
+    "VRM/UnlitTexture": "OPAQUE",
+    "VRM/UnlitCutout": "MASK",
+    "VRM/UnlitTransparent": "BLEND",
+    "VRM/UnlitTransparentZWrite": "BLEND",
 }
 # VRM 0.x -> 1.0 humanoid renames (VRM 1.0 humanoid spec): 0.x counts the thumb from the metacarpal.
 _BONE_RENAMES_V0 = {
@@ -112,7 +128,9 @@ _BONE_RENAMES_V0 = {
     for old, new in (("ThumbProximal", "ThumbMetacarpal"), ("ThumbIntermediate", "ThumbProximal"))
 }
 _AVATAR_PERMISSIONS_V0 = {
-    "OnlyAuthor": "onlyAuthor", "ExplicitlyLicensedPerson": "onlySeparatelyLicensedPerson", "Everyone": "everyone",
+    "OnlyAuthor": "onlyAuthor",
+    "ExplicitlyLicensedPerson": "onlySeparatelyLicensedPerson",
+    "Everyone": "everyone",
 }
 # UniVRM's MigrationVrmMeta maps 0.x commercialUssageName this way.
 _COMMERCIAL_V0 = {"Allow": "personalProfit", "Disallow": "personalNonProfit"}
@@ -159,8 +177,10 @@ def _read_bytes(path: Path) -> bytes:
             raise SabunError(f"{path}: is {kind}, not a model file; pass a .vrm, .glb or .gltf file")
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
-            raise SabunError(f"{path}: is {size / 2**30:.1f} GiB, larger than a glTF file can be (4 GiB); "
-                             "pass a .vrm, .glb or .gltf file")
+            raise SabunError(
+                f"{path}: is {size / 2**30:.1f} GiB, larger than a glTF file can be (4 GiB); "
+                "pass a .vrm, .glb or .gltf file"
+            )
         return _read_regular(path, size)
     except OSError as exc:
         raise SabunError(f"{path}: could not be read ({exc.strerror or exc}); check its permissions") from None
@@ -229,7 +249,7 @@ def _split_glb(path: Path, data: bytes) -> tuple[str, bytes | None]:
         raise SabunError(truncated % f"the first chunk is {json_type!r}, not the JSON chunk")
     if 20 + json_length > length:
         raise SabunError(truncated % f"the JSON chunk claims {json_length} bytes, past the end of the file")
-    text = _decode_text(path, data[20:20 + json_length], "JSON chunk")
+    text = _decode_text(path, data[20 : 20 + json_length], "JSON chunk")
     blob = None
     offset = 20 + json_length
     while offset < length:
@@ -238,7 +258,9 @@ def _split_glb(path: Path, data: bytes) -> tuple[str, bytes | None]:
         chunk_length, chunk_type = struct.unpack_from("<I4s", data, offset)
         start, offset = offset + 8, offset + 8 + chunk_length
         if offset > length:
-            raise SabunError(truncated % f"a {chunk_type!r} chunk claims {chunk_length} bytes, past the end of the file")
+            raise SabunError(
+                truncated % f"a {chunk_type!r} chunk claims {chunk_length} bytes, past the end of the file"
+            )
         # The spec allows one BIN chunk, right after JSON; other chunk types are for extensions and skipped.
         if chunk_type == b"BIN\x00" and blob is None:
             blob = data[start:offset]
@@ -249,7 +271,9 @@ def _decode_text(path: Path, data: bytes, what: str) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise SabunError(f"{path}: its {what} is not UTF-8 text ({exc.reason} at byte {exc.start}); {_REEXPORT}") from None
+        raise SabunError(
+            f"{path}: its {what} is not UTF-8 text ({exc.reason} at byte {exc.start}); {_REEXPORT}"
+        ) from None
 
 
 def _check_document(path: Path, document: dict) -> None:
@@ -359,8 +383,20 @@ class _Reader:
         self.blob = blob
         self.max_texture_side = max_texture_side
         # An explicit `null` for a top-level list reaches us as None; treat it as the empty list it means.
-        for name in ("accessors", "bufferViews", "buffers", "images", "materials", "meshes", "nodes", "samplers",
-                     "scenes", "skins", "textures", "extensionsUsed"):
+        for name in (
+            "accessors",
+            "bufferViews",
+            "buffers",
+            "images",
+            "materials",
+            "meshes",
+            "nodes",
+            "samplers",
+            "scenes",
+            "skins",
+            "textures",
+            "extensionsUsed",
+        ):
             if getattr(gltf, name) is None:
                 setattr(gltf, name, [])
             if any(entry is None for entry in getattr(gltf, name)):
@@ -453,8 +489,11 @@ class _Reader:
         shown = avatar.scene_nodes()
         if not any(avatar.nodes[i].mesh is not None and avatar.meshes[avatar.nodes[i].mesh].primitives for i in shown):
             where = f"its scene {gltf.scene or 0}" if gltf.scenes else "the file"
-            raise self.error(f"has meshes, but no node of {where} shows one ({len(avatar.roots)} root nodes, "
-                             f"{len(shown)} nodes in all)", "export the model with its meshes in the scene")
+            raise self.error(
+                f"has meshes, but no node of {where} shows one ({len(avatar.roots)} root nodes, "
+                f"{len(shown)} nodes in all)",
+                "export the model with its meshes in the scene",
+            )
         return avatar
 
     # --- nodes ---
@@ -507,8 +546,10 @@ class _Reader:
         for field_name in ("translation", "rotation", "scale", "matrix"):
             value = getattr(out, field_name)
             if value is not None and not np.isfinite(value).all():
-                raise self.error(f"{what} {field_name} holds a number too large for a 32-bit float "
-                                 f"({_show(getattr(node, field_name))})")
+                raise self.error(
+                    f"{what} {field_name} holds a number too large for a 32-bit float "
+                    f"({_show(getattr(node, field_name))})"
+                )
         return out
 
     def roots(self, nodes: list[Node]) -> list[int]:
@@ -519,7 +560,9 @@ class _Reader:
         roots = [self.index(i, len(nodes), f"a node of scene {scene}") for i in gltf.scenes[scene].nodes or []]
         for i in roots:
             if nodes[i].parent is not None:
-                raise self.error(f"scene {scene} lists node {i}, which is not a root (its parent is node {nodes[i].parent})")
+                raise self.error(
+                    f"scene {scene} lists node {i}, which is not a root (its parent is node {nodes[i].parent})"
+                )
         return roots
 
     # --- buffers and accessors ---
@@ -538,35 +581,48 @@ class _Reader:
         if re.match(r"[A-Za-z][A-Za-z0-9+.-]+:", uri):
             raise self.error(f"{what} refers to {uri}, and sabun does not download", "save that file next to the model")
         shown = _show(uri)
-        own_files = "put that file in the model's folder and refer to it by its name, or export the model as a single .glb/.vrm"
+        own_files = (
+            "put that file in the model's folder and refer to it by its name, or export the model as a single .glb/.vrm"
+        )
         relative = urllib.parse.unquote(uri)
         if not relative or "\0" in relative:
             raise self.error(f"{what} has the uri {shown}, which names no file")
         if os.path.isabs(relative) or relative.startswith("\\") or re.match(r"[A-Za-z]:[\\/]", relative):
-            raise self.error(f"{what} refers to the absolute path {shown}; a glTF names its files relative to its "
-                             "own folder", own_files)
+            raise self.error(
+                f"{what} refers to the absolute path {shown}; a glTF names its files relative to its own folder",
+                own_files,
+            )
         file = self.path.parent / relative
-        missing = self.error(f"{what} refers to {shown}, which is missing or unreadable (looked for {file})",
-                             "put that file next to the model, or export the model as a single .glb/.vrm")
+        missing = self.error(
+            f"{what} refers to {shown}, which is missing or unreadable (looked for {file})",
+            "put that file next to the model, or export the model as a single .glb/.vrm",
+        )
         try:
             resolved, home = file.resolve(), self.path.parent.resolve()
         except (OSError, RuntimeError):  # a symlink loop
             raise missing from None
         if resolved != home and home not in resolved.parents:
             how = "through a symlink" if ".." not in Path(relative).parts else "with '..'"
-            raise self.error(f"{what} refers to {shown}, which leads out of the model's folder {how} (to {resolved})",
-                             own_files)
+            raise self.error(
+                f"{what} refers to {shown}, which leads out of the model's folder {how} (to {resolved})", own_files
+            )
         try:
             kind = _not_regular(resolved)
             if kind:
                 raise self.error(f"{what} refers to {shown}, which is {kind}, not a file", own_files)
             size = resolved.stat().st_size
             if length is not None and size < length:
-                raise self.error(f"{what} refers to {shown}, which has {size} bytes, but byteLength says {length}; "
-                                 "the file is truncated", "copy it again, or export the model again")
+                raise self.error(
+                    f"{what} refers to {shown}, which has {size} bytes, but byteLength says {length}; "
+                    "the file is truncated",
+                    "copy it again, or export the model again",
+                )
             if length is None and size > limit:
-                raise self.error(f"{what} refers to {shown}, a file of {size} bytes, more than any image sabun reads "
-                                 f"({limit} bytes)", "scale the texture down in the model's editor and export again")
+                raise self.error(
+                    f"{what} refers to {shown}, a file of {size} bytes, more than any image sabun reads "
+                    f"({limit} bytes)",
+                    "scale the texture down in the model's editor and export again",
+                )
             return _read_regular(resolved, length if length is not None else limit)
         except OSError:
             raise missing from None
@@ -580,11 +636,14 @@ class _Reader:
         # what the payload decodes to: 3 bytes per 4 base64 characters; at most one per character otherwise
         size = len(payload) // 4 * 3 - payload[-2:].count("=") if base64_encoded else len(payload)
         if length is not None and size < length:
-            raise self.error(f"{what} has a data: URI of {max(size, 0)} bytes, but byteLength says {length}; "
-                             "the data is truncated")
+            raise self.error(
+                f"{what} has a data: URI of {max(size, 0)} bytes, but byteLength says {length}; the data is truncated"
+            )
         if length is None and size > limit:
-            raise self.error(f"{what} has a data: URI of about {size} bytes, more than any image sabun reads "
-                             f"({limit} bytes)", "scale the texture down in the model's editor and export again")
+            raise self.error(
+                f"{what} has a data: URI of about {size} bytes, more than any image sabun reads ({limit} bytes)",
+                "scale the texture down in the model's editor and export again",
+            )
         try:
             if base64_encoded:
                 if length is not None:
@@ -631,11 +690,15 @@ class _Reader:
         accessor = self.gltf.accessors[i]
         what = f"accessor {i} ({what})"
         if accessor.componentType not in _COMPONENTS or accessor.type not in _WIDTHS:
-            raise self.error(f"{what} has componentType {accessor.componentType!r} / type {accessor.type!r}, not glTF's")
+            raise self.error(
+                f"{what} has componentType {accessor.componentType!r} / type {accessor.type!r}, not glTF's"
+            )
         dtype, width = _COMPONENTS[accessor.componentType], _WIDTHS[accessor.type]
         if accessor.type in ("MAT2", "MAT3") and dtype.itemsize < 4:
             # Such matrices have padded columns; nothing sabun reads uses them.
-            raise self.error(f"{what} is a {accessor.type} of {dtype.itemsize}-byte components, which sabun does not read")
+            raise self.error(
+                f"{what} is a {accessor.type} of {dtype.itemsize}-byte components, which sabun does not read"
+            )
         count = self.integer(accessor.count, f"{what} count", minimum=1)
         if accessor.bufferView is None:
             if count > _MAX_SPARSE_ONLY_COUNT:
@@ -670,11 +733,15 @@ class _Reader:
         """Count `size` bytes of decoded accessor data against MAX_DECODED_BYTES, before they are allocated."""
         self.decoded += size
         if self.decoded > MAX_DECODED_BYTES:
-            raise self.error(f"{what} takes the file's accessor data past {MAX_DECODED_BYTES / 2**30:g} GiB, far more "
-                             "than a character needs (accessors that overlap in their buffer, or sparse ones with huge "
-                             "counts); the file is damaged")
+            raise self.error(
+                f"{what} takes the file's accessor data past {MAX_DECODED_BYTES / 2**30:g} GiB, far more "
+                "than a character needs (accessors that overlap in their buffer, or sparse ones with huge "
+                "counts); the file is damaged"
+            )
 
-    def apply_sparse(self, values: np.ndarray, sparse: pygltflib.Sparse, dtype: np.dtype, width: int, what: str) -> None:
+    def apply_sparse(
+        self, values: np.ndarray, sparse: pygltflib.Sparse, dtype: np.dtype, width: int, what: str
+    ) -> None:
         """Overwrite the elements a sparse accessor substitutes (glTF 2.0 spec, "Sparse Accessors")."""
         count = self.integer(sparse.count, f"{what} sparse count", minimum=1)
         if sparse.indices is None or sparse.values is None:
@@ -718,8 +785,10 @@ class _Reader:
         i = self.index(i, len(self.gltf.accessors), f"{what} accessor")
         accessor = self.gltf.accessors[i]
         if accessor.type != type_ or accessor.componentType not in components or accessor.normalized:
-            raise self.error(f"{what} is {accessor.type} of componentType {accessor.componentType}"
-                             f"{' (normalized)' if accessor.normalized else ''}, expected {type_} of {components}")
+            raise self.error(
+                f"{what} is {accessor.type} of componentType {accessor.componentType}"
+                f"{' (normalized)' if accessor.normalized else ''}, expected {type_} of {components}"
+            )
         self.check_count(i, what, vertices)
         if ("ints", i) not in self.decoded_arrays:
             self.decoded_arrays["ints", i] = self.accessor(i, what)[0].astype(np.int64)
@@ -744,7 +813,9 @@ class _Reader:
         weights = [self.number(w, f"mesh {i} '{name}' weights", 0.0) for w in mesh.weights or []]
         for primitive in primitives:
             if weights and primitive.targets and len(primitive.targets) != len(weights):
-                raise self.error(f"mesh {i} '{name}' has {len(weights)} morph weights but {len(primitive.targets)} targets")
+                raise self.error(
+                    f"mesh {i} '{name}' has {len(weights)} morph weights but {len(primitive.targets)} targets"
+                )
         return Mesh(name=name, primitives=primitives, weights=weights)
 
     def primitive(self, primitive: pygltflib.Primitive, what: str, joint_count: int | None) -> Primitive | None:
@@ -761,13 +832,17 @@ class _Reader:
         n = len(positions)
         self.vertices += n
         if self.vertices > MAX_VERTICES:
-            raise self.error(f"{what} takes the file past {MAX_VERTICES} vertices, far more than a character has; "
-                             "the file is damaged, or its meshes should be decimated before rendering")
+            raise self.error(
+                f"{what} takes the file past {MAX_VERTICES} vertices, far more than a character has; "
+                "the file is damaged, or its meshes should be decimated before rendering"
+            )
         triangles = self.indices(primitive, what, n, mode)
         self.triangles += len(triangles)
         if self.triangles > MAX_VERTICES:
-            raise self.error(f"{what} takes the file past {MAX_VERTICES} triangles, far more than a character has; "
-                             "the file is damaged, or its meshes should be decimated before rendering")
+            raise self.error(
+                f"{what} takes the file past {MAX_VERTICES} triangles, far more than a character has; "
+                "the file is damaged, or its meshes should be decimated before rendering"
+            )
         if not len(triangles):
             return None  # a strip or fan of fewer than 3 indices: nothing to draw
 
@@ -791,9 +866,12 @@ class _Reader:
             colours=colours,
             joints=joints,
             weights=weights,
-            material=None if primitive.material is None else self.index(
-                primitive.material, len(self.gltf.materials), f"{what} material"),
-            targets=[self.target(target, f"{what} morph target {t}", n) for t, target in enumerate(primitive.targets or [])],
+            material=None
+            if primitive.material is None
+            else self.index(primitive.material, len(self.gltf.materials), f"{what} material"),
+            targets=[
+                self.target(target, f"{what} morph target {t}", n) for t, target in enumerate(primitive.targets or [])
+            ],
         )
 
     def indices(self, primitive: pygltflib.Primitive, what: str, n: int, mode: int) -> np.ndarray:
@@ -853,7 +931,9 @@ class _Reader:
         pbr = material.pbrMetallicRoughness
         base_info = pbr.baseColorTexture if pbr is not None else None
         emissive = self.numbers(material.emissiveFactor, 3, f"{what} emissiveFactor", (0.0, 0.0, 0.0))
-        strength = self.obj(extensions.get("KHR_materials_emissive_strength"), f"{what} KHR_materials_emissive_strength")
+        strength = self.obj(
+            extensions.get("KHR_materials_emissive_strength"), f"{what} KHR_materials_emissive_strength"
+        )
         alpha_mode = material.alphaMode or "OPAQUE"
         if alpha_mode not in ALPHA_MODES:
             raise self.error(f"{what} alphaMode is {_show(alpha_mode)}, expected one of {ALPHA_MODES}")
@@ -861,17 +941,23 @@ class _Reader:
         out = Material(
             name=self.string(material.name, f"{what} name"),
             base_colour=self.numbers(pbr.baseColorFactor if pbr else None, 4, f"{what} baseColorFactor", (1.0,) * 4),
-            base_texture=None if base_info is None else self.texture_ref(
+            base_texture=None
+            if base_info is None
+            else self.texture_ref(
                 {"index": base_info.index, "texCoord": base_info.texCoord, "extensions": base_info.extensions},
-                f"{what} baseColorTexture"),
-            emissive=tuple(e * self.number(strength.get("emissiveStrength"), f"{what} emissiveStrength", 1.0)
-                           for e in emissive),
+                f"{what} baseColorTexture",
+            ),
+            emissive=tuple(
+                e * self.number(strength.get("emissiveStrength"), f"{what} emissiveStrength", 1.0) for e in emissive
+            ),
             alpha_mode=alpha_mode,
             alpha_cutoff=self.number(material.alphaCutoff, f"{what} alphaCutoff", 0.5),
             double_sided=bool(material.doubleSided),
             # VRM 1.0 MToon materials also carry KHR_materials_unlit, as the fallback for viewers without MToon.
             unlit="KHR_materials_unlit" in extensions and mtoon_json is None,
-            mtoon=None if mtoon_json is None else self.mtoon_v1(self.obj(mtoon_json, f"{what} VRMC_materials_mtoon"), what),
+            mtoon=None
+            if mtoon_json is None
+            else self.mtoon_v1(self.obj(mtoon_json, f"{what} VRMC_materials_mtoon"), what),
         )
         v0 = self.v0_properties(i, out.name)
         return out if v0 is None else self.material_v0(out, v0, f"{what} (VRM 0.x materialProperties)")
@@ -887,7 +973,9 @@ class _Reader:
         transform = self.obj(extensions.get("KHR_texture_transform"), f"{what} KHR_texture_transform")
         return TextureRef(
             texture=slot,
-            texcoord=self.integer(transform.get("texCoord"), f"{what} KHR_texture_transform texCoord", default=texcoord),
+            texcoord=self.integer(
+                transform.get("texCoord"), f"{what} KHR_texture_transform texCoord", default=texcoord
+            ),
             offset=self.numbers(transform.get("offset"), 2, f"{what} KHR_texture_transform offset", (0.0, 0.0)),
             scale=self.numbers(transform.get("scale"), 2, f"{what} KHR_texture_transform scale", (1.0, 1.0)),
             rotation=self.number(transform.get("rotation"), f"{what} KHR_texture_transform rotation", 0.0),
@@ -912,8 +1000,15 @@ class _Reader:
                 wrap_s = self.wrap(sampler.wrapS, f"{what} sampler wrapS")
                 wrap_t = self.wrap(sampler.wrapT, f"{what} sampler wrapT")
                 nearest = sampler.magFilter == _NEAREST
-            self.textures.append(Texture(image=image, name=self.string(texture.name, f"{what} name"),
-                                         wrap_s=wrap_s, wrap_t=wrap_t, nearest=nearest))
+            self.textures.append(
+                Texture(
+                    image=image,
+                    name=self.string(texture.name, f"{what} name"),
+                    wrap_s=wrap_s,
+                    wrap_t=wrap_t,
+                    nearest=nearest,
+                )
+            )
             self.texture_slots[i] = len(self.textures) - 1
         return self.texture_slots[i]
 
@@ -931,10 +1026,10 @@ class _Reader:
             what = f"image {i}" + (f" '{image.name}'" if isinstance(image.name, str) and image.name else "")
             if image.bufferView is not None:
                 buffer, start, length, _ = self.view_bytes(image.bufferView, what)
-                data = buffer[start:start + length]
+                data = buffer[start : start + length]
             elif image.uri is not None:
                 # the largest file an image within max_texture_side can be: uncompressed RGBA, twice over
-                data = self.uri_bytes(image.uri, what, limit=max(8 * self.max_texture_side ** 2, 1 << 20))
+                data = self.uri_bytes(image.uri, what, limit=max(8 * self.max_texture_side**2, 1 << 20))
             else:
                 raise self.error(f"{what} has neither a uri nor a bufferView")
             self.images[i] = self.decode_image(data, what)
@@ -954,15 +1049,19 @@ class _Reader:
                         raise self.error(f"{too_large} ({picture.size[0]}x{picture.size[1]})", fix)
                     self.pixels += picture.size[0] * picture.size[1]
                     if self.pixels > MAX_TEXTURE_PIXELS:
-                        raise self.error(f"{what} ({picture.size[0]}x{picture.size[1]}) takes the model's textures "
-                                         f"past {MAX_TEXTURE_PIXELS} pixels, more than sabun decodes for one model",
-                                         "scale the textures down in the model's editor and export again")
+                        raise self.error(
+                            f"{what} ({picture.size[0]}x{picture.size[1]}) takes the model's textures "
+                            f"past {MAX_TEXTURE_PIXELS} pixels, more than sabun decodes for one model",
+                            "scale the textures down in the model's editor and export again",
+                        )
                     return np.asarray(picture.convert("RGBA"), dtype=np.uint8).copy()
         except Image.DecompressionBombError:
             raise self.error(too_large, fix) from None
         except (OSError, ValueError, SyntaxError, struct.error, EOFError) as exc:
-            raise self.error(f"{what} could not be decoded as PNG, JPEG or WebP ({exc})",
-                             "save the texture again as PNG or JPEG and export the model again") from None
+            raise self.error(
+                f"{what} could not be decoded as PNG, JPEG or WebP ({exc})",
+                "save the texture again as PNG or JPEG and export the model again",
+            ) from None
 
     def mtoon_v1(self, mtoon: dict, what: str) -> MToon:
         """VRMC_materials_mtoon, whose values already have VRM 1.0's meaning."""
@@ -979,7 +1078,9 @@ class _Reader:
             outline_mode=_OUTLINE_MODES_V1[mode],
             outline_width=self.number(mtoon.get("outlineWidthFactor"), f"{what} outlineWidthFactor", 0.0),
             outline_colour=self.numbers(mtoon.get("outlineColorFactor"), 3, f"{what} outlineColorFactor", (0.0,) * 3),
-            outline_lighting_mix=self.number(mtoon.get("outlineLightingMixFactor"), f"{what} outlineLightingMixFactor", 1.0),
+            outline_lighting_mix=self.number(
+                mtoon.get("outlineLightingMixFactor"), f"{what} outlineLightingMixFactor", 1.0
+            ),
         )
 
     def v0_properties(self, i: int, name: str) -> dict | None:
@@ -1073,10 +1174,14 @@ class _Reader:
         out = {}
         for name, node in pairs:
             if isinstance(node, bool) or not isinstance(node, int) or not 0 <= node < node_count:
-                raise self.error(f"humanoid bone {name} names node {_show(node)}, which does not exist ({node_count} nodes)",
-                                 "fix the humanoid bone mapping in the VRM exporter and export again")
+                raise self.error(
+                    f"humanoid bone {name} names node {_show(node)}, which does not exist ({node_count} nodes)",
+                    "fix the humanoid bone mapping in the VRM exporter and export again",
+                )
             if name in out:
-                raise self.error(f"humanoid bone {name} is mapped twice", "fix the humanoid bone mapping and export again")
+                raise self.error(
+                    f"humanoid bone {name} is mapped twice", "fix the humanoid bone mapping and export again"
+                )
             out[name] = node
         return out
 

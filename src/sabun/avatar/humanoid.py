@@ -107,13 +107,17 @@ class HumanoidSpec:
                                  f"{', '.join(allowed)}")  # fmt: skip
         height_ok = isinstance(self.height, (int, float)) and not isinstance(self.height, bool)
         if not height_ok or not HEIGHTS[0] <= self.height <= HEIGHTS[1]:
-            raise SabunError(f"humanoid height {self.height!r} is out of range; use {HEIGHTS[0]:g} to {HEIGHTS[1]:g} "
-                             f"metres (a character is about {REFERENCE_HEIGHT})")
+            raise SabunError(
+                f"humanoid height {self.height!r} is out of range; use {HEIGHTS[0]:g} to {HEIGHTS[1]:g} "
+                f"metres (a character is about {REFERENCE_HEIGHT})"
+            )
         segments_ok = isinstance(self.segments, int) and not isinstance(self.segments, bool)
         if not segments_ok or not SEGMENTS[0] <= self.segments <= SEGMENTS[1]:
-            raise SabunError(f"humanoid segments {self.segments!r} is out of range; use a whole number from "
-                             f"{SEGMENTS[0]} to {SEGMENTS[1]} (10 gives about 6k triangles, 40 about 95k, "
-                             f"{SEGMENTS[1]} about 610k)")
+            raise SabunError(
+                f"humanoid segments {self.segments!r} is out of range; use a whole number from "
+                f"{SEGMENTS[0]} to {SEGMENTS[1]} (10 gives about 6k triangles, 40 about 95k, "
+                f"{SEGMENTS[1]} about 610k)"
+            )
         for field_name in ("skin_colour", "hair_colour", "eye_colour", "outfit_colour", "ribbon_colour"):
             colour = getattr(self, field_name)
             if len(colour) != 3 or not all(0 <= c <= 255 for c in colour):
@@ -254,7 +258,9 @@ def _tube(centres, sides, fronts, rx, rz, sectors: int) -> tuple[np.ndarray, np.
     the triangles wind counter-clockwise seen from outside, glTF's front face.
     Returns (positions (R * (C + 1), 3), uvs, triangles); the seam column is duplicated for the UVs.
     """
-    centres, sides, fronts = (np.broadcast_to(np.asarray(a, np.float64), (len(rx), 3)) for a in (centres, sides, fronts))
+    centres, sides, fronts = (
+        np.broadcast_to(np.asarray(a, np.float64), (len(rx), 3)) for a in (centres, sides, fronts)
+    )
     rx, rz = np.asarray(rx, np.float64), np.asarray(rz, np.float64)
     rings = len(rx)
     phi = np.linspace(0.0, 2.0 * np.pi, sectors + 1)
@@ -280,7 +286,9 @@ def _straight(origin, axis, front, s, rx, rz, forward=0.0, sectors: int = 8):
     front = _normalize(front - np.dot(front, axis) * axis)
     side = np.cross(axis, front)
     s = np.asarray(s, np.float64)
-    centres = np.asarray(origin, np.float64) + s[:, None] * axis + np.asarray(forward, np.float64).reshape(-1, 1) * front
+    centres = (
+        np.asarray(origin, np.float64) + s[:, None] * axis + np.asarray(forward, np.float64).reshape(-1, 1) * front
+    )
     return _tube(centres, side, front, rx, rz, sectors)
 
 
@@ -462,7 +470,9 @@ class _Figure:
         radius = np.interp(-ys, [-y for y, _ in LEG], [r * (self.thigh_w if y > 0.42 else 1.0) for y, r in LEG])
         radius = radius + grow * (radius > 0)
         # rings run downwards, so the axis points down too: the triangles then wind outwards
-        leg = _straight((self.bones[f"{side}UpperLeg"][0], 0, 0), (0, -1, 0), (0, 0, 1), -ys, radius, radius, sectors=self.seg)
+        leg = _straight(
+            (self.bones[f"{side}UpperLeg"][0], 0, 0), (0, -1, 0), (0, 0, 1), -ys, radius, radius, sectors=self.seg
+        )
         bones = ["hips", *(f"{side}{n}" for n in ("UpperLeg", "LowerLeg", "Foot"))]
         knee, ankle = self.bones[f"{side}LowerLeg"][1], self.bones[f"{side}Foot"][1]
         return leg, lambda p: _chain(-p[:, 1], [-0.76, -knee, -ankle], [0.03, 0.035, 0.02], bones)
@@ -474,7 +484,9 @@ class _Figure:
         radius = radius + grow * (radius > 0)
         arm = _straight(origin, d, (0, 0, 1), ss, radius, radius, sectors=self.seg)
         bones = [f"{side}{n}" for n in ("Shoulder", "UpperArm", "LowerArm", "Hand")]
-        return arm, lambda p: _chain((p - origin) @ d, [0.0, ARM_LENGTHS[0], sum(ARM_LENGTHS)], [0.03, 0.03, 0.015], bones)
+        return arm, lambda p: _chain(
+            (p - origin) @ d, [0.0, ARM_LENGTHS[0], sum(ARM_LENGTHS)], [0.03, 0.03, 0.015], bones
+        )
 
     def body(self, builder: _Builder) -> None:
         seg = self.seg
@@ -540,7 +552,9 @@ class _Figure:
             parts["Blush"].add(_ellipsoid(cheek + 0.0008 * cheek_n, _normalize(up - np.dot(up, cheek_n) * cheek_n),
                                           cheek_n, (0.013, 0.006, 0.0015), small, small), "head")  # fmt: skip
         mouth, mouth_n = self._head_surface(0.0, cy - 0.072)
-        parts["Mouth"].add(_ellipsoid(mouth - 0.0005 * mouth_n, up, mouth_n, (0.011, 0.0035, 0.002), small, small), "head")
+        parts["Mouth"].add(
+            _ellipsoid(mouth - 0.0005 * mouth_n, up, mouth_n, (0.011, 0.0035, 0.002), small, small), "head"
+        )
         out = []
         for name, builder in parts.items():
             positions = np.concatenate([p[0] for p in builder.parts])
@@ -665,7 +679,9 @@ class _Figure:
             front_z = cz[0] + rz[0] * math.sqrt(max(1 - (x / rx[0]) ** 2, 0)) + self.bust * 0.3
             back_z = cz[0] - rz[0] * math.sqrt(max(1 - (x / rx[0]) ** 2, 0))
             tt = np.linspace(0.0, 1.0, self.small + 2)
-            points = np.stack([np.full_like(tt, x), 1.16 + 0.07 * np.sin(np.pi * tt), front_z + (back_z - front_z) * tt], -1)
+            points = np.stack(
+                [np.full_like(tt, x), 1.16 + 0.07 * np.sin(np.pi * tt), front_z + (back_z - front_z) * tt], -1
+            )
             radius = np.full_like(tt, 0.007)
             radius[[0, -1]] = 0.0
             builder.add(_curve(points, (0, 1, 0), radius, 0.35 * radius, self.small), "upperChest")
@@ -758,7 +774,9 @@ class _Figure:
         for mesh in meshes:
             for prim in mesh.primitives:
                 prim.positions = (prim.positions * k).astype(np.float32) + np.float32(0)
-                prim.targets = [{"POSITION": (t["POSITION"] * k).astype(np.float32) + np.float32(0)} for t in prim.targets]
+                prim.targets = [
+                    {"POSITION": (t["POSITION"] * k).astype(np.float32) + np.float32(0)} for t in prim.targets
+                ]
         world = {bone: self.bones[bone] * k for bone, _, _ in BONES}
         nodes = [Node(name="Root")]
         for bone, node_name, parent in BONES:

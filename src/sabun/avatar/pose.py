@@ -26,8 +26,14 @@ POSES = ("rest", "arms-at-sides", "a-pose", "arms-up", "hands-on-hips")
 UP = np.array([0.0, 1.0, 0.0])
 
 # Bones whose side-to-side offset tells the character's left from her right, best first.
-_SIDE_PAIRS = (("leftUpperArm", "rightUpperArm"), ("leftShoulder", "rightShoulder"), ("leftUpperLeg", "rightUpperLeg"),
-               ("leftHand", "rightHand"), ("leftEye", "rightEye"), ("leftFoot", "rightFoot"))
+_SIDE_PAIRS = (
+    ("leftUpperArm", "rightUpperArm"),
+    ("leftShoulder", "rightShoulder"),
+    ("leftUpperLeg", "rightUpperLeg"),
+    ("leftHand", "rightHand"),
+    ("leftEye", "rightEye"),
+    ("leftFoot", "rightFoot"),
+)
 _ARM_BONES = ("UpperArm", "LowerArm", "Hand")
 _HIP_BONES = ("hips", "leftUpperLeg", "rightUpperLeg", "leftLowerLeg", "rightLowerLeg")
 MAX_POSED_VERTICES = 1 << 24
@@ -43,11 +49,13 @@ MIN_AREA_SHARE = 1e-6
 def quaternion_matrix(q: np.ndarray) -> np.ndarray:
     """(x, y, z, w) -> 3x3 rotation; the quaternion is normalised first (files store unnormalised ones)."""
     x, y, z, w = np.asarray(q, dtype=np.float64) / (np.linalg.norm(q) or 1.0)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
 
 
 def rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -125,7 +133,9 @@ def character_frame(avatar: Avatar, world: list[np.ndarray]) -> Frame:
                 return Frame(forward=np.cross(left, UP), left=left, how=f"humanoid bones {left_bone} / {right_bone}")
     # glTF and VRM 1.0 models face +Z; VRM 0.x models face -Z.
     forward = np.array([0.0, 0.0, -1.0 if avatar.format == "vrm0" else 1.0])
-    return Frame(forward=forward, left=np.cross(UP, forward), how=f"{avatar.format} convention (no humanoid left/right bones)")
+    return Frame(
+        forward=forward, left=np.cross(UP, forward), how=f"{avatar.format} convention (no humanoid left/right bones)"
+    )
 
 
 @dataclass
@@ -160,7 +170,9 @@ class Posed:
 
     @functools.cached_property
     def _all_vertices(self) -> np.ndarray:
-        return np.concatenate([p.positions for p in self.primitives]) if self.primitives else np.zeros((0, 3), np.float32)
+        return (
+            np.concatenate([p.positions for p in self.primitives]) if self.primitives else np.zeros((0, 3), np.float32)
+        )
 
     def vertices(self) -> np.ndarray:
         """Every posed vertex, (V, 3); computed once (framing asks for it on every shot)."""
@@ -194,8 +206,14 @@ def _normalise(v: np.ndarray) -> np.ndarray:
 def _shown(avatar: Avatar, hidden: frozenset[str]) -> list[int]:
     """The nodes of the default scene that show a mesh, less the hidden ones, in node order."""
     scene = set(avatar.scene_nodes())
-    return [i for i, node in enumerate(avatar.nodes) if i in scene and node.mesh is not None
-            and avatar.meshes[node.mesh].name not in hidden and node.name not in hidden]
+    return [
+        i
+        for i, node in enumerate(avatar.nodes)
+        if i in scene
+        and node.mesh is not None
+        and avatar.meshes[node.mesh].name not in hidden
+        and node.name not in hidden
+    ]
 
 
 def skin(avatar: Avatar, world: list[np.ndarray], hidden: frozenset[str] = frozenset()) -> list[PosedPrimitive]:
@@ -204,9 +222,11 @@ def skin(avatar: Avatar, world: list[np.ndarray], hidden: frozenset[str] = froze
     shown = _shown(avatar, hidden)
     count = sum(len(p.positions) for i in shown for p in avatar.meshes[avatar.nodes[i].mesh].primitives)
     if count > MAX_POSED_VERTICES:
-        raise SabunError(f"{avatar.path}: its nodes show {count} vertices in all (a mesh counts once per node that "
-                         f"uses it), more than the {MAX_POSED_VERTICES} sabun renders; the file is damaged, or its "
-                         "meshes should be decimated before rendering")
+        raise SabunError(
+            f"{avatar.path}: its nodes show {count} vertices in all (a mesh counts once per node that "
+            f"uses it), more than the {MAX_POSED_VERTICES} sabun renders; the file is damaged, or its "
+            "meshes should be decimated before rendering"
+        )
     for node_index in shown:
         node = avatar.nodes[node_index]
         mesh = avatar.meshes[node.mesh]
@@ -227,16 +247,24 @@ def skin(avatar: Avatar, world: list[np.ndarray], hidden: frozenset[str] = froze
                 s = avatar.skins[node.skin]
                 joint_matrices = np.stack([world[j] for j in s.joints]) @ s.inverse_bind.astype(np.float64)
                 # (N, 4, 4): the weighted sum of each vertex's four joint matrices
-                blended = np.einsum("nk,nkij->nij", primitive.weights.astype(np.float64), joint_matrices[primitive.joints])
+                blended = np.einsum(
+                    "nk,nkij->nij", primitive.weights.astype(np.float64), joint_matrices[primitive.joints]
+                )
                 positions = np.einsum("nij,nj->ni", blended[:, :3, :3], positions) + blended[:, :3, 3]
                 normals = np.einsum("nij,nj->ni", blended[:, :3, :3], normals)
-                dominant = np.asarray(s.joints)[primitive.joints[np.arange(len(positions)), primitive.weights.argmax(1)]]
+                dominant = np.asarray(s.joints)[
+                    primitive.joints[np.arange(len(positions)), primitive.weights.argmax(1)]
+                ]
             else:
                 m = world[node_index]
                 positions = positions @ m[:3, :3].T + m[:3, 3]
                 normals = normals @ _safe_inverse(m[:3, :3])  # inverse transpose, for scaled nodes
                 dominant = np.full(len(positions), node_index)
-            out.append(PosedPrimitive(mesh.name, node.name, primitive, positions.astype(np.float32), _normalise(normals), dominant))
+            out.append(
+                PosedPrimitive(
+                    mesh.name, node.name, primitive, positions.astype(np.float32), _normalise(normals), dominant
+                )
+            )
     return out
 
 
@@ -262,7 +290,9 @@ def _arm_chain(avatar: Avatar, side: str) -> tuple[int, int, int] | None:
     return None if None in bones else tuple(bones)
 
 
-def _direction(frame: Frame, side: str, down_angle: float, outward_angle: float, forward_angle: float = 0.0) -> np.ndarray:
+def _direction(
+    frame: Frame, side: str, down_angle: float, outward_angle: float, forward_angle: float = 0.0
+) -> np.ndarray:
     """A unit direction: `down_angle` degrees from straight down towards the side, tipped forwards."""
     out = frame.left if side == "left" else -frame.left
     theta, phi = math.radians(down_angle), math.radians(forward_angle)
@@ -287,7 +317,9 @@ def _clearance(avatar: Avatar, local: list[np.ndarray], frame: Frame, side: str,
         return 0.0
     positions = np.concatenate([p.positions for p in posed])
     bones = np.concatenate([p.bones for p in posed])
-    arm = np.isin(bones, [avatar.humanoid[f"{side}{b}"] for b in ("LowerArm", "Hand") if f"{side}{b}" in avatar.humanoid])
+    arm = np.isin(
+        bones, [avatar.humanoid[f"{side}{b}"] for b in ("LowerArm", "Hand") if f"{side}{b}" in avatar.humanoid]
+    )
     body = np.isin(bones, [avatar.humanoid[b] for b in _HIP_BONES if b in avatar.humanoid])
     if not arm.any() or not body.any():
         return 0.0
@@ -380,8 +412,11 @@ def pose_avatar(avatar: Avatar, pose: str = "arms-at-sides", hidden: frozenset[s
     if pose not in POSES:
         raise SabunError(f"pose {pose!r} is not valid; choose one of: {', '.join(POSES)}")
     if not _shown(avatar, hidden):
-        raise SabunError(f"{avatar.path}: nothing left to render; every mesh is hidden" if hidden else
-                         f"{avatar.path}: no node of its scene shows a mesh; export the model with its meshes in the scene")
+        raise SabunError(
+            f"{avatar.path}: nothing left to render; every mesh is hidden"
+            if hidden
+            else f"{avatar.path}: no node of its scene shows a mesh; export the model with its meshes in the scene"
+        )
     # Overflow in a damaged file's transforms is checked for below, as an error naming the file;
     # numpy's warnings about it would only add lines before that error.
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -391,8 +426,11 @@ def pose_avatar(avatar: Avatar, pose: str = "arms-at-sides", hidden: frozenset[s
         _check_world(avatar, world)
         primitives = skin(avatar, world, hidden)
         if not primitives:
-            raise SabunError(f"{avatar.path}: nothing left to render; every mesh is hidden" if hidden else
-                             f"{avatar.path}: its meshes have no triangles to draw; export the model with its meshes")
+            raise SabunError(
+                f"{avatar.path}: nothing left to render; every mesh is hidden"
+                if hidden
+                else f"{avatar.path}: its meshes have no triangles to draw; export the model with its meshes"
+            )
         posed = Posed(primitives=primitives, world=world, frame=character_frame(avatar, world), pose=pose, note=note)
         check_drawable(posed, avatar, hidden)
     return posed
@@ -411,17 +449,23 @@ def _check_world(avatar: Avatar, world: list[np.ndarray]) -> None:
 def check_drawable(posed: Posed, avatar: Avatar, hidden: frozenset[str] = frozenset()) -> None:
     """Refuse a posed model that no shot can frame or draw, with an error naming the file."""
     where = " (with the hidden meshes left out)" if hidden else ""
-    fix = ("check the model's scale (glTF is in metres: a character is about 1.5 tall), its up axis (+Y), its skin and "
-           "its morph targets, and export it again")
+    fix = (
+        "check the model's scale (glTF is in metres: a character is about 1.5 tall), its up axis (+Y), its skin and "
+        "its morph targets, and export it again"
+    )
     for p in posed.primitives:
         if not np.isfinite(p.positions).all():
-            raise SabunError(f"{avatar.path}: mesh '{p.mesh}' has vertices at infinity or NaN once its morph targets "
-                             f"and skin are applied (a node scale, morph weight or joint matrix far too large); {fix}")
+            raise SabunError(
+                f"{avatar.path}: mesh '{p.mesh}' has vertices at infinity or NaN once its morph targets "
+                f"and skin are applied (a node scale, morph weight or joint matrix far too large); {fix}"
+            )
     vertices = posed.vertices()
     reach = float(np.abs(vertices).max())
     if reach > MAX_COORDINATE:
-        raise SabunError(f"{avatar.path}: its vertices reach {reach:.3g} from the origin, beyond the {MAX_COORDINATE:g} "
-                         f"sabun renders (a node scale or translation far too large){where}; {fix}")
+        raise SabunError(
+            f"{avatar.path}: its vertices reach {reach:.3g} from the origin, beyond the {MAX_COORDINATE:g} "
+            f"sabun renders (a node scale or translation far too large){where}; {fix}"
+        )
     low, high = vertices.min(0).astype(np.float64), vertices.max(0).astype(np.float64)
     height = float(high[1] - low[1])
     if height <= max(MIN_HEIGHT, 1e-5 * reach):
@@ -429,15 +473,22 @@ def check_drawable(posed: Posed, avatar: Avatar, hidden: frozenset[str] = frozen
             shape = f"all its vertices are at one point ({', '.join(f'{v:.3g}' for v in low)})"
         else:
             shape = f"it is flat: every vertex is at height y = {low[1]:.3g}"
-        raise SabunError(f"{avatar.path}: {shape}{where}, so there is no figure to frame (sabun frames a character "
-                         f"standing along +Y by its height); {fix}")
+        raise SabunError(
+            f"{avatar.path}: {shape}{where}, so there is no figure to frame (sabun frames a character "
+            f"standing along +Y by its height); {fix}"
+        )
     area = 0.0
     for p in posed.primitives:
         corners = p.positions.astype(np.float64)[p.primitive.indices]
-        area += 0.5 * float(np.linalg.norm(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1).sum())
+        area += 0.5 * float(
+            np.linalg.norm(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]), axis=1).sum()
+        )
     if area <= MIN_AREA_SHARE * height * height:
         triangles = sum(len(p.primitive.indices) for p in posed.primitives)
-        shape = (f"none of its {triangles} triangles has any area (their corners lie on a line or at one point)" if area == 0
-                 else f"its {triangles} triangles have a total area of only {area:.3g} square units, under a pixel "
-                      f"of any shot of a figure {height:.3g} tall")
+        shape = (
+            f"none of its {triangles} triangles has any area (their corners lie on a line or at one point)"
+            if area == 0
+            else f"its {triangles} triangles have a total area of only {area:.3g} square units, under a pixel "
+            f"of any shot of a figure {height:.3g} tall"
+        )
         raise SabunError(f"{avatar.path}: {shape}{where}, so nothing would be drawn; {fix}")

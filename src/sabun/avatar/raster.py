@@ -175,7 +175,11 @@ def _texture_matrix(ref: TextureRef | None) -> tuple[float, ...]:
         return (1, 0, 0, 0, 1, 0, 0, 0, 1)
     c, s = math.cos(ref.rotation), math.sin(ref.rotation)
     (ox, oy), (sx, sy) = ref.offset, ref.scale
-    m = np.array([[1, 0, ox], [0, 1, oy], [0, 0, 1]]) @ np.array([[c, s, 0], [-s, c, 0], [0, 0, 1]]) @ np.diag([sx, sy, 1])
+    m = (
+        np.array([[1, 0, ox], [0, 1, oy], [0, 0, 1]])
+        @ np.array([[c, s, 0], [-s, c, 0], [0, 0, 1]])
+        @ np.diag([sx, sy, 1])
+    )
     return tuple(float(v) for v in m.T.flatten())
 
 
@@ -261,10 +265,14 @@ class Renderer:
         data = np.hstack([posed_primitive.positions, posed_primitive.normals, uv(0), uv(1), colours]).astype(np.float32)
         vbo = self._keep(self.ctx.buffer(data.tobytes()))
         ibo = self._keep(self.ctx.buffer(np.ascontiguousarray(p.indices, dtype=np.uint32).tobytes()))
-        vao = self._keep(self.ctx.vertex_array(
-            self.program, [(vbo, "3f 3f 2f 2f 4f", "in_position", "in_normal", "in_uv0", "in_uv1", "in_colour")],
-            index_buffer=ibo, index_element_size=4,
-        ))
+        vao = self._keep(
+            self.ctx.vertex_array(
+                self.program,
+                [(vbo, "3f 3f 2f 2f 4f", "in_position", "in_normal", "in_uv0", "in_uv1", "in_colour")],
+                index_buffer=ibo,
+                index_element_size=4,
+            )
+        )
         material = self.avatar.materials[p.material] if p.material is not None else Material()
         centre = posed_primitive.positions.mean(0) if n else np.zeros(3)
         return vao, material, centre
@@ -278,13 +286,32 @@ class Renderer:
         radius = max(float(np.linalg.norm((feet - centre)[:, [0, 2]], axis=1).max()) * 1.6, 0.05)
         self.ground_centre = np.array([centre[0], self.ground, centre[2]])
         corners = [(-1, -1), (1, -1), (1, 1), (-1, 1)]
-        rows = [[centre[0] + x * radius * 1.5, self.ground - 1e-4, centre[2] + z * radius * 1.5, 0, 1, 0, 0, 0, 0, 0, 1, 1, 1, 1]
-                for x, z in corners]
+        rows = [
+            [
+                centre[0] + x * radius * 1.5,
+                self.ground - 1e-4,
+                centre[2] + z * radius * 1.5,
+                0,
+                1,
+                0,
+                0,
+                0,
+                0,
+                0,
+                1,
+                1,
+                1,
+                1,
+            ]
+            for x, z in corners
+        ]
         data = np.array([rows[i] for i in (0, 2, 1, 0, 3, 2)], dtype=np.float32)
         vbo = self._keep(self.ctx.buffer(data.tobytes()))
-        vao = self._keep(self.ctx.vertex_array(
-            self.program, [(vbo, "3f 3f 2f 2f 4f", "in_position", "in_normal", "in_uv0", "in_uv1", "in_colour")]
-        ))
+        vao = self._keep(
+            self.ctx.vertex_array(
+                self.program, [(vbo, "3f 3f 2f 2f 4f", "in_position", "in_normal", "in_uv0", "in_uv1", "in_colour")]
+            )
+        )
         return vao, radius
 
     def _set_material(self, material: Material, style: str) -> None:
@@ -381,11 +408,15 @@ class Renderer:
         mgl, ctx, u = self.moderngl, self.ctx, self.program
         if self.mask_fbo is None:
             size = (self.size, self.size)
-            self.mask_fbo = self._keep(ctx.framebuffer(
-                color_attachments=[self._keep(ctx.renderbuffer(size, 1, samples=4, dtype="f1"))],
-                depth_attachment=self._keep(ctx.depth_renderbuffer(size, samples=4)),
-            ))
-            self.mask_resolved = self._keep(ctx.framebuffer(color_attachments=[self._keep(ctx.renderbuffer(size, 1, dtype="f1"))]))
+            self.mask_fbo = self._keep(
+                ctx.framebuffer(
+                    color_attachments=[self._keep(ctx.renderbuffer(size, 1, samples=4, dtype="f1"))],
+                    depth_attachment=self._keep(ctx.depth_renderbuffer(size, samples=4)),
+                )
+            )
+            self.mask_resolved = self._keep(
+                ctx.framebuffer(color_attachments=[self._keep(ctx.renderbuffer(size, 1, dtype="f1"))])
+            )
         self.mask_fbo.use()
         ctx.viewport = (0, 0, self.size, self.size)
         ctx.clear(0.0, 0.0, 0.0, 0.0, depth=1.0)
@@ -402,7 +433,9 @@ class Renderer:
         finally:
             u["u_mask"].value = 0
         ctx.copy_framebuffer(self.mask_resolved, self.mask_fbo)
-        mask = np.frombuffer(self.mask_resolved.read(components=1, dtype="f1"), dtype=np.uint8).reshape(self.size, self.size)[::-1]
+        mask = np.frombuffer(self.mask_resolved.read(components=1, dtype="f1"), dtype=np.uint8).reshape(
+            self.size, self.size
+        )[::-1]
         return mask.astype(np.float32) / 255.0
 
     def _use_camera(self, camera: Camera) -> None:

@@ -228,6 +228,7 @@ def _nums(values) -> list:
 
 def _check(avatar: Avatar, version: str, where: str) -> None:
     """Raise a one-line SabunError for anything that would make an invalid file."""
+
     def fail(what: str) -> None:
         raise SabunError(f"{where}: cannot write: {what}")
 
@@ -253,7 +254,9 @@ def _check(avatar: Avatar, version: str, where: str) -> None:
         if any(not 0 <= j < n_nodes for j in skin.joints):
             fail(f"skin {i} names a joint node out of range ({n_nodes} nodes)")
         if np.shape(skin.inverse_bind) != (len(skin.joints), 4, 4):
-            fail(f"skin {i} has inverse binds of shape {np.shape(skin.inverse_bind)}, expected ({len(skin.joints)}, 4, 4)")
+            fail(
+                f"skin {i} has inverse binds of shape {np.shape(skin.inverse_bind)}, expected ({len(skin.joints)}, 4, 4)"
+            )
     for i, material in enumerate(avatar.materials):
         refs = [("base", material.base_texture)]
         if material.mtoon is not None:
@@ -276,7 +279,9 @@ def _check(avatar: Avatar, version: str, where: str) -> None:
         if len(n_targets) > 1:
             fail(f"mesh {m} ({mesh.name!r}): its primitives have different numbers of morph targets")
         if mesh.weights and n_targets != {len(mesh.weights)}:
-            fail(f"mesh {m} ({mesh.name!r}) has {len(mesh.weights)} default weights for {n_targets.pop()} morph targets")
+            fail(
+                f"mesh {m} ({mesh.name!r}) has {len(mesh.weights)} default weights for {n_targets.pop()} morph targets"
+            )
         n_joints = min((len(avatar.skins[s].joints) for s in skins_of_mesh.get(m, ())), default=None)
         for k, prim in enumerate(mesh.primitives):
             problem = _primitive_problem(prim, n_materials, n_joints)
@@ -308,8 +313,12 @@ def _primitive_problem(prim, n_materials: int, n_joints: int | None) -> str | No
         return f"indices have shape {indices.shape}, expected (M, 3)"
     if indices.size and (indices.min() < 0 or indices.max() >= n):
         return f"an index is out of range ({n} vertices)"
-    per_vertex = [("normals", prim.normals, 3), ("colours", prim.colours, 4), ("joints", prim.joints, 4),
-                  ("weights", prim.weights, 4)] + [(f"texcoords[{i}]", uv, 2) for i, uv in enumerate(prim.texcoords)]
+    per_vertex = [
+        ("normals", prim.normals, 3),
+        ("colours", prim.colours, 4),
+        ("joints", prim.joints, 4),
+        ("weights", prim.weights, 4),
+    ] + [(f"texcoords[{i}]", uv, 2) for i, uv in enumerate(prim.texcoords)]
     for t, target in enumerate(prim.targets):
         per_vertex += [(f"morph target {t} {key}", delta, 3) for key, delta in target.items()]
     for what, array, width in per_vertex:
@@ -386,7 +395,10 @@ def _mesh_json(mesh, packer: _Packer) -> dict:
 def _skin_json(skin, packer: _Packer) -> dict:
     # (J, 4, 4) row-major p' = M @ p -> glTF's column-major: each matrix transposed
     matrices = np.asarray(skin.inverse_bind, np.float32).transpose(0, 2, 1).reshape(-1, 16)
-    out = {"joints": [int(j) for j in skin.joints], "inverseBindMatrices": packer.accessor(matrices, FLOAT, "MAT4", None)}
+    out = {
+        "joints": [int(j) for j in skin.joints],
+        "inverseBindMatrices": packer.accessor(matrices, FLOAT, "MAT4", None),
+    }
     if skin.name:
         out["name"] = skin.name
     return out

@@ -105,7 +105,9 @@ class LatentCache:
                         tensors = {"latent": self.latents[(i, False)]}
                         if self.flips[i]:
                             tensors["latent_flipped"] = self.latents[(i, True)]
-                        save_tensors(tensors, self.directory / f"{self.key(i, fingerprint)}.safetensors", overwrite=True)
+                        save_tensors(
+                            tensors, self.directory / f"{self.key(i, fingerprint)}.safetensors", overwrite=True
+                        )
                 done += len(chunk)
                 if progress is not None:
                     progress(done)

@@ -122,10 +122,14 @@ def folder_repeats(folder: Path, repeats: int, where: str) -> int:
     match = REPEATS_FOLDER.match(folder.name)
     count = repeats or (int(match.group(1)) if match else 1)
     if count < 1:
-        raise SabunError(f"{where}: {folder}: the folder name says 0 repeats, so its images would never be trained on; "
-                         f"rename it to 1_{match.group(2) if match else folder.name} (or more), or set repeats in the dataset's table")
+        raise SabunError(
+            f"{where}: {folder}: the folder name says 0 repeats, so its images would never be trained on; "
+            f"rename it to 1_{match.group(2) if match else folder.name} (or more), or set repeats in the dataset's table"
+        )
     if count > MAX_REPEATS:
-        raise SabunError(f"{where}: {folder}: the folder name says {count} repeats; at most {MAX_REPEATS} (usual: 1-100); rename it")
+        raise SabunError(
+            f"{where}: {folder}: the folder name says {count} repeats; at most {MAX_REPEATS} (usual: 1-100); rename it"
+        )
     return count
 
 
@@ -166,10 +170,18 @@ def find_subsets(path: Path, repeats: int | None, where: str) -> list[Subset]:
         if sub_match:
             unread += unread_image_files(sub)
     if ignored:
-        warnings.warn(f"{path}: subfolders {', '.join(ignored)} are not named N_name (N = repeats) and are ignored", stacklevel=2)
+        warnings.warn(
+            f"{path}: subfolders {', '.join(ignored)} are not named N_name (N = repeats) and are ignored", stacklevel=2
+        )
     if not subsets:
-        also = f"; it holds {len(unread)} image(s) of types sabun does not read ({_names(unread)}): convert them to PNG" if unread else ""
-        raise SabunError(f"{where}: {path}: holds no images ({', '.join(IMAGE_SUFFIXES)}), directly or in N_name subfolders{also}")
+        also = (
+            f"; it holds {len(unread)} image(s) of types sabun does not read ({_names(unread)}): convert them to PNG"
+            if unread
+            else ""
+        )
+        raise SabunError(
+            f"{where}: {path}: holds no images ({', '.join(IMAGE_SUFFIXES)}), directly or in N_name subfolders{also}"
+        )
     if unread:
         warnings.warn(
             f"{where}: not training on {len(unread)} file(s) of image types sabun does not read: {_names(unread)}; "
@@ -192,7 +204,9 @@ def read_caption(image: Path, extension: str) -> str | None:
 
 def check_caption_extension(extension: str, where: str) -> None:
     if not extension.startswith(".") or len(extension) < 2 or any(c in extension for c in "/\\\0"):
-        raise SabunError(f"{where}: {extension!r} is not a file extension; give one that starts with a dot, e.g. '.txt'")
+        raise SabunError(
+            f"{where}: {extension!r} is not a file extension; give one that starts with a dot, e.g. '.txt'"
+        )
 
 
 def scan_images(datasets, data) -> ImageSet:
@@ -217,7 +231,9 @@ def scan_images(datasets, data) -> ImageSet:
                     caption = read_caption(path, dataset.caption_extension)
                 except SabunError as e:
                     caption_file = path.with_suffix(dataset.caption_extension)
-                    result.problems.append(ImageProblem(caption_file, str(e).removeprefix(f"{caption_file}: "), caption=True))
+                    result.problems.append(
+                        ImageProblem(caption_file, str(e).removeprefix(f"{caption_file}: "), caption=True)
+                    )
                     continue
                 if caption is None:
                     result.missing_captions += 1
@@ -228,7 +244,12 @@ def scan_images(datasets, data) -> ImageSet:
         captions = sum(p.caption for p in result.problems)
         images = len(result.problems) - captions
         what = " and ".join(
-            part for part in (f"{images} bad training image(s)" if images else "", f"{captions} bad caption file(s)" if captions else "") if part
+            part
+            for part in (
+                f"{images} bad training image(s)" if images else "",
+                f"{captions} bad caption file(s)" if captions else "",
+            )
+            if part
         )
         if not data.skip_bad_images:
             raise SabunError(f"{what}: {listing}. Fix or remove them, or set data.skip_bad_images = true")
@@ -260,7 +281,9 @@ def bucket_sizes(resolution: int, data, pixel_stride: int) -> list[tuple[int, in
     if not data.buckets:
         return [square_bucket(resolution, pixel_stride)]
     if data.bucket_step % pixel_stride:
-        raise SabunError(f"data.bucket_step: {data.bucket_step} is not a multiple of the model's pixel stride {pixel_stride}; use a multiple of {pixel_stride}")
+        raise SabunError(
+            f"data.bucket_step: {data.bucket_step} is not a multiple of the model's pixel stride {pixel_stride}; use a multiple of {pixel_stride}"
+        )
     min_side = data.min_bucket or resolution // 2
     max_side = data.max_bucket or resolution * 2
     return make_buckets(resolution, min_side, max_side, data.bucket_step)

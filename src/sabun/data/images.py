@@ -20,11 +20,33 @@ from PIL import Image, features
 
 from sabun.errors import SabunError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jfif", ".webp", ".bmp", ".gif", ".tif", ".tiff") + ((".avif",) if features.check("avif") else ())
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jfif", ".webp", ".bmp", ".gif", ".tif", ".tiff") + (
+    (".avif",) if features.check("avif") else ()
+)
 # Image types users keep in data folders that are not read: each is named in a warning, never skipped silently.
 UNREAD_IMAGE_SUFFIXES = tuple(
     s
-    for s in (".avif", ".heic", ".heif", ".jxl", ".psd", ".xcf", ".kra", ".svg", ".ico", ".tga", ".exr", ".hdr", ".dds", ".jp2", ".dng", ".raw", ".cr2", ".nef", ".arw")
+    for s in (
+        ".avif",
+        ".heic",
+        ".heif",
+        ".jxl",
+        ".psd",
+        ".xcf",
+        ".kra",
+        ".svg",
+        ".ico",
+        ".tga",
+        ".exr",
+        ".hdr",
+        ".dds",
+        ".jp2",
+        ".dng",
+        ".raw",
+        ".cr2",
+        ".nef",
+        ".arw",
+    )
     if s not in IMAGE_SUFFIXES
 )
 
@@ -80,7 +102,9 @@ def to_rgb(image: Image.Image) -> Image.Image:
             raise _Unusable("floating-point pixels that are NaN or infinite; save it as an 8- or 16-bit PNG")
         low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
         if low < 0 or high > 255:
-            raise _Unusable(f"floating-point pixels outside 0..1 and 0..255 (range {low:g}..{high:g}); save it as an 8- or 16-bit PNG")
+            raise _Unusable(
+                f"floating-point pixels outside 0..1 and 0..255 (range {low:g}..{high:g}); save it as an 8- or 16-bit PNG"
+            )
         scale = 255.0 if high <= 1.0 else 1.0  # float images hold 0..1 by convention; PIL's own F images 0..255
         return _grey_to_rgb(np.clip(np.rint(values * scale), 0, 255), None)
     if mode in ("La", "RGBa"):  # premultiplied alpha
@@ -121,12 +145,18 @@ def _decode(path: Path) -> tuple[Image.Image | None, str | None]:
         return None, f"too large to decode safely ({_first_line(e)}); scale it down"
     except OSError as e:
         if e.errno is None:  # PIL's own OSErrors ("image file is truncated") carry no errno
-            return None, f"unreadable ({_first_line(e)}); it is corrupt, truncated or not an image: export it again or remove it"
+            return (
+                None,
+                f"unreadable ({_first_line(e)}); it is corrupt, truncated or not an image: export it again or remove it",
+            )
         return None, f"unreadable ({e.strerror or _first_line(e)}); check that the file can be read (its permissions)"
     except MemoryError:
         return None, "unreadable (too large for memory); scale it down or export it again"
     except Exception as e:  # noqa: BLE001 - PIL reports corrupt files as OSError, SyntaxError, struct.error, EOFError, ValueError, ...
-        return None, f"unreadable ({_first_line(e)}); it is corrupt, truncated or not an image: export it again or remove it"
+        return (
+            None,
+            f"unreadable ({_first_line(e)}); it is corrupt, truncated or not an image: export it again or remove it",
+        )
 
 
 def open_rgb(path: str | Path) -> Image.Image:
@@ -151,7 +181,10 @@ def inspect_image(path: Path, min_size: int) -> tuple[tuple[int, int] | None, Im
         return None, ImageProblem(path, reason)
     size = image.size
     if min(size) < min_size:
-        return None, ImageProblem(path, f"too small ({size[0]}x{size[1]}, shorter side < {min_size} px); use a larger image or lower data.min_image_size")
+        return None, ImageProblem(
+            path,
+            f"too small ({size[0]}x{size[1]}, shorter side < {min_size} px); use a larger image or lower data.min_image_size",
+        )
     return size, None
 
 

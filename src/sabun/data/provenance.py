@@ -14,7 +14,16 @@ from collections.abc import Iterable
 from pathlib import Path
 
 AVATAR_FORMAT = "sabun.avatar/1"  # the metadata format of `sabun render model` (sabun.avatar.commands)
-META_KEYS = ("name", "version", "authors", "licence", "avatar_permission", "commercial_usage", "allow_redistribution", "modification")
+META_KEYS = (
+    "name",
+    "version",
+    "authors",
+    "licence",
+    "avatar_permission",
+    "commercial_usage",
+    "allow_redistribution",
+    "modification",
+)
 
 
 def _record(meta: dict, role: str) -> dict | None:

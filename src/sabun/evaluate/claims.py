@@ -54,15 +54,26 @@ def claims(conditions: dict[str, dict], stone: str = "stepping-stone x1") -> lis
         text = ", ".join(f"{name} {f[0]:.3f} [{f[1]:.3f}, {f[2]:.3f}]" for name, f in figures)
         out.append({"claim": claim, "verdict": verdict, "figures": text})
 
-    leak = {name: _figure(c, "3d_leakage") for name, c in (("plain", plain), ("no plan", no_plan), ("stepping-stone", ss))}
-    add("stepping-stone 3D leakage below no plan's", below(leak["stepping-stone"], leak["no plan"]), ("stepping-stone", leak["stepping-stone"]), ("no plan", leak["no plan"]))
+    leak = {
+        name: _figure(c, "3d_leakage") for name, c in (("plain", plain), ("no plan", no_plan), ("stepping-stone", ss))
+    }
+    add(
+        "stepping-stone 3D leakage below no plan's",
+        below(leak["stepping-stone"], leak["no plan"]),
+        ("stepping-stone", leak["stepping-stone"]),
+        ("no plan", leak["no plan"]),
+    )
     add("stepping-stone 3D leakage within 0.1 of the plain model's", at_most(leak["stepping-stone"], leak["plain"][0] + 0.1),
         ("stepping-stone", leak["stepping-stone"]), ("plain", leak["plain"]))  # fmt: skip
     if half and "hair_ciede2000" in ss and "hair_ciede2000" in half:
         add("stepping-stone hair-colour error below no plan x0.5's", below(_figure(ss, "hair_ciede2000"), _figure(half, "hair_ciede2000")),
             ("stepping-stone", _figure(ss, "hair_ciede2000")), ("no plan x0.5", _figure(half, "hair_ciede2000")))  # fmt: skip
     if "hairstyle" in ss:
-        add("bare `1girl` draws the target's hairstyle in >= 80 %", at_least(_figure(ss, "hairstyle"), 0.8), ("stepping-stone", _figure(ss, "hairstyle")))
+        add(
+            "bare `1girl` draws the target's hairstyle in >= 80 %",
+            at_least(_figure(ss, "hairstyle"), 0.8),
+            ("stepping-stone", _figure(ss, "hairstyle")),
+        )
     for key, what in (("background_obeyed", "background"), ("pose_obeyed", "pose")):
         if key in ss and key in plain:
             bar = 0.8 * plain[key]

@@ -14,7 +14,12 @@ from sabun.io import check_writable
 
 
 def reader_and_target(
-    character: str, tagger: str | os.PathLike | None = None, tag_map: str | os.PathLike | None = None, threshold: float = 0.35, evaluator=None, protocol=None
+    character: str,
+    tagger: str | os.PathLike | None = None,
+    tag_map: str | os.PathLike | None = None,
+    threshold: float = 0.35,
+    evaluator=None,
+    protocol=None,
 ):
     """The reader of the images and the character to judge against: the toy evaluator and a toy
     character spec; or, given `tagger`, a booru tagger and a real character spec (identity tags)."""
@@ -28,7 +33,9 @@ def reader_and_target(
 
     reader = TaggerReader(Tagger.load(tagger), threshold=threshold, tag_map=load_tag_map(tag_map))
     target = load_tagged_character(character)
-    reader.check(target, protocol.prompt_list() if protocol else ())  # every tag the run will read is in the tagger's CSV
+    reader.check(
+        target, protocol.prompt_list() if protocol else ()
+    )  # every tag the run will read is in the tagger's CSV
     return reader, target
 
 

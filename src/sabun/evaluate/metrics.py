@@ -68,9 +68,13 @@ def read_prompts(path: str | Path) -> tuple[Prompt, ...]:
         match = LINE.fullmatch(line)
         if line.startswith("[") and not match:
             raise SabunError(f"{path}:{number}: {line!r}: a label is [bare], [free], [background:NAME] or [pose:NAME]")
-        group, expected, text = (match["group"], match["expected"] or "", match["text"].strip()) if match else ("free", "", line)
+        group, expected, text = (
+            (match["group"], match["expected"] or "", match["text"].strip()) if match else ("free", "", line)
+        )
         if group in ("background", "pose") and not expected:
-            raise SabunError(f"{path}:{number}: [{group}] needs the {group} it asks for, e.g. [{group}:{(BACKGROUNDS if group == 'background' else POSES)[0]}]")
+            raise SabunError(
+                f"{path}:{number}: [{group}] needs the {group} it asks for, e.g. [{group}:{(BACKGROUNDS if group == 'background' else POSES)[0]}]"
+            )
         if not text:
             raise SabunError(f"{path}:{number}: the label has no prompt after it")
         prompts.append(Prompt(group, expected, text))
@@ -145,7 +149,9 @@ def score(readings: Readings, prompts: list[Prompt], reader: Reader, target) -> 
     return out
 
 
-def measure(pipe, reader: Reader, target, protocol: Protocol = Protocol(), images: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
+def measure(
+    pipe, reader: Reader, target, protocol: Protocol = Protocol(), images: np.ndarray | None = None
+) -> tuple[dict, np.ndarray]:
     """The metrics for `pipe` as it is now (LoRAs attached at their multipliers), and the images
     (prompts x seeds, in `protocol.prompts()` order). Given `images` (as returned before, for the
     same protocol), they are read and scored against `target` without generating again."""
@@ -160,7 +166,13 @@ def measure(pipe, reader: Reader, target, protocol: Protocol = Protocol(), image
 
 
 def measure_conditions(
-    pipe, reader: Reader, target, protocol: Protocol, conditions: dict[str, list[tuple[str | Path, float]]], log=print, plain: dict | None = None
+    pipe,
+    reader: Reader,
+    target,
+    protocol: Protocol,
+    conditions: dict[str, list[tuple[str | Path, float]]],
+    log=print,
+    plain: dict | None = None,
 ) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
     """The metrics of each condition (its LoRA files applied at their multipliers; none: the plain
     model) and its image grid (prompts x the first six seeds). `plain`, if given, keeps the plain

@@ -77,7 +77,14 @@ def bar_chart(title: str, labels: list[str], values: list[float], better: str, i
 
 
 def write_evaluation(
-    out: Path, report: dict, grids: dict[str, np.ndarray], protocol: Protocol, reader, target, overwrite: bool = True, metrics_json: bool = True
+    out: Path,
+    report: dict,
+    grids: dict[str, np.ndarray],
+    protocol: Protocol,
+    reader,
+    target,
+    overwrite: bool = True,
+    metrics_json: bool = True,
 ) -> dict:
     """Complete `report` (the metrics' rows, the reader, the protocol) and write OUT/report.html and
     (unless the caller writes a fuller one) OUT/metrics.json; returns the report."""
@@ -127,7 +134,13 @@ def write_report(path: Path, report: dict, grids: dict[str, np.ndarray], protoco
     )
     head = "".join(f"<th>{html.escape(c)}</th>" for c in conditions)
     charts = "".join(
-        bar_chart(title, conditions, [report["conditions"][c][key] for c in conditions], better, [report["conditions"][c].get("intervals", {}).get(key) for c in conditions])
+        bar_chart(
+            title,
+            conditions,
+            [report["conditions"][c][key] for c in conditions],
+            better,
+            [report["conditions"][c].get("intervals", {}).get(key) for c in conditions],
+        )
         for key, title, better in metrics
     )
     prompts = [p for _, _, p in protocol.prompts()]
@@ -139,13 +152,16 @@ def write_report(path: Path, report: dict, grids: dict[str, np.ndarray], protoco
     )
     norms = ""
     if report.get("weight_change_norms"):
-        items = "".join(f"<li>{html.escape(name)}: {', '.join(f'{part} {value:.4f}' for part, value in parts.items())}</li>" for name, parts in report["weight_change_norms"].items())
+        items = "".join(
+            f"<li>{html.escape(name)}: {', '.join(f'{part} {value:.4f}' for part, value in parts.items())}</li>"
+            for name, parts in report["weight_change_norms"].items()
+        )
         norms = f"<h2>Weight change ||dW||<sub>F</sub> at weight 1 (it scales with the weight)</h2><ul>{items}</ul>"
     finished = f"<p>Finished in {report['seconds']:.0f} s.</p>" if "seconds" in report else ""
     page = f"""<!doctype html><meta charset="utf-8"><title>sabun report</title>
 <style>body{{font-family:sans-serif;margin:2em}} td,th{{padding:4px 10px;border-bottom:1px solid #ddd;text-align:right}} td:first-child{{text-align:left}}</style>
-<h1>sabun: {html.escape(report['character']['name'])}</h1>
-<p>Each LoRA is used alone on the plain model; the first column is the plain model's own figures. {protocol.seeds} images per prompt, read by the {html.escape(report.get('reader', 'toy evaluator'))}. In brackets: 95 % intervals (Wilson for rates, a bootstrap over images for means and medians); figures whose intervals overlap are not told apart by this many images.</p>
+<h1>sabun: {html.escape(report["character"]["name"])}</h1>
+<p>Each LoRA is used alone on the plain model; the first column is the plain model's own figures. {protocol.seeds} images per prompt, read by the {html.escape(report.get("reader", "toy evaluator"))}. In brackets: 95 % intervals (Wilson for rates, a bootstrap over images for means and medians); figures whose intervals overlap are not told apart by this many images.</p>
 <table><tr><th>metric</th>{head}</tr>{rows}</table>
 <div>{charts}</div>
 {norms}

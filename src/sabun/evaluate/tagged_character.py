@@ -48,7 +48,9 @@ def parse_tags(value: object, where: str) -> tuple[str, ...]:
     elif isinstance(value, list) and all(isinstance(v, str) for v in value):
         items = value
     else:
-        raise SabunError(f"{where}: tags must be a string of comma-separated tags, e.g. tags = \"blonde hair, twintails\"")
+        raise SabunError(
+            f'{where}: tags must be a string of comma-separated tags, e.g. tags = "blonde hair, twintails"'
+        )
     return tuple(dict.fromkeys(normalise_tag(t) for t in items if t.strip()))
 
 
@@ -57,7 +59,9 @@ def load_tagged_character(path: str | os.PathLike) -> TaggedCharacter:
     path = Path(path)
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "no such character file"
-        raise SabunError(f"{path}: {what}; give a .toml file with a line like tags = \"blonde hair, twintails, blue eyes\"")
+        raise SabunError(
+            f'{path}: {what}; give a .toml file with a line like tags = "blonde hair, twintails, blue eyes"'
+        )
     data = read_toml(path, "TOML file", "fix the syntax")
     unknown = sorted(set(data) - set(KEYS))
     if unknown:
@@ -69,10 +73,14 @@ def load_tagged_character(path: str | os.PathLike) -> TaggedCharacter:
     if not isinstance(name, str) or not _NAME.match(name):
         raise SabunError(f"{path}: name = {name!r} is not file-safe; use letters, digits, '_' and '-'")
     if "tags" not in data:
-        raise SabunError(f"{path}: has no tags; add the character's identity tags, e.g. tags = \"blonde hair, twintails, blue eyes\"")
+        raise SabunError(
+            f'{path}: has no tags; add the character\'s identity tags, e.g. tags = "blonde hair, twintails, blue eyes"'
+        )
     tags = parse_tags(data["tags"], str(path))
     if not tags:
-        raise SabunError(f"{path}: tags is empty; add the character's identity tags, e.g. tags = \"blonde hair, twintails, blue eyes\"")
+        raise SabunError(
+            f'{path}: tags is empty; add the character\'s identity tags, e.g. tags = "blonde hair, twintails, blue eyes"'
+        )
     colour = None
     if "hair_colour" in data:
         try:

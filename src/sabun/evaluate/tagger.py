@@ -93,7 +93,7 @@ def default_tag_map() -> TagMap:
 def _tag_list(value: object, where: str) -> tuple[str, ...]:
     values = [value] if isinstance(value, str) else value
     if not isinstance(values, list) or not values or not all(isinstance(v, str) and v.strip() for v in values):
-        raise SabunError(f"{where} must be a list of tags, e.g. [\"outdoors\", \"sky\"]")
+        raise SabunError(f'{where} must be a list of tags, e.g. ["outdoors", "sky"]')
     return tuple(dict.fromkeys(normalise_tag(v) for v in values))
 
 
@@ -116,8 +116,15 @@ def load_tag_map(path: str | os.PathLike | None = None) -> TagMap:
         raise SabunError(f"{path}: no such tag-map file; check the path, or leave out --tag-map for the default map")
     data = read_toml(path, "TOML tag map", 'it should hold a [tags] table, e.g. outdoor = ["outdoors"]')
     if set(data) != {"tags"} or not isinstance(data["tags"], dict):
-        raise SabunError(f"{path}: a tag map holds one [tags] table (e.g. outdoor = [\"outdoors\"]); found: {', '.join(sorted(data)) or 'nothing'}")
-    tables = {"look": {LOOK: tag_map.look}, "background": dict(tag_map.backgrounds), "pose": dict(tag_map.poses), "view": dict(tag_map.views)}
+        raise SabunError(
+            f'{path}: a tag map holds one [tags] table (e.g. outdoor = ["outdoors"]); found: {", ".join(sorted(data)) or "nothing"}'
+        )
+    tables = {
+        "look": {LOOK: tag_map.look},
+        "background": dict(tag_map.backgrounds),
+        "pose": dict(tag_map.poses),
+        "view": dict(tag_map.views),
+    }
     kind_of = {name: kind for kind, table in tables.items() for name in table}
     for key, value in data["tags"].items():
         if isinstance(value, dict) and key in KINDS:
@@ -125,14 +132,18 @@ def load_tag_map(path: str | os.PathLike | None = None) -> TagMap:
                 if not _CONCEPT_NAME.match(name):
                     raise SabunError(f"{path}: tags.{key}.{name}: a name may hold letters, digits, '_' and '-'")
                 if kind_of.get(name, key) != key:
-                    raise SabunError(f"{path}: tags.{key}.{name}: {name!r} is already a {kind_of[name]}; choose another name")
+                    raise SabunError(
+                        f"{path}: tags.{key}.{name}: {name!r} is already a {kind_of[name]}; choose another name"
+                    )
                 tables[key][name] = _tag_list(tags, f"{path}: tags.{key}.{name}")
                 kind_of[name] = key
         elif key in kind_of:
             tables[kind_of[key]][key] = _tag_list(value, f"{path}: tags.{key}")
         else:
             known = ", ".join(kind_of)
-            raise SabunError(f"{path}: tags.{key}: unknown concept; known: {known}; a new one goes under its kind, e.g. background.{key} = [\"...\"]")
+            raise SabunError(
+                f'{path}: tags.{key}: unknown concept; known: {known}; a new one goes under its kind, e.g. background.{key} = ["..."]'
+            )
     return TagMap(tables["look"][LOOK], tables["background"], tables["pose"], tables["view"], source=str(path))
 
 
@@ -152,16 +163,24 @@ def read_selected_tags(path: Path) -> tuple[tuple[str, ...], np.ndarray]:
             rows = list(reader)
             header = reader.fieldnames or []
     except FileNotFoundError:
-        raise SabunError(f"{path}: no such file; a tagger folder holds {MODEL_FILE} and {TAGS_FILE} (the tag list that came with the model)") from None
+        raise SabunError(
+            f"{path}: no such file; a tagger folder holds {MODEL_FILE} and {TAGS_FILE} (the tag list that came with the model)"
+        ) from None
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise SabunError(f"{path}: is not a readable CSV file ({_first_line(e)}); copy {TAGS_FILE} from the model's source again") from None
+        raise SabunError(
+            f"{path}: is not a readable CSV file ({_first_line(e)}); copy {TAGS_FILE} from the model's source again"
+        ) from None
     if not rows or "name" not in header or "category" not in header:
-        raise SabunError(f"{path}: is not a tagger's tag list: it needs a header tag_id,name,category,count and one row per tag; copy {TAGS_FILE} again")
+        raise SabunError(
+            f"{path}: is not a tagger's tag list: it needs a header tag_id,name,category,count and one row per tag; copy {TAGS_FILE} again"
+        )
     names, categories = [], []
     for number, row in enumerate(rows, 2):
         name, category = (row.get("name") or "").strip(), (row.get("category") or "").strip()
         if not name or not category.lstrip("-").isdigit():
-            raise SabunError(f"{path}:{number}: a row needs a tag name and a numeric category (9 rating, 0 general, 4 character); copy {TAGS_FILE} again")
+            raise SabunError(
+                f"{path}:{number}: a row needs a tag name and a numeric category (9 rating, 0 general, 4 character); copy {TAGS_FILE} again"
+            )
         names.append(normalise_tag(name))
         categories.append(int(category))
     return tuple(names), np.array(categories, dtype=np.int64)
@@ -209,7 +228,9 @@ class Tagger:
         folder = Path(folder)
         if not folder.is_dir():
             what = "is a file" if folder.exists() else "no such folder"
-            raise SabunError(f"{folder}: {what}; give the tagger's folder, the one holding {MODEL_FILE} and {TAGS_FILE}")
+            raise SabunError(
+                f"{folder}: {what}; give the tagger's folder, the one holding {MODEL_FILE} and {TAGS_FILE}"
+            )
         model = folder / MODEL_FILE
         if not model.is_file():
             onnx = sorted(p.name for p in folder.glob("*.onnx"))
@@ -219,26 +240,42 @@ class Tagger:
         try:
             import onnxruntime
         except ImportError:
-            raise SabunError("reading images with a tagger needs onnxruntime: pip install onnxruntime (or onnxruntime-gpu for CUDA)") from None
+            raise SabunError(
+                "reading images with a tagger needs onnxruntime: pip install onnxruntime (or onnxruntime-gpu for CUDA)"
+            ) from None
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # errors only: the CUDA provider's warnings are not the user's business
         try:
-            session = onnxruntime.InferenceSession(str(model), sess_options=options, providers=list(providers or _providers(onnxruntime)))
+            session = onnxruntime.InferenceSession(
+                str(model), sess_options=options, providers=list(providers or _providers(onnxruntime))
+            )
         except Exception as e:  # noqa: BLE001 - onnxruntime reports a bad file as InvalidProtobuf, Fail, InvalidGraph, RuntimeException...
             with open(model, "rb") as f:
                 if f.read(40).startswith(b"version https://git-lfs"):
-                    raise SabunError(f"{model}: is a Git LFS pointer, not the model; fetch the file itself (git lfs pull) or download it again") from None
-            raise SabunError(f"{model}: could not be loaded by onnxruntime ({_first_line(e)}); it may be truncated or not an ONNX model: copy it again") from None
+                    raise SabunError(
+                        f"{model}: is a Git LFS pointer, not the model; fetch the file itself (git lfs pull) or download it again"
+                    ) from None
+            raise SabunError(
+                f"{model}: could not be loaded by onnxruntime ({_first_line(e)}); it may be truncated or not an ONNX model: copy it again"
+            ) from None
         inputs, outputs = session.get_inputs(), session.get_outputs()
         shape = list(inputs[0].shape) if len(inputs) == 1 else []
-        if len(shape) != 4 or shape[3] != 3 or not isinstance(shape[1], int) or shape[1] != shape[2] or inputs[0].type not in ("tensor(float)", "tensor(float16)"):
+        if (
+            len(shape) != 4
+            or shape[3] != 3
+            or not isinstance(shape[1], int)
+            or shape[1] != shape[2]
+            or inputs[0].type not in ("tensor(float)", "tensor(float16)")
+        ):
             found = f"{len(inputs)} inputs" if len(inputs) != 1 else f"{inputs[0].type} {shape}"
             raise SabunError(
                 f"{model}: takes {found}, not one square NHWC 3-channel float image ([batch, size, size, 3]) as WD14-style taggers do; "
                 "use a WD14-style tagger (SmilingWolf's wd-*-tagger models)"
             )
         if not outputs or len(outputs[0].shape) != 2:
-            raise SabunError(f"{model}: its first output is not [batch, tags] as a WD14-style tagger's is; use a WD14-style tagger")
+            raise SabunError(
+                f"{model}: its first output is not [batch, tags] as a WD14-style tagger's is; use a WD14-style tagger"
+            )
         width = outputs[0].shape[1]  # an int, or a name when the model leaves it open (checked on the first images)
         if isinstance(width, int) and width != len(names):
             raise SabunError(
@@ -300,15 +337,21 @@ class Tagger:
             try:
                 probs = self.session.run(None, {input_type.name: chunk.astype(dtype)})[0]
             except Exception as e:  # noqa: BLE001 - onnxruntime's own exception types
-                raise SabunError(f"{self.folder / MODEL_FILE}: failed on an image ({_first_line(e)}); check that it is a WD14-style tagger") from None
+                raise SabunError(
+                    f"{self.folder / MODEL_FILE}: failed on an image ({_first_line(e)}); check that it is a WD14-style tagger"
+                ) from None
             out.append(np.asarray(probs, dtype=np.float32)[:count])
         if not out:
             return np.zeros((0, len(self.names)), dtype=np.float32)
         probs = np.concatenate(out)
         if probs.shape[1] != len(self.names):
-            raise SabunError(f"{self.csv_path}: lists {len(self.names)} tags, and {self.folder / MODEL_FILE} gives {probs.shape[1]}; put the CSV that came with this model beside it")
+            raise SabunError(
+                f"{self.csv_path}: lists {len(self.names)} tags, and {self.folder / MODEL_FILE} gives {probs.shape[1]}; put the CSV that came with this model beside it"
+            )
         if not np.isfinite(probs).all() or probs.min() < 0 or probs.max() > 1:
-            raise SabunError(f"{self.folder / MODEL_FILE}: gives values outside 0..1, not probabilities; a WD14-style tagger ends in a sigmoid: use one")
+            raise SabunError(
+                f"{self.folder / MODEL_FILE}: gives values outside 0..1, not probabilities; a WD14-style tagger ends in a sigmoid: use one"
+            )
         return probs
 
 
@@ -320,7 +363,9 @@ def _as_rgb(image) -> Image.Image:
         return open_rgb(image)
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (3, 4):
-            raise SabunError(f"a tagger reads uint8 images (H, W, 3) or (H, W, 4); got an array {image.dtype} {image.shape}")
+            raise SabunError(
+                f"a tagger reads uint8 images (H, W, 3) or (H, W, 4); got an array {image.dtype} {image.shape}"
+            )
         image = Image.fromarray(image, "RGB" if image.shape[2] == 3 else "RGBA")
     from sabun.data.images import to_rgb
 
@@ -335,7 +380,9 @@ def _as_rgb(image) -> Image.Image:
 
 def check_threshold(threshold: float) -> float:
     if not (isinstance(threshold, (int, float)) and 0.0 < threshold < 1.0):
-        raise SabunError(f"--threshold {threshold}: give a probability between 0 and 1 (exclusive), e.g. {DEFAULT_THRESHOLD}")
+        raise SabunError(
+            f"--threshold {threshold}: give a probability between 0 and 1 (exclusive), e.g. {DEFAULT_THRESHOLD}"
+        )
     return float(threshold)
 
 
@@ -368,7 +415,7 @@ class TaggerReader:
             if table is not None and prompt.expected not in table:
                 raise SabunError(
                     f"[{prompt.group}:{prompt.expected}] {prompt.text}: the tag map ({self.tag_map.source}) names no {prompt.group} "
-                    f"{prompt.expected!r} (it has: {', '.join(table)}); add {prompt.group}.{prompt.expected} = [\"a_booru_tag\"] to the [tags] of a --tag-map file"
+                    f'{prompt.expected!r} (it has: {", ".join(table)}); add {prompt.group}.{prompt.expected} = ["a_booru_tag"] to the [tags] of a --tag-map file'
                 )
 
     def attributes(self, target) -> list[Attribute]:

@@ -79,8 +79,10 @@ class EvaluatorNet(nn.Module):
 
         self.features = nn.Sequential(
             block(3, 32, 1),  # 64: thin features (eyes, bows, outlines) are read at full resolution
-            block(32, w, 2), block(w, w, 1),  # 32
-            block(w, 2 * w, 2), block(2 * w, 2 * w, 1),  # 16
+            block(32, w, 2),
+            block(w, w, 1),  # 32
+            block(w, 2 * w, 2),
+            block(2 * w, 2 * w, 1),  # 16
             block(2 * w, 128, 2),  # 8
             block(128, 128, 2),  # 4
         )
@@ -134,8 +136,16 @@ class ToyEvaluator:
     def attributes(self, target) -> list[Attribute]:
         """The target's hairstyle, hair-colour name and ribbon (seeing a ribbon is wrong for a
         character without one)."""
-        ribbon = Attribute("ribbon", "ribbon seen (1girl)") if target.ribbon else Attribute("ribbon", "ribbon seen (1girl; the character has none)", "lower")
-        return [Attribute("hairstyle", "target hairstyle (1girl)"), Attribute("hair_colour_name", "target hair-colour name (1girl)"), ribbon]
+        ribbon = (
+            Attribute("ribbon", "ribbon seen (1girl)")
+            if target.ribbon
+            else Attribute("ribbon", "ribbon seen (1girl; the character has none)", "lower")
+        )
+        return [
+            Attribute("hairstyle", "target hairstyle (1girl)"),
+            Attribute("hair_colour_name", "target hair-colour name (1girl)"),
+            ribbon,
+        ]
 
     def read(self, images: np.ndarray, target) -> Readings:
         read = self.predict(images)
@@ -162,8 +172,14 @@ class ToyEvaluator:
         """The shipped evaluator, or one saved by `train_evaluator` at `path`."""
         path = Path(path) if path is not None else shipped_evaluator_path()
         if not path.exists():
-            raise SabunError(f"{path}: no toy evaluator there; train one with `sabun toyworld train-evaluator --out {path.parent}`")
-        config = json.loads((path.parent / "evaluator_config.json").read_text()) if (path.parent / "evaluator_config.json").exists() else {}
+            raise SabunError(
+                f"{path}: no toy evaluator there; train one with `sabun toyworld train-evaluator --out {path.parent}`"
+            )
+        config = (
+            json.loads((path.parent / "evaluator_config.json").read_text())
+            if (path.parent / "evaluator_config.json").exists()
+            else {}
+        )
         net = EvaluatorNet(width=config.get("width", 48))
         net.load_state_dict(load_file(path))
         return cls(net)
@@ -171,7 +187,11 @@ class ToyEvaluator:
     @torch.no_grad()
     def predict(self, images: np.ndarray | list, batch: int = 256) -> Predictions:
         """Read uint8 images (N, 64, 64, 3) (or a list of PIL images / arrays)."""
-        array = np.stack([np.asarray(im.convert("RGB") if hasattr(im, "convert") else im) for im in images]) if isinstance(images, list) else images
+        array = (
+            np.stack([np.asarray(im.convert("RGB") if hasattr(im, "convert") else im) for im in images])
+            if isinstance(images, list)
+            else images
+        )
         if array.ndim != 4 or array.shape[1:] != (64, 64, 3):
             raise SabunError(f"the toy evaluator reads 64x64 RGB images; got an array of shape {array.shape}")
         probs: dict[str, list] = {name: [] for name in CLASSES}
@@ -209,7 +229,9 @@ class EvaluatorConfig:
     seed: int = 1234
 
 
-def evaluator_dataset(count: int, config: EvaluatorConfig, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
+def evaluator_dataset(
+    count: int, config: EvaluatorConfig, seed: int
+) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
     """Renders of random characters (any look, the target's included), their labels and hair L*a*b*."""
     rng = np.random.default_rng(seed)
     images = np.empty((count, 64, 64, 3), dtype=np.uint8)
@@ -220,7 +242,12 @@ def evaluator_dataset(count: int, config: EvaluatorConfig, seed: int) -> tuple[n
         if rng.random() < config.ribbon_share:
             colour = THING_COLOURS[str(rng.choice(list(THING_COLOURS)))]
             spec = replace(spec, ribbon=True, ribbon_colour=colour)
-        shot = Shot(view=str(rng.choice(VIEWS)), zoom=str(rng.choice(ZOOMS)), pose=str(rng.choice(POSES)), background=str(rng.choice(BACKGROUNDS)))
+        shot = Shot(
+            view=str(rng.choice(VIEWS)),
+            zoom=str(rng.choice(ZOOMS)),
+            pose=str(rng.choice(POSES)),
+            background=str(rng.choice(BACKGROUNDS)),
+        )
         style = "3d" if rng.random() < config.three_d_share else "anime"
         images[i], coverage = render_with_coverage(spec, shot, style, size=64, seed=int(rng.integers(2**31)))
         for name, value in labels(spec, shot, style, coverage).items():
@@ -253,7 +280,9 @@ def accuracy_report(pred: Predictions, label_arrays: dict[str, np.ndarray], hair
     report = {}
     for name in CLASSES:
         defined = label_arrays[name] >= 0
-        report[f"{name}_accuracy"] = float((pred.probs[name].argmax(axis=1)[defined] == label_arrays[name][defined]).mean())
+        report[f"{name}_accuracy"] = float(
+            (pred.probs[name].argmax(axis=1)[defined] == label_arrays[name][defined]).mean()
+        )
     errors = ciede2000(pred.hair_lab, hair.astype(np.float64))
     report["hair_ciede2000_median"] = float(np.median(errors))
     report["hair_ciede2000_p90"] = float(np.percentile(errors, 90))

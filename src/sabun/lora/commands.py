@@ -12,7 +12,17 @@ from sabun.io import check_writable
 from sabun.lora.file import load_lora, save_lora
 from sabun.lora.fit import FitReport, check_fit
 from sabun.lora.info import BlockSummary, summarize
-from sabun.lora.ops import ApproximationReport, ExtractionReport, Weighted, check_multiplier, combine_concat, combine_svd, extract_lora, merge_into_model, resize_lora
+from sabun.lora.ops import (
+    ApproximationReport,
+    ExtractionReport,
+    Weighted,
+    check_multiplier,
+    combine_concat,
+    combine_svd,
+    extract_lora,
+    merge_into_model,
+    resize_lora,
+)
 from sabun.lora.targets import pipeline_targets
 from sabun.models.families import TITLES, base_model_version, pipeline_family
 from sabun.models.load import load_pipeline, save_pipeline
@@ -27,7 +37,9 @@ def parse_weighted(spec: str, force: bool = False) -> tuple[str, float]:
     try:
         multiplier = float(tail)
     except ValueError:
-        raise SabunError(f"{spec}: the weight {tail!r} after the last ':' is not a number; write PATH or PATH:0.8") from None
+        raise SabunError(
+            f"{spec}: the weight {tail!r} after the last ':' is not a number; write PATH or PATH:0.8"
+        ) from None
     check_multiplier(multiplier, path, force)
     return path, multiplier
 
@@ -69,7 +81,9 @@ def merge(
     """
     suffix = Path(out).suffix.lower()
     if suffix != ".safetensors" and suffix.startswith((".safe", ".sft", ".st")):
-        raise SabunError(f"{out}: did you mean .safetensors? A name ending in .safetensors writes one file; any other name, a diffusers folder")
+        raise SabunError(
+            f"{out}: did you mean .safetensors? A name ending in .safetensors writes one file; any other name, a diffusers folder"
+        )
     check_writable(Path(out), overwrite, directory=suffix != ".safetensors")
     weighted = load_weighted(loras, allow_pickle, force)
     pipe = load_pipeline(model, allow_pickle=allow_pickle, prediction_type=prediction_type)
@@ -102,7 +116,14 @@ def combine(
     return report
 
 
-def resize(lora_path: str, out: str | os.PathLike, rank: int | None = None, energy: float | None = None, overwrite: bool = False, allow_pickle: bool = False) -> ApproximationReport:
+def resize(
+    lora_path: str,
+    out: str | os.PathLike,
+    rank: int | None = None,
+    energy: float | None = None,
+    overwrite: bool = False,
+    allow_pickle: bool = False,
+) -> ApproximationReport:
     check_writable(Path(out), overwrite, directory=False)
     lora, report = resize_lora(load_lora(lora_path, allow_pickle), rank=rank, energy=energy)
     save_lora(lora, out, overwrite=overwrite)
@@ -135,13 +156,17 @@ def extract(
     m1 = load_pipeline(tuned, allow_pickle=allow_pickle, prediction_type=prediction_type)
     family0, family1 = pipeline_family(m0), pipeline_family(m1)
     if family0 != family1:
-        raise SabunError(f"{tuned}: is {TITLES[family1]} but {original} is {TITLES[family0]}; extract needs two models of one architecture")
+        raise SabunError(
+            f"{tuned}: is {TITLES[family1]} but {original} is {TITLES[family0]}; extract needs two models of one architecture"
+        )
     from tqdm import tqdm
 
     targets0, targets1 = pipeline_targets(m0, conv=True), pipeline_targets(m1, conv=True)
     if set(targets0) != set(targets1):
         example = sorted(set(targets0) ^ set(targets1))[0]
-        raise SabunError(f"{tuned}: has other layers than {original} (e.g. {example}); extract needs two models of one architecture")
+        raise SabunError(
+            f"{tuned}: has other layers than {original} (e.g. {example}); extract needs two models of one architecture"
+        )
     bar = lambda items: tqdm(items, total=len(targets0), desc="extract", unit="layer", leave=False)  # noqa: E731
     lora, report = extract_lora(targets0, targets1, rank, conv_rank, unet_only, method, progress=bar)
     lora.metadata["sabun_extracted_from"] = json.dumps({"original": str(original), "tuned": str(tuned)})
@@ -151,7 +176,9 @@ def extract(
     return report
 
 
-def info(lora_path: str, model: str | None = None, allow_pickle: bool = False) -> tuple[list[BlockSummary], dict[str, str], FitReport | None]:
+def info(
+    lora_path: str, model: str | None = None, allow_pickle: bool = False
+) -> tuple[list[BlockSummary], dict[str, str], FitReport | None]:
     """Per-block summary and metadata of a LoRA, and how it fits `model` if given."""
     lora = load_lora(lora_path, allow_pickle)
     fit = None

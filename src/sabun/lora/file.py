@@ -34,7 +34,11 @@ def split_key(key: str) -> tuple[str, str] | None:
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MAX_DELTA_NORM = 1e4  # a model's own layers have norms of ~1-100; a LoRA beyond this is corrupt
-FAMILY_PREFIXES = {"lora_te_": "SD 1.x / 2.x text encoder", "lora_te1_": "SDXL text encoder", "lora_te2_": "SDXL text encoder"}
+FAMILY_PREFIXES = {
+    "lora_te_": "SD 1.x / 2.x text encoder",
+    "lora_te1_": "SDXL text encoder",
+    "lora_te2_": "SDXL text encoder",
+}
 
 
 def check_layer(name: str, down: torch.Tensor, up: torch.Tensor, alpha: torch.Tensor | None) -> LoRAWeight:
@@ -54,7 +58,9 @@ def check_layer(name: str, down: torch.Tensor, up: torch.Tensor, alpha: torch.Te
     if up.shape[1] != rank:
         raise ValueError(f"rank mismatch: lora_down {tuple(down.shape)} vs lora_up {tuple(up.shape)}")
     fan_in = down[0].numel()
-    if rank > max(up.shape[0], fan_in):  # above min() is wasteful but harmless; above both sides is no LoRA anyone trained
+    if rank > max(
+        up.shape[0], fan_in
+    ):  # above min() is wasteful but harmless; above both sides is no LoRA anyone trained
         raise ValueError(f"rank {rank} is larger than the layer itself ({up.shape[0]} x {fan_in})")
     if alpha is None:
         alpha_value = float(rank)
@@ -73,7 +79,9 @@ def check_layer(name: str, down: torch.Tensor, up: torch.Tensor, alpha: torch.Te
     weight = LoRAWeight(down, up, alpha_value)
     bound = weight.scale * float(up.double().norm()) * float(down.double().norm())  # >= ||dW||_F
     if not math.isfinite(bound) or bound > MAX_DELTA_NORM:
-        raise ValueError(f"its weight change has a norm up to {bound:.3g} (a model's own layers: ~1-100); the values are corrupt")
+        raise ValueError(
+            f"its weight change has a norm up to {bound:.3g} (a model's own layers: ~1-100); the values are corrupt"
+        )
     return weight
 
 
@@ -127,7 +135,10 @@ def lora_from_tensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
         )
     other = sorted(k for k in unsplit if k.startswith(("lora_unet_", "lora_te")))
     if other:
-        kind = next((name for marks, name in OTHER_KINDS if any(m in k for k in other for m in marks)), "weights of another kind")
+        kind = next(
+            (name for marks, name in OTHER_KINDS if any(m in k for k in other for m in marks)),
+            "weights of another kind",
+        )
         raise SabunError(
             f"{source}: holds {kind} ({other[0]}{f' and {len(other) - 1} more' if len(other) > 1 else ''}), which sabun does not read; "
             "used without them the LoRA would change the model otherwise than ComfyUI or Forge do: convert it to a plain LoRA"
@@ -141,8 +152,12 @@ def lora_from_tensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
         try:
             weights[name] = check_layer(name, p[".lora_down.weight"], p[".lora_up.weight"], p.get(".alpha"))
         except ValueError as e:
-            raise SabunError(f"{source}: layer {name}: {e}; the file is corrupt: train, download or write it again") from None
-    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+            raise SabunError(
+                f"{source}: layer {name}: {e}; the file is corrupt: train, download or write it again"
+            ) from None
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
         raise SabunError(f"{source}: its metadata is not a table of strings; the file is corrupt")
     return LoRA(weights, dict(metadata))
 
@@ -206,14 +221,20 @@ def standard_metadata(lora: LoRA, family: str = "sd1", model_name: str = "") -> 
         "sabun_version": sabun.__version__,
     }
     if conv:
-        meta["ss_network_args"] = json.dumps({"conv_dim": common(w.rank for w in conv), "conv_alpha": common(number(w.alpha) for w in conv)})
+        meta["ss_network_args"] = json.dumps(
+            {"conv_dim": common(w.rank for w in conv), "conv_alpha": common(number(w.alpha) for w in conv)}
+        )
     if not any(n.startswith("lora_te") for n in lora.weights):
         meta["ss_network_train_unet_only"] = "True"
     return meta
 
 
 def save_lora(
-    lora: LoRA, path: str | os.PathLike, overwrite: bool = False, dtype: torch.dtype | None = None, family: str | None = None
+    lora: LoRA,
+    path: str | os.PathLike,
+    overwrite: bool = False,
+    dtype: torch.dtype | None = None,
+    family: str | None = None,
 ) -> Path:
     """Write `lora` as a kohya `.safetensors` file, atomically.
 
@@ -223,7 +244,9 @@ def save_lora(
     path = Path(path)
     if path.suffix != ".safetensors":
         raise SabunError(f"{path}: LoRA files are written as .safetensors; use a name ending in .safetensors")
-    family = family or {v: k for k, v in BASE_MODEL_VERSIONS.items()}.get(lora.metadata.get("ss_base_model_version", ""), "sd1")
+    family = family or {v: k for k, v in BASE_MODEL_VERSIONS.items()}.get(
+        lora.metadata.get("ss_base_model_version", ""), "sd1"
+    )
     tensors = lora_state_dict(lora, dtype)
     metadata = standard_metadata(lora, family) | {k: str(v) for k, v in lora.metadata.items()}
     metadata["sabun_tensors_sha256"] = tensors_hash(tensors)

@@ -15,7 +15,9 @@ class FitReport:
 
     matched: list[str] = field(default_factory=list)  # keys that fit
     not_in_model: list[str] = field(default_factory=list)  # keys naming no target layer
-    shape_mismatch: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)  # (key, model, LoRA)
+    shape_mismatch: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(
+        default_factory=list
+    )  # (key, model, LoRA)
     targets_without_lora: int = 0  # target layers the LoRA leaves alone (normal: LoRAs need not cover all)
 
     @property

@@ -80,7 +80,9 @@ class LoRAModule(nn.Module):
         return self.lora_down(x if autocast else x.to(self.lora_down.weight.dtype)) * self.scale
 
     def to_weight(self) -> LoRAWeight:
-        return LoRAWeight(self.lora_down.weight.detach().clone(), self.lora_up.weight.detach().clone(), float(self.alpha))
+        return LoRAWeight(
+            self.lora_down.weight.detach().clone(), self.lora_up.weight.detach().clone(), float(self.alpha)
+        )
 
     def load_weight(self, weight: LoRAWeight) -> None:
         with torch.no_grad():
@@ -116,8 +118,17 @@ class LoRANetwork(nn.Module):
             conv_rank, conv_alpha: for 3x3 convs; None leaves them out.
             components: keep only these (`unet`, `te`, `te1`, `te2`); None keeps all.
         """
-        for option, value in (("network.rank", rank), ("network.alpha", alpha), ("network.conv_rank", conv_rank), ("network.conv_alpha", conv_alpha)):
-            if value is not None and not (math.isfinite(value) and value > 0) and not (option == "network.conv_rank" and value == 0):
+        for option, value in (
+            ("network.rank", rank),
+            ("network.alpha", alpha),
+            ("network.conv_rank", conv_rank),
+            ("network.conv_alpha", conv_alpha),
+        ):
+            if (
+                value is not None
+                and not (math.isfinite(value) and value > 0)
+                and not (option == "network.conv_rank" and value == 0)
+            ):
                 raise SabunError(f"{option} = {value}: must be a number above 0")
         modules = {}
         for name, target in targets.items():
@@ -126,7 +137,9 @@ class LoRANetwork(nn.Module):
             if target.conv3x3:
                 if not conv_rank:
                     continue
-                modules[name] = LoRAModule(target.module, conv_rank, conv_alpha if conv_alpha is not None else conv_rank)
+                modules[name] = LoRAModule(
+                    target.module, conv_rank, conv_alpha if conv_alpha is not None else conv_rank
+                )
             else:
                 modules[name] = LoRAModule(target.module, rank, alpha)
         return cls(modules, targets)

@@ -70,7 +70,9 @@ def merge_into_model(targets: dict[str, LoRATarget], loras: Sequence[Weighted]) 
                 value = value + item.multiplier * item.lora.weights[name].delta().to(layer.device).reshape(layer.shape)
         return value.to(layer.dtype)
 
-    for name in names:  # every layer checked before any is changed (computing twice costs less than a copy of the model)
+    for (
+        name
+    ) in names:  # every layer checked before any is changed (computing twice costs less than a copy of the model)
         if not bool(torch.isfinite(merged(name)).all()):
             sources = ", ".join(item.source for item in loras if name in item.lora.weights)
             dtype = str(targets[name].module.weight.dtype).removeprefix("torch.")
@@ -93,7 +95,9 @@ def check_multiplier(multiplier: float, source: str, force: bool = False) -> Non
     if not math.isfinite(multiplier):
         raise SabunError(f"{source}: multiplier {multiplier} is not a finite number; give one like 0.8 or 1")
     if abs(multiplier) > MAX_MULTIPLIER and not force:
-        raise SabunError(f"{source}: multiplier {multiplier:g} is beyond +-{MAX_MULTIPLIER:g} (LoRAs are used at about 0.3-1.5); pass --force if you mean it")
+        raise SabunError(
+            f"{source}: multiplier {multiplier:g} is beyond +-{MAX_MULTIPLIER:g} (LoRAs are used at about 0.3-1.5); pass --force if you mean it"
+        )
 
 
 # --- combine ------------------------------------------------------------------------------------
@@ -109,7 +113,9 @@ def stacked_factors(loras: Sequence[Weighted], name: str) -> tuple[torch.Tensor,
         up2d, down2d = weight.factors()
         if shape is None:
             shape, first = weight.weight_shape, item.source
-        elif up2d.shape[0] != ups[0].shape[0] or down2d.shape[1] != downs[0].shape[1]:  # a 1x1 conv and a Linear of one size agree
+        elif (
+            up2d.shape[0] != ups[0].shape[0] or down2d.shape[1] != downs[0].shape[1]
+        ):  # a 1x1 conv and a Linear of one size agree
             raise SabunError(
                 f"{item.source}: layer {name} changes a weight of shape {weight.weight_shape}, but in {first} one of shape {shape}; "
                 "they are LoRAs of different models and cannot be combined"
@@ -135,7 +141,9 @@ def layer_names(loras: Sequence[Weighted]) -> list[str]:
     return list(names)
 
 
-def combine_svd(loras: Sequence[Weighted], rank: int | None = None, conv_rank: int | None = None, energy: float | None = None) -> tuple[LoRA, ApproximationReport]:
+def combine_svd(
+    loras: Sequence[Weighted], rank: int | None = None, conv_rank: int | None = None, energy: float | None = None
+) -> tuple[LoRA, ApproximationReport]:
     """The weighted sum of weight changes, re-factored by an exact SVD and truncated.
 
     Args:
@@ -161,7 +169,9 @@ def combine_svd(loras: Sequence[Weighted], rank: int | None = None, conv_rank: i
     return LoRA(weights, combined_metadata(loras, "svd")), report
 
 
-def check_ranks(command: str, rank: int | None = None, conv_rank: int | None = None, energy: float | None = None) -> None:
+def check_ranks(
+    command: str, rank: int | None = None, conv_rank: int | None = None, energy: float | None = None
+) -> None:
     """--rank / --conv-rank at least 1; --energy a share in (0, 1]; not both a rank and an energy."""
     import math
 
@@ -170,7 +180,9 @@ def check_ranks(command: str, rank: int | None = None, conv_rank: int | None = N
             raise SabunError(f"{command}: {option} {value}: a rank must be at least 1")
     if energy is not None:
         if not (math.isfinite(energy) and 0 < energy <= 1):
-            raise SabunError(f"{command}: --energy {energy}: give the share of the spectrum to keep, in (0, 1], e.g. 0.99")
+            raise SabunError(
+                f"{command}: --energy {energy}: give the share of the spectrum to keep, in (0, 1], e.g. 0.99"
+            )
         if rank is not None or conv_rank is not None:
             raise SabunError(f"{command}: give --rank / --conv-rank or --energy, not both")
 
@@ -264,14 +276,18 @@ def extract_lora(
     """
     if set(original) != set(tuned):
         missing = sorted(set(original) ^ set(tuned))[:1]
-        raise SabunError(f"the two models have different layers (e.g. {missing[0]}); extract needs two models of one architecture")
+        raise SabunError(
+            f"the two models have different layers (e.g. {missing[0]}); extract needs two models of one architecture"
+        )
     report = ExtractionReport()
     energy: dict[str, float] = {}
     weights = {}
     for name, target in progress(original.items()):
         w0, w1 = target.module.weight, tuned[name].module.weight
         if w0.shape != w1.shape:
-            raise SabunError(f"layer {name} has shape {tuple(w0.shape)} in the original and {tuple(w1.shape)} in the tuned model; extract needs one architecture")
+            raise SabunError(
+                f"layer {name} has shape {tuple(w0.shape)} in the original and {tuple(w1.shape)} in the tuned model; extract needs one architecture"
+            )
         dW = w1.float() - w0.float()
         sq = float((dW.double() ** 2).sum())
         energy[target.component] = energy.get(target.component, 0.0) + sq

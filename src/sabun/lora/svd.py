@@ -74,7 +74,14 @@ def factored_svd(A: torch.Tensor, B: torch.Tensor, rank: int | None = None, ener
     return SVD(out.U.float(), out.S.float(), out.Vh.float(), total, out.discarded_energy)
 
 
-def dense_svd(dW: torch.Tensor, rank: int | None = None, energy: float | None = None, method: str = "full", oversample: int = 8, power_iterations: int = 2) -> SVD:
+def dense_svd(
+    dW: torch.Tensor,
+    rank: int | None = None,
+    energy: float | None = None,
+    method: str = "full",
+    oversample: int = 8,
+    power_iterations: int = 2,
+) -> SVD:
     """Truncated SVD of a dense (out, in) matrix.
 
     Args:

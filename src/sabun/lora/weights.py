@@ -54,7 +54,9 @@ class LoRAWeight:
         return (up2d @ down2d).reshape(self.weight_shape)
 
     @classmethod
-    def from_factors(cls, up2d: torch.Tensor, down2d: torch.Tensor, weight_shape: tuple[int, ...], alpha: float | None = None) -> LoRAWeight:
+    def from_factors(
+        cls, up2d: torch.Tensor, down2d: torch.Tensor, weight_shape: tuple[int, ...], alpha: float | None = None
+    ) -> LoRAWeight:
         """Build a LoRA whose dW is `up2d @ down2d`, with the given alpha (default: rank, scale 1)."""
         rank = down2d.shape[0]
         alpha = float(rank) if alpha is None else alpha

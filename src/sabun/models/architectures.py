@@ -71,7 +71,9 @@ def sd15_vae(device: str = "cpu"):
 
 # --- SD 2.x: the SD 1.5 U-Net layout with 64-channel heads, linear proj_in/out, OpenCLIP ViT-H/14 text ---
 
-SD2_UNET = dict(SD15_UNET, attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024, use_linear_projection=True)  # sample_size 96 for 768-v models
+SD2_UNET = dict(
+    SD15_UNET, attention_head_dim=(5, 10, 20, 20), cross_attention_dim=1024, use_linear_projection=True
+)  # sample_size 96 for 768-v models
 
 SD2_VAE = SD15_VAE
 

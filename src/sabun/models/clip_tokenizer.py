@@ -37,7 +37,9 @@ def clip_vocab() -> tuple[dict[str, int], tuple[tuple[str, str], ...]]:
     symbols = sorted(byte_symbols())
     tokens = symbols + [s + END for s in symbols] + ["".join(m) for m in merges] + [BOS, EOS]
     if len(tokens) != VOCAB_SIZE or len(set(tokens)) != VOCAB_SIZE:
-        raise RuntimeError(f"sabun/assets/clip/{BPE_FILE}: gives {len(set(tokens))} distinct tokens, expected {VOCAB_SIZE}; reinstall sabun")
+        raise RuntimeError(
+            f"sabun/assets/clip/{BPE_FILE}: gives {len(set(tokens))} distinct tokens, expected {VOCAB_SIZE}; reinstall sabun"
+        )
     return {token: i for i, token in enumerate(tokens)}, merges
 
 

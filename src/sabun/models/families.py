@@ -54,7 +54,9 @@ def detect_family(shapes: Mapping[str, tuple[int, ...]], source: str) -> str:
             what = "not a Stable Diffusion checkpoint in the original layout (no model.diffusion_model.* keys)"
         raise SabunError(f"{source}: is {what}; keys start with: {sample}; supported: {SUPPORTED}")
     if has("conditioner.embedders.0.model.") and not has(SDXL_TEXT_2):
-        raise SabunError(f"{source}: is an SDXL refiner (one OpenCLIP text encoder), which sabun does not support; use an SDXL base model")
+        raise SabunError(
+            f"{source}: is an SDXL refiner (one OpenCLIP text encoder), which sabun does not support; use an SDXL base model"
+        )
     if has(SDXL_TEXT_2) and has(SDXL_TEXT_1):
         family = "sdxl"
     elif has(SD2_TEXT):
@@ -62,9 +64,13 @@ def detect_family(shapes: Mapping[str, tuple[int, ...]], source: str) -> str:
     elif has(SD1_TEXT):
         family = "sd1"
     else:
-        raise SabunError(f"{source}: has a U-Net but no text encoder (no cond_stage_model.* or conditioner.* keys); supported: {SUPPORTED}")
+        raise SabunError(
+            f"{source}: has a U-Net but no text encoder (no cond_stage_model.* or conditioner.* keys); supported: {SUPPORTED}"
+        )
     if not has(VAE):
-        raise SabunError(f"{source}: is a {TITLES[family]} checkpoint without its VAE (no first_stage_model.* keys); use a full checkpoint")
+        raise SabunError(
+            f"{source}: is a {TITLES[family]} checkpoint without its VAE (no first_stage_model.* keys); use a full checkpoint"
+        )
     conv_in = shapes.get(UNET + "input_blocks.0.0.weight")
     if conv_in is not None and conv_in[1] != 4:
         raise SabunError(

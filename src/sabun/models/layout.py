@@ -34,12 +34,21 @@ class Entry:
 
     original: str  # key in the single file
     parts: tuple[str, ...]  # "component/parameter" keys of the pipeline, e.g. "unet/conv_in.weight"
-    op: str = "same"  # same | qkv (q, k, v stacked on dim 0) | transpose | conv1x1 (a Linear weight stored as a 1x1 conv)
+    op: str = (
+        "same"  # same | qkv (q, k, v stacked on dim 0) | transpose | conv1x1 (a Linear weight stored as a 1x1 conv)
+    )
 
 
 # --- U-Net --------------------------------------------------------------------------------------
 
-UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1", "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
+UNET_RESNET = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
+}
 
 
 def unet_block_map(config) -> dict[str, str]:
@@ -87,7 +96,9 @@ def unet_block_map(config) -> dict[str, str]:
     return blocks
 
 
-def original_path(path: str, blocks: dict[str, str], resnet_names: dict[str, str], attention_names: dict[str, str] | None = None) -> str:
+def original_path(
+    path: str, blocks: dict[str, str], resnet_names: dict[str, str], attention_names: dict[str, str] | None = None
+) -> str:
     """Map a diffusers module or parameter path through `blocks` (longest matching prefix wins).
 
     Inside a resnet the first name is renamed by `resnet_names`, inside an attention block by
@@ -99,7 +110,13 @@ def original_path(path: str, blocks: dict[str, str], resnet_names: dict[str, str
         if head not in blocks:
             continue
         tail = ".".join(parts[n:])
-        renames = resnet_names if ".resnets." in f".{head}." else (attention_names or {}) if ".attentions." in f".{head}." else {}
+        renames = (
+            resnet_names
+            if ".resnets." in f".{head}."
+            else (attention_names or {})
+            if ".attentions." in f".{head}."
+            else {}
+        )
         for old, new in renames.items():
             if tail == old or tail.startswith(old + "."):
                 tail = new + tail[len(old) :]
@@ -143,7 +160,13 @@ def vae_block_map(config) -> dict[str, str]:
 
 # --- text encoders ------------------------------------------------------------------------------
 
-OPENCLIP_LAYER = {"layer_norm1": "ln_1", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj", "self_attn.out_proj": "attn.out_proj"}
+OPENCLIP_LAYER = {
+    "layer_norm1": "ln_1",
+    "layer_norm2": "ln_2",
+    "mlp.fc1": "mlp.c_fc",
+    "mlp.fc2": "mlp.c_proj",
+    "self_attn.out_proj": "attn.out_proj",
+}
 OPENCLIP_TOP = {
     "embeddings.token_embedding.weight": "token_embedding.weight",
     "embeddings.position_embedding.weight": "positional_embedding",
@@ -209,7 +232,9 @@ def checkpoint_layout(components: dict[str, nn.Module], family: str) -> list[Ent
         elif (family, component) in OPENCLIP_COMPONENTS:
             entries += openclip_entries(keys, component, prefix)
         else:  # OpenAI CLIP keeps Hugging Face's names under `text_model.`
-            entries += [Entry(prefix + "text_model." + k.removeprefix("text_model."), (f"{component}/{k}",)) for k in keys]
+            entries += [
+                Entry(prefix + "text_model." + k.removeprefix("text_model."), (f"{component}/{k}",)) for k in keys
+            ]
     return entries
 
 

@@ -28,7 +28,9 @@ def load_pipeline(spec: str | os.PathLike, allow_pickle: bool = False, predictio
     """
     spec = str(spec)
     if prediction_type is not None and prediction_type not in ("epsilon", "v_prediction"):
-        raise SabunError(f"--prediction-type {prediction_type!r}: unknown prediction type; choose epsilon or v_prediction")
+        raise SabunError(
+            f"--prediction-type {prediction_type!r}: unknown prediction type; choose epsilon or v_prediction"
+        )
     if spec == "tiny":
         from sabun.models.tiny import build_tiny_pipeline
 
@@ -39,7 +41,9 @@ def load_pipeline(spec: str | os.PathLike, allow_pickle: bool = False, predictio
 
         folder = shipped_model_dir()
         if not (folder / "model_index.json").exists():
-            raise SabunError(f"{folder}: the toy model's weights are missing from this install; reinstall sabun, or make them with `sabun toyworld pretrain --out DIR` and pass --model DIR/model")
+            raise SabunError(
+                f"{folder}: the toy model's weights are missing from this install; reinstall sabun, or make them with `sabun toyworld pretrain --out DIR` and pass --model DIR/model"
+            )
         pipe = load_diffusers_folder(folder)
         return pipe if prediction_type is None else with_prediction_type(pipe, prediction_type)
     path = Path(spec)
@@ -49,9 +53,13 @@ def load_pipeline(spec: str | os.PathLike, allow_pickle: bool = False, predictio
         return with_prediction_type(load_diffusers_folder(path), prediction_type)
     suffix = path.suffix.lower()
     if suffix in (".ckpt", ".pt", ".pth") and not allow_pickle:
-        raise SabunError(f"{path}: is a pickle checkpoint, which can run code when loaded; convert it to .safetensors, or pass --allow-pickle if you trust its source")
+        raise SabunError(
+            f"{path}: is a pickle checkpoint, which can run code when loaded; convert it to .safetensors, or pass --allow-pickle if you trust its source"
+        )
     if suffix not in (".safetensors", ".ckpt", ".pt", ".pth"):
-        raise SabunError(f"{path}: is neither a .safetensors checkpoint nor a diffusers folder; give one of those, or one of: {', '.join(BUILTIN)}")
+        raise SabunError(
+            f"{path}: is neither a .safetensors checkpoint nor a diffusers folder; give one of those, or one of: {', '.join(BUILTIN)}"
+        )
     from sabun.models.single_file import load_single_file
 
     return load_single_file(path, allow_pickle=allow_pickle, prediction_type=prediction_type)
@@ -68,7 +76,12 @@ def with_prediction_type(pipe, prediction_type: str | None):
     prediction, reason = resolve_prediction_type(family, prediction_type, stated if prediction_type is None else None)
     if prediction != stated:
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, prediction_type=prediction)
-    logging.getLogger("sabun.models").info("%s model, prediction type %s (%s)", TITLES[family], prediction, "as requested" if prediction_type else "from its scheduler config")
+    logging.getLogger("sabun.models").info(
+        "%s model, prediction type %s (%s)",
+        TITLES[family],
+        prediction,
+        "as requested" if prediction_type else "from its scheduler config",
+    )
     return pipe
 
 
@@ -80,9 +93,13 @@ def load_diffusers_folder(path: Path):
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
     if not (path / "model_index.json").exists():
-        raise SabunError(f"{path}: is a folder without model_index.json, so not a diffusers model; give a diffusers folder")
+        raise SabunError(
+            f"{path}: is a folder without model_index.json, so not a diffusers model; give a diffusers folder"
+        )
     try:
-        pipe = DiffusionPipeline.from_pretrained(path, local_files_only=True, safety_checker=None, requires_safety_checker=False)
+        pipe = DiffusionPipeline.from_pretrained(
+            path, local_files_only=True, safety_checker=None, requires_safety_checker=False
+        )
     except (OSError, ValueError, EnvironmentError) as e:
         raise SabunError(f"{path}: could not be loaded as a diffusers model ({str(e).splitlines()[0]})") from None
     pipe.set_progress_bar_config(disable=True)
@@ -98,7 +115,9 @@ def save_pipeline(pipe, out: str | os.PathLike, overwrite: bool = False) -> Path
 
         return save_single_file(pipe, out, overwrite=overwrite)
     if out.suffix.lower() in (".ckpt", ".pt", ".pth"):
-        raise SabunError(f"{out}: sabun writes checkpoints as .safetensors, never as pickles; use a name ending in .safetensors, or a folder name")
+        raise SabunError(
+            f"{out}: sabun writes checkpoints as .safetensors, never as pickles; use a name ending in .safetensors, or a folder name"
+        )
     with atomic_output(out, overwrite=overwrite, directory=True) as tmp:
         pipe.save_pretrained(tmp, safe_serialization=True)
     return out

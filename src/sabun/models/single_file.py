@@ -65,7 +65,9 @@ class CheckpointSource:
     path: Path
     family: str  # sd1 | sd2 | sdxl
     dtypes: dict[str, torch.dtype] = field(default_factory=dict)  # each tensor's dtype in the file
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)  # tensors the pipeline does not use, written back unchanged
+    extras: dict[str, torch.Tensor] = field(
+        default_factory=dict
+    )  # tensors the pipeline does not use, written back unchanged
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -91,7 +93,9 @@ class CheckpointReader:
             self.metadata = dict(self._file.metadata() or {})
             slices = {k: self._file.get_slice(k) for k in self._file.keys()}
         except (SafetensorError, OSError, ValueError) as e:
-            raise SabunError(f"{self.path}: is not a readable safetensors file ({e}); it may be truncated or corrupt: download or write it again") from None
+            raise SabunError(
+                f"{self.path}: is not a readable safetensors file ({e}); it may be truncated or corrupt: download or write it again"
+            ) from None
         self.shapes = {k: tuple(s.get_shape()) for k, s in slices.items()}
         self.dtypes = {k: SAFETENSORS_DTYPES.get(s.get_dtype(), torch.float32) for k, s in slices.items()}
 
@@ -115,9 +119,13 @@ class CheckpointReader:
         try:
             tensor = self._tensors[key] if self._file is None else self._file.get_tensor(key)
         except Exception as e:  # noqa: BLE001 - safetensors reports a short file's data as its own error
-            raise SabunError(f"{self.path}: tensor {key} cannot be read ({e}); the file is truncated or corrupt: download or write it again") from None
+            raise SabunError(
+                f"{self.path}: tensor {key} cannot be read ({e}); the file is truncated or corrupt: download or write it again"
+            ) from None
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise SabunError(f"{self.path}: tensor {key} holds NaN or infinite values; the checkpoint is corrupt: download or merge it again")
+            raise SabunError(
+                f"{self.path}: tensor {key} holds NaN or infinite values; the checkpoint is corrupt: download or merge it again"
+            )
         return tensor
 
 
@@ -250,7 +258,10 @@ def component_configs(shapes: dict[str, tuple[int, ...]], family: str) -> dict[s
     elif family == "sd2":
         text = {"text_encoder": openclip_config(shapes, SD2_TEXT, family)}
     else:
-        text = {"text_encoder": clip_config(shapes, SDXL_TEXT_1), "text_encoder_2": openclip_config(shapes, SDXL_TEXT_2, family)}
+        text = {
+            "text_encoder": clip_config(shapes, SDXL_TEXT_1),
+            "text_encoder_2": openclip_config(shapes, SDXL_TEXT_2, family),
+        }
     pooled = text["text_encoder_2"]["projection_dim"] if family == "sdxl" else 0
     return {"unet": unet_config(shapes, family, pooled), "vae": vae_config(shapes, family)} | text
 
@@ -267,7 +278,10 @@ def build_components(configs: dict[str, dict], family: str, empty: bool = False)
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     # parameters only: CLIP's position_ids buffer is not in the file and must be real
-    with init_empty_weights() if empty else contextlib.nullcontext(), skip_text_init() if empty else contextlib.nullcontext():
+    with (
+        init_empty_weights() if empty else contextlib.nullcontext(),
+        skip_text_init() if empty else contextlib.nullcontext(),
+    ):
         components = {"unet": UNet2DConditionModel(**configs["unet"]), "vae": AutoencoderKL(**configs["vae"])}
         components["text_encoder"] = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
         if family == "sdxl":
@@ -291,8 +305,12 @@ def scheduler_for(family: str, prediction_type: str = "epsilon", zero_terminal_s
     from diffusers import DDIMScheduler, EulerDiscreteScheduler
 
     if family == "sdxl":
-        return EulerDiscreteScheduler(**dict(arch.SDXL_SCHEDULER, prediction_type=prediction_type, rescale_betas_zero_snr=zero_terminal_snr))
-    return DDIMScheduler(**dict(arch.SD_SCHEDULER, prediction_type=prediction_type, rescale_betas_zero_snr=zero_terminal_snr))
+        return EulerDiscreteScheduler(
+            **dict(arch.SDXL_SCHEDULER, prediction_type=prediction_type, rescale_betas_zero_snr=zero_terminal_snr)
+        )
+    return DDIMScheduler(
+        **dict(arch.SD_SCHEDULER, prediction_type=prediction_type, rescale_betas_zero_snr=zero_terminal_snr)
+    )
 
 
 def assemble_pipeline(family: str, components: dict[str, torch.nn.Module], scheduler):
@@ -303,12 +321,21 @@ def assemble_pipeline(family: str, components: dict[str, torch.nn.Module], sched
         module.eval()
     if family == "sdxl":
         pipe = StableDiffusionXLPipeline(
-            **components, tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer(OPENCLIP_PAD), scheduler=scheduler, add_watermarker=False
+            **components,
+            tokenizer=clip_tokenizer(),
+            tokenizer_2=clip_tokenizer(OPENCLIP_PAD),
+            scheduler=scheduler,
+            add_watermarker=False,
         )
     else:
         tokenizer = clip_tokenizer(OPENCLIP_PAD if family == "sd2" else "<|endoftext|>")
         pipe = StableDiffusionPipeline(
-            **components, tokenizer=tokenizer, scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+            **components,
+            tokenizer=tokenizer,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
         )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -329,7 +356,9 @@ def load_single_file(path: str | os.PathLike, allow_pickle: bool = False, predic
         try:
             configs = component_configs(reader.shapes, family)
         except (KeyError, ValueError, StopIteration) as e:
-            raise SabunError(f"{path}: looks like {title} but its structure is not one sabun knows ({type(e).__name__}: {e}); supported: standard SD 1.x, SD 2.x and SDXL base models") from None
+            raise SabunError(
+                f"{path}: looks like {title} but its structure is not one sabun knows ({type(e).__name__}: {e}); supported: standard SD 1.x, SD 2.x and SDXL base models"
+            ) from None
         components = build_components(configs, family, empty=True)
         entries = checkpoint_layout(components, family)
         used = fill_components(components, entries, reader, title)
@@ -346,7 +375,9 @@ def load_single_file(path: str | os.PathLike, allow_pickle: bool = False, predic
     return pipe
 
 
-def fill_components(components: dict[str, torch.nn.Module], entries: list[Entry], reader: CheckpointReader, title: str) -> dict[Entry, str]:
+def fill_components(
+    components: dict[str, torch.nn.Module], entries: list[Entry], reader: CheckpointReader, title: str
+) -> dict[Entry, str]:
     """Give every parameter its tensor from the file, in fp32; returns each entry's key in the file."""
     shapes = {f"{c}/{k}": tuple(v.shape) for c, m in components.items() for k, v in m.state_dict().items()}
     state: dict[str, dict[str, torch.Tensor]] = {c: {} for c in components}
@@ -354,7 +385,9 @@ def fill_components(components: dict[str, torch.nn.Module], entries: list[Entry]
     for entry in entries:
         key = reader.resolve(entry.original)
         if key is None:
-            raise SabunError(f"{reader.path}: has no tensor {entry.original}, which a {title} checkpoint of this shape has; the file is incomplete or not a standard {title} model")
+            raise SabunError(
+                f"{reader.path}: has no tensor {entry.original}, which a {title} checkpoint of this shape has; the file is incomplete or not a standard {title} model"
+            )
         # always a fresh fp32 copy: the file's own buffer may be shared or unaligned
         tensor = reader.get(key).to(torch.float32, copy=True)
         try:
@@ -390,7 +423,14 @@ def save_single_file(pipe, out: str | os.PathLike, overwrite: bool = False) -> P
     for entry in checkpoint_layout(components, family):
         parts = [params[p] for p in entry.parts]
         dtype = source.dtypes.get(entry.original, parts[0].dtype) if source else parts[0].dtype
-        items.append((entry.original, original_shape(entry, [tuple(t.shape) for t in parts]), dtype, lambda e=entry, ts=parts, d=dtype: to_original(e, ts).to(d)))
+        items.append(
+            (
+                entry.original,
+                original_shape(entry, [tuple(t.shape) for t in parts]),
+                dtype,
+                lambda e=entry, ts=parts, d=dtype: to_original(e, ts).to(d),
+            )
+        )
     written = {key for key, *_ in items}
     extras = dict(source.extras) if source else {}
     if family == "sd2":
@@ -433,7 +473,11 @@ def sd2_unused_text_layer(text_encoder) -> dict[str, torch.Tensor]:
     return {f"{SD2_TEXT}transformer.resblocks.{n}.{k}": torch.zeros(shape, dtype=dtype) for k, shape in shapes.items()}
 
 
-def write_safetensors(path: Path, items: list[tuple[str, tuple[int, ...], torch.dtype, Callable[[], torch.Tensor]]], metadata: dict[str, str]) -> None:
+def write_safetensors(
+    path: Path,
+    items: list[tuple[str, tuple[int, ...], torch.dtype, Callable[[], torch.Tensor]]],
+    metadata: dict[str, str],
+) -> None:
     """Write a safetensors file one tensor at a time (safetensors' own writer needs them all in memory).
 
     The format: an 8-byte little-endian header length, a JSON header giving each tensor's dtype,

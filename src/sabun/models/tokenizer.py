@@ -25,7 +25,9 @@ def byte_symbols() -> list[str]:
     Printable Latin-1 bytes stand for themselves; the rest are shifted past 255 so that no symbol
     is whitespace or a control character.
     """
-    printable = set(range(ord("!"), ord("~") + 1)) | set(range(ord("¡"), ord("¬") + 1)) | set(range(ord("®"), ord("ÿ") + 1))
+    printable = (
+        set(range(ord("!"), ord("~") + 1)) | set(range(ord("¡"), ord("¬") + 1)) | set(range(ord("®"), ord("ÿ") + 1))
+    )
     symbols, shifted = [], 0
     for b in range(256):
         if b in printable:

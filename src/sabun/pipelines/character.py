@@ -41,10 +41,31 @@ from sabun.avatar.pose import POSES as AVATAR_POSES
 from sabun.avatar.raster import STYLES as RENDER_STYLES
 from sabun.errors import SabunError
 from sabun.io import atomic_output
-from sabun.pipelines.stages import check_finite, check_model_path, check_multiplier, check_timesteps, file_hash, model_key, output_key, run_stage, tree_digest
+from sabun.pipelines.stages import (
+    check_finite,
+    check_model_path,
+    check_multiplier,
+    check_timesteps,
+    file_hash,
+    model_key,
+    output_key,
+    run_stage,
+    tree_digest,
+)
 from sabun.toyworld.character import STEPPING_STONE_PRESETS, load_character
 from sabun.toyworld.render import VIEWS, ZOOMS
-from sabun.train.config import ConfigError, ModelConfig, TrainConfig, check, from_dict, local_path, model_path, one_of, read_config, to_dict
+from sabun.train.config import (
+    ConfigError,
+    ModelConfig,
+    TrainConfig,
+    check,
+    from_dict,
+    local_path,
+    model_path,
+    one_of,
+    read_config,
+    to_dict,
+)
 
 CAPTION_POLICIES = ("full", "stepping-stone", "character", "keep", "none")  # keep: as they are; none: empty
 
@@ -68,7 +89,9 @@ class ModelSource:
     """One character's 3D model file, rendered by sabun (`sabun render model`)."""
 
     path: str  # a .vrm, .glb or .gltf file
-    tags: str | None = None  # the character's booru tags, e.g. "red hair, long hair"; default: `tags` of NAME.toml beside the model
+    tags: str | None = (
+        None  # the character's booru tags, e.g. "red hair, long hair"; default: `tags` of NAME.toml beside the model
+    )
 
 
 @dataclass
@@ -86,7 +109,11 @@ class RenderConfig:
 
     def __post_init__(self) -> None:
         one_of(self.style, "style", RENDER_STYLES)
-        for name, values, valid in (("views", self.views, AVATAR_VIEWS), ("zooms", self.zooms, AVATAR_ZOOMS), ("poses", self.poses, AVATAR_POSES)):
+        for name, values, valid in (
+            ("views", self.views, AVATAR_VIEWS),
+            ("zooms", self.zooms, AVATAR_ZOOMS),
+            ("poses", self.poses, AVATAR_POSES),
+        ):
             check(bool(values), name, f"is empty; choose from: {', '.join(valid)}")
             for value in values:
                 one_of(value, name, valid)
@@ -98,18 +125,30 @@ class RenderConfig:
 class SteppingStoneConfig:
     """The other characters, in the 3D look, that the stepping-stone LoRA learns from."""
 
-    presets: list[str] | None = None  # toy-world characters rendered by sabun (toy model); default: the five when no folders or models are given
+    presets: list[str] | None = (
+        None  # toy-world characters rendered by sabun (toy model); default: the five when no folders or models are given
+    )
     folders: list[str] = field(default_factory=list)  # your own captioned 3D renders, one folder per character
-    models: list[ModelSource] = field(default_factory=list)  # 3D model files, each rendered by sabun: [{ path = "alice.vrm", tags = "red hair, long hair" }]
-    caption_policy: str = "stepping-stone"  # applied to sabun renders (NAME.json beside the image); `keep` leaves captions as they are
+    models: list[ModelSource] = field(
+        default_factory=list
+    )  # 3D model files, each rendered by sabun: [{ path = "alice.vrm", tags = "red hair, long hair" }]
+    caption_policy: str = (
+        "stepping-stone"  # applied to sabun renders (NAME.json beside the image); `keep` leaves captions as they are
+    )
     multiplier: float = 1.0  # weight at which it is merged under the character LoRA
-    hair_distance: float = 15.0  # warn when no stepping-stone character's hair is within this CIEDE2000 of the target's (3D models only)
+    hair_distance: float = (
+        15.0  # warn when no stepping-stone character's hair is within this CIEDE2000 of the target's (3D models only)
+    )
     train: dict = field(default_factory=dict)  # `sabun train` tables overriding the defaults (e.g. training.max_steps)
 
     def __post_init__(self) -> None:
         if self.presets is None:
             self.presets = [] if (self.folders or self.models) else list(STEPPING_STONE_PRESETS)
-        check(bool(self.presets or self.folders or self.models), "presets", "folders and models are all empty; give the stepping-stone characters")
+        check(
+            bool(self.presets or self.folders or self.models),
+            "presets",
+            "folders and models are all empty; give the stepping-stone characters",
+        )
         one_of(self.caption_policy, "caption_policy", CAPTION_POLICIES)
         check(self.hair_distance > 0, "hair_distance", f"must be > 0, got {self.hair_distance}")
 
@@ -121,13 +160,19 @@ class TargetConfig:
     preset: str | None = None  # toy-world preset name or character .toml, rendered by sabun (toy model)
     folder: str | None = None  # your own captioned 3D renders of the character
     model: str | None = None  # the character's 3D model file (.vrm, .glb, .gltf), rendered by sabun
-    tags: str | None = None  # with `model`: its identity tags (hairstyle...), for the coverage check only; default: NAME.toml beside it
+    tags: str | None = (
+        None  # with `model`: its identity tags (hairstyle...), for the coverage check only; default: NAME.toml beside it
+    )
     caption_policy: str = "character"  # applied to sabun renders; `keep` leaves captions as they are
     train: dict = field(default_factory=dict)  # `sabun train` tables overriding the defaults
 
     def __post_init__(self) -> None:
         given = [k for k in ("preset", "folder", "model") if getattr(self, k) is not None]
-        check(len(given) == 1, "preset", f"folder or model: give exactly one of them{f' (got {given[0]} and {given[1]})' if len(given) > 1 else ''}")
+        check(
+            len(given) == 1,
+            "preset",
+            f"folder or model: give exactly one of them{f' (got {given[0]} and {given[1]})' if len(given) > 1 else ''}",
+        )
         one_of(self.caption_policy, "caption_policy", CAPTION_POLICIES)
 
 
@@ -140,12 +185,18 @@ class EvaluationConfig:
     sample_steps: int = 20  # sampling steps
     guidance: float = 5.0
     character: str | None = None  # toy character the evaluator compares with; default: the target preset
-    prompts: list[str] = field(default_factory=lambda: ["1girl", "1girl, outdoors, sky, grass", "1girl, cowboy shot, arms up"])  # sample grid
+    prompts: list[str] = field(
+        default_factory=lambda: ["1girl", "1girl, outdoors, sky, grass", "1girl, cowboy shot, arms up"]
+    )  # sample grid
     tagger: str | None = None  # a booru tagger folder (model.onnx, selected_tags.csv): the metrics on any model
-    identity: str | None = None  # with tagger: the character's identity tags, "tag, tag" or a .toml; default: character.tags / NAME.toml
+    identity: str | None = (
+        None  # with tagger: the character's identity tags, "tag, tag" or a .toml; default: character.tags / NAME.toml
+    )
     tag_map: str | None = None  # with tagger: a TOML [tags] table extending the concept -> tag map
     threshold: float = 0.35  # with tagger: a tag is seen at this probability or above
-    protocol_prompts: str | None = None  # a prompt file for the metrics (see docs/evaluation.md); default: the protocol's own
+    protocol_prompts: str | None = (
+        None  # a prompt file for the metrics (see docs/evaluation.md); default: the protocol's own
+    )
 
     def __post_init__(self) -> None:
         check(bool(self.weights), "weights", "is empty; give at least one weight, e.g. [1.0]")
@@ -166,7 +217,11 @@ class CharacterConfig:
     save_merged: bool = False  # also write the model with the stepping-stone merged (OUT/merged.safetensors)
 
     def __post_init__(self) -> None:
-        check(not self.model.base_weights, "model.base_weights", "is set by the pipeline (the stepping-stone); merge other LoRAs into the model first with `sabun merge`")
+        check(
+            not self.model.base_weights,
+            "model.base_weights",
+            "is set by the pipeline (the stepping-stone); merge other LoRAs into the model first with `sabun merge`",
+        )
 
     @property
     def is_toy(self) -> bool:
@@ -177,7 +232,9 @@ class CharacterConfig:
 def load_character_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> CharacterConfig:
     """Read and check a `sabun character` TOML after the `--set KEY=VALUE` overrides; relative
     paths are taken from the file's folder."""
-    config = read_config(path, CharacterConfig, overrides, example="examples/character_pipeline.toml", build=config_from_dict)
+    config = read_config(
+        path, CharacterConfig, overrides, example="examples/character_pipeline.toml", build=config_from_dict
+    )
     return resolve(config, Path(path).parent)
 
 
@@ -186,7 +243,9 @@ def config_from_dict(raw: dict) -> CharacterConfig:
         raise ConfigError("model.path", "is required: `toy` or the path of your checkpoint")
     config = from_dict(CharacterConfig, raw)
     for where, section in (("stepping_stone", config.stepping_stone), ("character", config.character)):
-        train_config(config, section.train, [Path("check")], Path("check"), "check", where=f"{where}.train")  # fail at load, not after an hour
+        train_config(
+            config, section.train, [Path("check")], Path("check"), "check", where=f"{where}.train"
+        )  # fail at load, not after an hour
     check_numbers(config)
     return config
 
@@ -209,7 +268,12 @@ def resolve(config: CharacterConfig, root: Path) -> CharacterConfig:
             folders=[local(f) for f in config.stepping_stone.folders],
             models=[dataclasses.replace(m, path=local(m.path)) for m in config.stepping_stone.models],
         ),
-        character=dataclasses.replace(config.character, preset=maybe_file(config.character.preset), folder=local(config.character.folder), model=local(config.character.model)),
+        character=dataclasses.replace(
+            config.character,
+            preset=maybe_file(config.character.preset),
+            folder=local(config.character.folder),
+            model=local(config.character.model),
+        ),
         evaluation=dataclasses.replace(
             config.evaluation,
             character=maybe_file(config.evaluation.character),
@@ -229,7 +293,14 @@ def deep_merge(base: dict, override: dict) -> dict:
 
 
 def train_config(
-    config: CharacterConfig, overrides: dict, datasets: list[Path], out: Path, name: str, base_weights: list[Path] = (), where: str = "train", character: bool = False
+    config: CharacterConfig,
+    overrides: dict,
+    datasets: list[Path],
+    out: Path,
+    name: str,
+    base_weights: list[Path] = (),
+    where: str = "train",
+    character: bool = False,
 ) -> TrainConfig:
     """The `sabun train` config of one LoRA: defaults (the toy settings on the toy model, with the
     character LoRA's own), then the section's `train` table; model, datasets and output are the pipeline's."""
@@ -238,7 +309,9 @@ def train_config(
             raise ConfigError(f"{where}.{fixed}", "is set by the pipeline; remove it")
     defaults = deep_merge(TOY_TRAIN, TOY_CHARACTER_TRAIN if character else {}) if config.is_toy else {}
     table = deep_merge(defaults, overrides)
-    table["model"] = to_dict(config.model) | {"base_weights": [{"path": str(p), "multiplier": config.stepping_stone.multiplier} for p in base_weights]}
+    table["model"] = to_dict(config.model) | {
+        "base_weights": [{"path": str(p), "multiplier": config.stepping_stone.multiplier} for p in base_weights]
+    }
     table["datasets"] = [{"path": str(d)} for d in datasets]
     table["output"] = {"dir": str(out), "name": name, "tensorboard": False}
     try:
@@ -284,7 +357,9 @@ def model_tags(source: ModelSource) -> str:
     return read_tag_file(tag_file).get("tags", "") if tag_file.is_file() else ""
 
 
-def render_model_set(out: Path, source: ModelSource, policy: str, render: RenderConfig, size: int, log, extra_tag: str | None = None) -> None:
+def render_model_set(
+    out: Path, source: ModelSource, policy: str, render: RenderConfig, size: int, log, extra_tag: str | None = None
+) -> None:
     """One 3D model's shots (`sabun render model` with the pipeline's render settings), captioned by policy."""
     from tqdm import tqdm
 
@@ -304,7 +379,11 @@ def render_model_set(out: Path, source: ModelSource, policy: str, render: Render
         policy=policy if policy in ("stepping-stone", "character") else "full",
         author=render.author,
     )
-    render_models(config, note=log, bar=lambda total: tqdm(total=total, desc=f"rendering {Path(source.path).name}", unit="shot", leave=False))
+    render_models(
+        config,
+        note=log,
+        bar=lambda total: tqdm(total=total, desc=f"rendering {Path(source.path).name}", unit="shot", leave=False),
+    )
     apply_policy(out, "none" if policy == "none" else "keep", extra_tag)
 
 
@@ -349,9 +428,13 @@ class Stages:
 
     def toy_data(self, name: str, character: str, policy: str, extra_tag: str | None = None) -> Path:
         inputs = {"character": load_character(character).to_dict(), "policy": policy, "tag": extra_tag, "style": "3d"}
-        return run_stage(self.out / "data", name, inputs, lambda p: render_set(p, character, policy, extra_tag), self.log)[0]
+        return run_stage(
+            self.out / "data", name, inputs, lambda p: render_set(p, character, policy, extra_tag), self.log
+        )[0]
 
-    def model_data(self, name: str, source: ModelSource, policy: str, render: RenderConfig, size: int, extra_tag: str | None = None) -> Path:
+    def model_data(
+        self, name: str, source: ModelSource, policy: str, render: RenderConfig, size: int, extra_tag: str | None = None
+    ) -> Path:
         """A 3D model's renders, keyed by the model file's and its tag file's content and the render settings."""
         from sabun.avatar.captions import tags_beside
         from sabun.avatar.commands import METADATA_FORMAT
@@ -366,7 +449,13 @@ class Stages:
             "render": to_dict(render) | {"size": size},
             "format": METADATA_FORMAT,
         }
-        return run_stage(self.out / "data", name, inputs, lambda p: render_model_set(p, source, policy, render, size, self.log, extra_tag), self.log)[0]
+        return run_stage(
+            self.out / "data",
+            name,
+            inputs,
+            lambda p: render_model_set(p, source, policy, render, size, self.log, extra_tag),
+            self.log,
+        )[0]
 
     def user_data(self, name: str, folder: str, policy: str) -> Path:
         inputs = {"digest": folder_digest(Path(folder)), "policy": policy}  # its files, wherever the folder is
@@ -380,7 +469,10 @@ class Stages:
 
         def build(folder: Path) -> None:
             self.log(f"training {name}")
-            train(dataclasses.replace(config, output=dataclasses.replace(config.output, dir=str(folder), name=name)), pipe=pipe)
+            train(
+                dataclasses.replace(config, output=dataclasses.replace(config.output, dir=str(folder), name=name)),
+                pipe=pipe,
+            )
 
         folder, _ = run_stage(self.out / "loras", name, inputs, build, self.log)
         return folder / f"{name}.safetensors"
@@ -417,13 +509,22 @@ def run_character(config: CharacterConfig, log: Callable[[str], None] = print, e
     stages = Stages(out, log)
     stone, target = config.stepping_stone, config.character
     if (stone.presets or target.preset) and not config.is_toy:
-        log("note: toy-world presets are rendered in the toy world's 64 px style; on a real model use folders of your own renders")
+        log(
+            "note: toy-world presets are rendered in the toy world's 64 px style; on a real model use folders of your own renders"
+        )
 
     names = stage_names(config)
     tagged = preflight(config)  # every input checked before the first stage runs; the tagger, if any, loaded once
-    pipe = load_pipeline(config.model.path, allow_pickle=config.model.allow_pickle, prediction_type=config.model.prediction_type)
-    for where, section, character in (("stepping_stone.train", stone.train, False), ("character.train", target.train, True)):
-        check_timesteps(train_config(config, section, [Path("check")], out, "check", where=where, character=character), pipe, where)
+    pipe = load_pipeline(
+        config.model.path, allow_pickle=config.model.allow_pickle, prediction_type=config.model.prediction_type
+    )
+    for where, section, character in (
+        ("stepping_stone.train", stone.train, False),
+        ("character.train", target.train, True),
+    ):
+        check_timesteps(
+            train_config(config, section, [Path("check")], out, "check", where=where, character=character), pipe, where
+        )
     size = config.render.size or (64 if config.is_toy else 768)
 
     stone_data = [stages.toy_data(names.pop(0), p, stone.caption_policy) for p in stone.presets]
@@ -435,16 +536,39 @@ def run_character(config: CharacterConfig, log: Callable[[str], None] = print, e
     elif target.folder:
         character_data = stages.user_data("character", target.folder, target.caption_policy)
     else:
-        character_data = stages.model_data("character", ModelSource(target.model, target.tags), target.caption_policy, config.render, size)
+        character_data = stages.model_data(
+            "character", ModelSource(target.model, target.tags), target.caption_policy, config.render, size
+        )
     coverage = None
     if target.model and stone.models:
         coverage = check_coverage(config, character_data, stone_models, out, log)
 
-    stepping_stone = stages.lora("stepping_stone", train_config(config, stone.train, stone_data, out, "stepping_stone", where="stepping_stone.train"), pipe)
+    stepping_stone = stages.lora(
+        "stepping_stone",
+        train_config(config, stone.train, stone_data, out, "stepping_stone", where="stepping_stone.train"),
+        pipe,
+    )
     if config.save_merged:
-        merged_inputs = {"model": to_dict(config.model) | {"path": model_key(config.model.path)}, "stone": file_hash(stepping_stone), "multiplier": stone.multiplier}
+        merged_inputs = {
+            "model": to_dict(config.model) | {"path": model_key(config.model.path)},
+            "stone": file_hash(stepping_stone),
+            "multiplier": stone.multiplier,
+        }
         run_stage(out, "merged.safetensors", merged_inputs, lambda p: save_merged(config, stepping_stone, p), log)
-    character = stages.lora("character", train_config(config, target.train, [character_data], out, "character", [stepping_stone], where="character.train", character=True), pipe)
+    character = stages.lora(
+        "character",
+        train_config(
+            config,
+            target.train,
+            [character_data],
+            out,
+            "character",
+            [stepping_stone],
+            where="character.train",
+            character=True,
+        ),
+        pipe,
+    )
 
     report = evaluate_character(config, pipe, character, out, log, evaluator, tagged)
     if coverage is not None:
@@ -461,12 +585,30 @@ def check_numbers(config: CharacterConfig) -> None:
     evaluation = config.evaluation
     check_finite(config, "")
     check_multiplier(config.stepping_stone.multiplier, "stepping_stone.multiplier")
-    check(0 <= evaluation.threshold <= 1, "evaluation.threshold", f"must be in [0, 1] (a tag probability), got {evaluation.threshold}")
-    check(1 <= evaluation.sample_steps <= 1000, "evaluation.sample_steps", f"must be 1 to 1000 sampling steps, got {evaluation.sample_steps}")
-    check(0 <= evaluation.guidance <= 100, "evaluation.guidance", f"must be a guidance scale from 0 to 100 (5-8 is usual), got {evaluation.guidance}")
-    check(bool(evaluation.prompts), "evaluation.prompts", "is empty; give the sample grid's prompts, e.g. [\"1girl\"]")
-    for where, section, character in (("stepping_stone.train", config.stepping_stone.train, False), ("character.train", config.character.train, True)):
-        check_finite(train_config(config, section, [Path("check")], Path("check"), "check", where=where, character=character), where)
+    check(
+        0 <= evaluation.threshold <= 1,
+        "evaluation.threshold",
+        f"must be in [0, 1] (a tag probability), got {evaluation.threshold}",
+    )
+    check(
+        1 <= evaluation.sample_steps <= 1000,
+        "evaluation.sample_steps",
+        f"must be 1 to 1000 sampling steps, got {evaluation.sample_steps}",
+    )
+    check(
+        0 <= evaluation.guidance <= 100,
+        "evaluation.guidance",
+        f"must be a guidance scale from 0 to 100 (5-8 is usual), got {evaluation.guidance}",
+    )
+    check(bool(evaluation.prompts), "evaluation.prompts", 'is empty; give the sample grid\'s prompts, e.g. ["1girl"]')
+    for where, section, character in (
+        ("stepping_stone.train", config.stepping_stone.train, False),
+        ("character.train", config.character.train, True),
+    ):
+        check_finite(
+            train_config(config, section, [Path("check")], Path("check"), "check", where=where, character=character),
+            where,
+        )
 
 
 def preflight(config: CharacterConfig) -> tuple | None:
@@ -480,7 +622,11 @@ def preflight(config: CharacterConfig) -> tuple | None:
     stone, target, evaluation = config.stepping_stone, config.character, config.evaluation
     check_numbers(config)
     out = Path(config.out)
-    check(not out.exists() or out.is_dir(), "out", f"{out}: is a file, and the pipeline writes a folder there; choose another out")
+    check(
+        not out.exists() or out.is_dir(),
+        "out",
+        f"{out}: is a file, and the pipeline writes a folder there; choose another out",
+    )
     check_model_path(config.model.path, "model.path", config.model.allow_pickle)
 
     def character_spec(spec: str, where: str) -> None:
@@ -499,13 +645,21 @@ def preflight(config: CharacterConfig) -> tuple | None:
     def user_folder(folder: str, where: str, section: dict, character: bool) -> None:
         """A folder of the user's, its images and captions read as the trainer will read them."""
         path = Path(folder)
-        check(path.is_dir(), where, f"{path}: {'is a file' if path.exists() else 'no such folder'}; give a folder of images with .txt captions")
-        train = train_config(config, section, [path], out, "check", where=where.split(".")[0] + ".train", character=character)
+        check(
+            path.is_dir(),
+            where,
+            f"{path}: {'is a file' if path.exists() else 'no such folder'}; give a folder of images with .txt captions",
+        )
+        train = train_config(
+            config, section, [path], out, "check", where=where.split(".")[0] + ".train", character=character
+        )
         try:
             scan_images(train.datasets, train.data)
         except SabunError as e:
             message = str(e).removeprefix("datasets[0].path: ").removeprefix(f"{path}: ")
-            message = message.replace("set data.skip_bad_images", f"set {where.split('.')[0]}.train.data.skip_bad_images")
+            message = message.replace(
+                "set data.skip_bad_images", f"set {where.split('.')[0]}.train.data.skip_bad_images"
+            )
             raise ConfigError(where, message if str(path) in message else f"{path}: {message}") from None
 
     for i, folder in enumerate(stone.folders):
@@ -515,7 +669,10 @@ def preflight(config: CharacterConfig) -> tuple | None:
     for i, source in enumerate(stone.models):
         check_model_file(source.path, f"stepping_stone.models[{i}].path")
         if stone.caption_policy == "stepping-stone" and not model_tags(source).strip():
-            raise ConfigError(f"stepping_stone.models[{i}].tags", f"{source.path}: has no tags, and the stepping-stone captions name each character's features; give tags = \"red hair, long hair, ...\"")
+            raise ConfigError(
+                f"stepping_stone.models[{i}].tags",
+                f'{source.path}: has no tags, and the stepping-stone captions name each character\'s features; give tags = "red hair, long hair, ..."',
+            )
     if target.model:
         check_model_file(target.model, "character.model")
 
@@ -534,18 +691,29 @@ def preflight(config: CharacterConfig) -> tuple | None:
         for name in ("tag_map", "identity"):
             value = getattr(evaluation, name)
             if value and (name == "tag_map" or value.endswith(".toml")):
-                check(Path(value).is_file(), f"evaluation.{name}", f"{value}: no such file; give a .toml file (it is used with evaluation.tagger)")
+                check(
+                    Path(value).is_file(),
+                    f"evaluation.{name}",
+                    f"{value}: no such file; give a .toml file (it is used with evaluation.tagger)",
+                )
     return tagged
 
 
 def stage_names(config: CharacterConfig) -> list[str]:
     """The data stage of each stepping-stone source, in order: presets, folders, models (one name each)."""
     stone = config.stepping_stone
-    stems = [Path(p).stem for p in stone.presets] + [Path(f).name for f in stone.folders] + [Path(m.path).stem for m in stone.models]
+    stems = (
+        [Path(p).stem for p in stone.presets]
+        + [Path(f).name for f in stone.folders]
+        + [Path(m.path).stem for m in stone.models]
+    )
     names = [f"stepping_stone_{stem}" for stem in stems]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
-        raise ConfigError("stepping_stone", f"two sources are both named {repeated[0].removeprefix('stepping_stone_')!r}; their renders would share a folder: rename one")
+        raise ConfigError(
+            "stepping_stone",
+            f"two sources are both named {repeated[0].removeprefix('stepping_stone_')!r}; their renders would share a folder: rename one",
+        )
     return names
 
 
@@ -555,7 +723,11 @@ def check_coverage(config: CharacterConfig, character_data: Path, stone_data: li
     from sabun.avatar.coverage import Entry, coverage, hair_colour
 
     stone = config.stepping_stone
-    target = Entry(Path(config.character.model).stem, hair_colour(character_data), model_tags(ModelSource(config.character.model, config.character.tags)))
+    target = Entry(
+        Path(config.character.model).stem,
+        hair_colour(character_data),
+        model_tags(ModelSource(config.character.model, config.character.tags)),
+    )
     stones = [Entry(Path(m.path).stem, hair_colour(d), model_tags(m)) for m, d in zip(stone.models, stone_data)]
     result = coverage(target, stones, max_distance=stone.hair_distance)
     log("stepping-stone coverage (hair colour in CIE L*a*b*, CIEDE2000 to the target):")
@@ -571,7 +743,13 @@ def check_coverage(config: CharacterConfig, character_data: Path, stone_data: li
 def save_merged(config: CharacterConfig, stepping_stone: Path, out: Path) -> None:
     from sabun.lora.commands import merge
 
-    merge(config.model.path, [f"{stepping_stone}:{config.stepping_stone.multiplier}"], out, allow_pickle=config.model.allow_pickle, prediction_type=config.model.prediction_type)
+    merge(
+        config.model.path,
+        [f"{stepping_stone}:{config.stepping_stone.multiplier}"],
+        out,
+        allow_pickle=config.model.allow_pickle,
+        prediction_type=config.model.prediction_type,
+    )
 
 
 def tagger_and_identity(config: CharacterConfig, protocol):
@@ -590,9 +768,13 @@ def tagger_and_identity(config: CharacterConfig, protocol):
         if text is None and target.model and tags_beside(Path(target.model)).is_file():
             text = read_tag_file(tags_beside(Path(target.model))).get("tags")
         if not text:
-            raise SabunError("evaluation.tagger: the tagger needs the character's identity tags; set evaluation.identity = \"blonde hair, twintails, ...\" (or a .toml)")
+            raise SabunError(
+                'evaluation.tagger: the tagger needs the character\'s identity tags; set evaluation.identity = "blonde hair, twintails, ..." (or a .toml)'
+            )
         character = TaggedCharacter(re.sub(r"[^\w-]", "_", name), parse_tags(text, "evaluation.identity"))
-    reader = TaggerReader(Tagger.load(evaluation.tagger), threshold=evaluation.threshold, tag_map=load_tag_map(evaluation.tag_map))
+    reader = TaggerReader(
+        Tagger.load(evaluation.tagger), threshold=evaluation.threshold, tag_map=load_tag_map(evaluation.tag_map)
+    )
     reader.check(character, protocol.prompt_list())
     return reader, character
 
@@ -608,16 +790,26 @@ def evaluate_character(config: CharacterConfig, pipe, lora: Path, out: Path, log
     evaluation = config.evaluation
     weights = [0.0, *evaluation.weights]
     sampler = Sampler(steps=evaluation.sample_steps, guidance=evaluation.guidance, batch=16)
-    report: dict = {"model": config.model.path, "weights": weights, "weight_change_norms": {"character": weight_change_norms(lora)}}
+    report: dict = {
+        "model": config.model.path,
+        "weights": weights,
+        "weight_change_norms": {"character": weight_change_norms(lora)},
+    }
     seeds = list(range(1000, 1000 + min(evaluation.seeds, 4)))
     columns = []
     with applied(pipe, [(lora, 1.0)]) as (network,):
         for weight in weights:
             network.multiplier = weight
             log(f"sampling at weight {weight:g}")
-            columns.append(generate_images(pipe, [p for p in evaluation.prompts for _ in seeds], seeds * len(evaluation.prompts), sampler))
+            columns.append(
+                generate_images(
+                    pipe, [p for p in evaluation.prompts for _ in seeds], seeds * len(evaluation.prompts), sampler
+                )
+            )
     cells = np.stack(columns, axis=1).reshape(len(evaluation.prompts), len(seeds), len(weights), *columns[0].shape[1:])
-    cells = cells.transpose(0, 2, 1, 3, 4, 5).reshape(len(evaluation.prompts), len(weights) * len(seeds), *columns[0].shape[1:])
+    cells = cells.transpose(0, 2, 1, 3, 4, 5).reshape(
+        len(evaluation.prompts), len(weights) * len(seeds), *columns[0].shape[1:]
+    )
     labels = [f"x{w:g}" if s == 0 else "" for w in weights for s in range(len(seeds))]
     with atomic_output(out / "samples.png", overwrite=True) as tmp:
         grid_image(cells, evaluation.prompts, labels).save(tmp, format="PNG")
@@ -627,20 +819,30 @@ def evaluate_character(config: CharacterConfig, pipe, lora: Path, out: Path, log
     from sabun.evaluate.report import write_evaluation
 
     custom = read_prompts(evaluation.protocol_prompts) if evaluation.protocol_prompts else None
-    protocol = Protocol(seeds=evaluation.seeds, sampler=Sampler(steps=evaluation.sample_steps, guidance=evaluation.guidance, batch=32), custom=custom)
+    protocol = Protocol(
+        seeds=evaluation.seeds,
+        sampler=Sampler(steps=evaluation.sample_steps, guidance=evaluation.guidance, batch=32),
+        custom=custom,
+    )
     if evaluation.tagger:
         reader, target = tagged or tagger_and_identity(config, protocol)
     else:
         toy_character = evaluation.character or config.character.preset
         if not (config.is_toy and toy_character):
-            log("no toy character to compare with and no evaluation.tagger: wrote the sample grid and weight-change norms only")
+            log(
+                "no toy character to compare with and no evaluation.tagger: wrote the sample grid and weight-change norms only"
+            )
             return report
         from sabun.evaluate.toy_evaluator import ToyEvaluator
 
         reader, target = evaluator or ToyEvaluator.load(), load_character(toy_character)
-    conditions = {("plain model" if w == 0.0 else f"character LoRA x{w:g}"): ([(lora, w)] if w else []) for w in weights}
+    conditions = {
+        ("plain model" if w == 0.0 else f"character LoRA x{w:g}"): ([(lora, w)] if w else []) for w in weights
+    }
     report["conditions"], grids = measure_conditions(pipe, reader, target, protocol, conditions, log)
     report["character"] = target.to_dict()
-    write_evaluation(out, report, grids, protocol, reader, target, metrics_json=False)  # run_character writes the whole report
+    write_evaluation(
+        out, report, grids, protocol, reader, target, metrics_json=False
+    )  # run_character writes the whole report
     report["report"] = str(out / "report.html")
     return report

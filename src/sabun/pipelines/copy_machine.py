@@ -77,7 +77,11 @@ class ImageA:
 
     def __post_init__(self) -> None:
         if self.image is not None:
-            check(self.image.lower().endswith(IMAGE_SUFFIXES), "image", f"must be a {', '.join(IMAGE_SUFFIXES)} file, got {self.image!r}")
+            check(
+                self.image.lower().endswith(IMAGE_SUFFIXES),
+                "image",
+                f"must be a {', '.join(IMAGE_SUFFIXES)} file, got {self.image!r}",
+            )
         one_of(self.style, "style", STYLES)
         one_of(self.view, "view", VIEWS)
         one_of(self.zoom, "zoom", ZOOMS)
@@ -97,9 +101,17 @@ class ImageB:
 
     def __post_init__(self) -> None:
         changes = self.hair_colour is not None or self.hairstyle is not None
-        check(changes != (self.image is not None), "image", "or a change (hair_colour, hairstyle): give exactly one; B is a file or a re-render of A")
+        check(
+            changes != (self.image is not None),
+            "image",
+            "or a change (hair_colour, hairstyle): give exactly one; B is a file or a re-render of A",
+        )
         if self.image is not None:
-            check(self.image.lower().endswith(IMAGE_SUFFIXES), "image", f"must be a {', '.join(IMAGE_SUFFIXES)} file, got {self.image!r}")
+            check(
+                self.image.lower().endswith(IMAGE_SUFFIXES),
+                "image",
+                f"must be a {', '.join(IMAGE_SUFFIXES)} file, got {self.image!r}",
+            )
         if self.hairstyle is not None:
             from sabun.toyworld.character import HAIRSTYLES
 
@@ -124,10 +136,22 @@ class LoRASettings:
         check(self.alpha > 0, "alpha", f"must be > 0, got {self.alpha}")
         check(self.conv_rank is None or self.conv_rank >= 1, "conv_rank", f"must be >= 1, got {self.conv_rank}")
         check(math.isfinite(self.alpha), "alpha", f"must be a finite number > 0, got {self.alpha}")
-        check(math.isfinite(self.learning_rate) and self.learning_rate > 0, "learning_rate", f"must be a finite number > 0, got {self.learning_rate}")
+        check(
+            math.isfinite(self.learning_rate) and self.learning_rate > 0,
+            "learning_rate",
+            f"must be a finite number > 0, got {self.learning_rate}",
+        )
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
-        check(math.isfinite(self.noise_offset) and self.noise_offset >= 0, "noise_offset", f"must be a finite number >= 0, got {self.noise_offset}")
-        check(0 <= self.seed <= 2**32 - 1, "seed", f"must be a whole number from 0 to 4294967295 (2**32 - 1), got {self.seed}")
+        check(
+            math.isfinite(self.noise_offset) and self.noise_offset >= 0,
+            "noise_offset",
+            f"must be a finite number >= 0, got {self.noise_offset}",
+        )
+        check(
+            0 <= self.seed <= 2**32 - 1,
+            "seed",
+            f"must be a whole number from 0 to 4294967295 (2**32 - 1), got {self.seed}",
+        )
 
 
 @dataclass
@@ -137,7 +161,9 @@ class CopySection(LoRASettings):
     steps_per_round: int = 300  # optimiser steps of each round
     max_rounds: int = 3  # stop after this many rounds even if the threshold is not met
     threshold: float = 0.1  # done when the mean absolute pixel difference to A (0-1) is at most this
-    random_captions: int = 6  # A is also trained with "" and this many random tag captions, so the copy ignores the prompt
+    random_captions: int = (
+        6  # A is also trained with "" and this many random tag captions, so the copy ignores the prompt
+    )
     check_prompts: list[str] = field(default_factory=lambda: ["1girl, outdoors, blue sky, grass", "1girl, from behind", "1girl, red hair, ponytail, indoors", "1girl, full body, arms up"])  # fmt: skip
     check_seeds: int = 2  # images per check prompt
     conv_rank: int | None = 16  # the copy must redraw every pixel: 3x3 convs too
@@ -146,7 +172,11 @@ class CopySection(LoRASettings):
         super().__post_init__()
         check(self.steps_per_round >= 1, "steps_per_round", f"must be >= 1, got {self.steps_per_round}")
         check(self.max_rounds >= 1, "max_rounds", f"must be >= 1, got {self.max_rounds}")
-        check(0 <= self.threshold <= 1, "threshold", f"must be in [0, 1] (a share of the pixel range), got {self.threshold}")
+        check(
+            0 <= self.threshold <= 1,
+            "threshold",
+            f"must be in [0, 1] (a share of the pixel range), got {self.threshold}",
+        )
         check(0 <= self.random_captions <= 100, "random_captions", f"must be in [0, 100], got {self.random_captions}")
         check(bool(self.check_prompts), "check_prompts", "is empty; list prompts unlike A's caption")
         check(self.check_seeds >= 1, "check_seeds", f"must be >= 1, got {self.check_seeds}")
@@ -180,7 +210,11 @@ class MeasureSection:
         check(not self.enabled or bool(self.prompts), "prompts", "is empty; list prompts other than A's caption")
         check(self.seeds >= 1, "seeds", f"must be >= 1, got {self.seeds}")
         check(1 <= self.steps <= 1000, "steps", f"must be 1 to 1000 sampling steps, got {self.steps}")
-        check(math.isfinite(self.guidance) and 0 <= self.guidance <= 100, "guidance", f"must be a finite guidance scale from 0 to 100 (5-8 is usual), got {self.guidance}")
+        check(
+            math.isfinite(self.guidance) and 0 <= self.guidance <= 100,
+            "guidance",
+            f"must be a finite guidance scale from 0 to 100 (5-8 is usual), got {self.guidance}",
+        )
 
 
 @dataclass
@@ -189,7 +223,9 @@ class OutputSection:
     name: str = "edit"  # the edit LoRA is written as DIR/NAME.safetensors
 
     def __post_init__(self) -> None:
-        check(bool(self.name) and "/" not in self.name, "name", f"must be a file name without folders, got {self.name!r}")
+        check(
+            bool(self.name) and "/" not in self.name, "name", f"must be a file name without folders, got {self.name!r}"
+        )
 
 
 @dataclass
@@ -205,13 +241,22 @@ class CopyMachineConfig:
     output: OutputSection = field(default_factory=OutputSection)
 
     def __post_init__(self) -> None:
-        check(self.a.image is None or self.b.image is not None, "b.image", "is required when A is a file (a file cannot be re-rendered with changes)")
+        check(
+            self.a.image is None or self.b.image is not None,
+            "b.image",
+            "is required when A is a file (a file cannot be re-rendered with changes)",
+        )
         check_finite(self, "")
         # both LoRAs' `sabun train` configs built now, so whatever the trainer refuses is refused at
         # load, not after the copy LoRA has trained
-        for where, settings, steps, images in (("copy", self.copy, self.copy.steps_per_round, 2 + self.copy.random_captions), ("edit", self.edit, self.edit.steps, 1)):
+        for where, settings, steps, images in (
+            ("copy", self.copy, self.copy.steps_per_round, 2 + self.copy.random_captions),
+            ("edit", self.edit, self.edit.steps, 1),
+        ):
             try:
-                check_finite(train_config(self, settings, Path("check"), steps, Path("check"), "check", images=images), "")
+                check_finite(
+                    train_config(self, settings, Path("check"), steps, Path("check"), "check", images=images), ""
+                )
             except ConfigError as e:
                 raise ConfigError(where, f"gives the trainer {e.path}: {e.message}") from None
 
@@ -228,7 +273,9 @@ def resolve_paths(config: CopyMachineConfig, root: Path) -> CopyMachineConfig:
         return local_path(p, root)
 
     model = dataclasses.replace(config.model, path=model_path(config.model.path, root))
-    character = local(config.a.character) if config.a.character.endswith(".toml") else config.a.character  # a preset stays a name
+    character = (
+        local(config.a.character) if config.a.character.endswith(".toml") else config.a.character
+    )  # a preset stays a name
     return dataclasses.replace(
         config,
         model=model,
@@ -297,7 +344,16 @@ def write_dataset(folder: Path, pixels: np.ndarray, captions: list[str]) -> None
 # --- training -----------------------------------------------------------------------------------
 
 
-def train_config(config: CopyMachineConfig, settings: LoRASettings, dataset: Path, steps: int, out: Path, name: str, base_weights: list[Path] = (), images: int | None = None):
+def train_config(
+    config: CopyMachineConfig,
+    settings: LoRASettings,
+    dataset: Path,
+    steps: int,
+    out: Path,
+    name: str,
+    base_weights: list[Path] = (),
+    images: int | None = None,
+):
     """The `sabun train` config of one of the pipeline's LoRAs (`images`: the data set's image
     count, when it is not there to be counted yet)."""
     from sabun.train.config import TrainConfig
@@ -309,9 +365,17 @@ def train_config(config: CopyMachineConfig, settings: LoRASettings, dataset: Pat
     return from_dict(
         TrainConfig,
         {
-            "model": {"path": config.model.path, "base_weights": [{"path": str(p), "multiplier": 1.0} for p in base_weights]},
+            "model": {
+                "path": config.model.path,
+                "base_weights": [{"path": str(p), "multiplier": 1.0} for p in base_weights],
+            },
             "datasets": [{"path": str(dataset), "repeats": max(1, settings.batch_size // images)}],
-            "data": {"resolution": config.model.resolution, "buckets": False, "batch_size": settings.batch_size, "cache_latents": "memory"},
+            "data": {
+                "resolution": config.model.resolution,
+                "buckets": False,
+                "batch_size": settings.batch_size,
+                "cache_latents": "memory",
+            },
             "network": network,
             "optimizer": {"learning_rate": settings.learning_rate, "text_encoder_lr": settings.learning_rate / 5},
             "schedule": {"type": "cosine", "warmup_steps": max(1, steps // 30)},
@@ -358,7 +422,11 @@ def run_copy_machine(config: CopyMachineConfig, log: Callable[[str], None] = pri
     started = time.time()
     out = Path(config.output.dir)
     size = config.model.resolution
-    check(not out.exists() or out.is_dir(), "output.dir", f"{out}: is a file, and the pipeline writes a folder there; choose another output.dir")
+    check(
+        not out.exists() or out.is_dir(),
+        "output.dir",
+        f"{out}: is a file, and the pipeline writes a folder there; choose another output.dir",
+    )
     check_model_path(config.model.path, "model.path")
     for where, section in (("a.image", config.a.image), ("b.image", config.b.image)):
         check(section is None or Path(section).is_file(), where, f"{section}: no such image file")
@@ -372,8 +440,16 @@ def run_copy_machine(config: CopyMachineConfig, log: Callable[[str], None] = pri
     pixels_a = rendered_a if rendered_a is not None else load_image(config.a.image, size)
     pixels_b = rendered_b if rendered_b is not None else load_image(config.b.image, size)
     image_inputs = {"a": image_settings(config.a), "b": image_settings(config.b), "resolution": size}
-    copy_data, _ = run_stage(out / "data", "a", image_inputs | {"captions": copy_captions(config)}, lambda p: write_dataset(p, pixels_a, copy_captions(config)), log)
-    edit_data, _ = run_stage(out / "data", "b", image_inputs, lambda p: write_dataset(p, pixels_b, [config.a.caption]), log)
+    copy_data, _ = run_stage(
+        out / "data",
+        "a",
+        image_inputs | {"captions": copy_captions(config)},
+        lambda p: write_dataset(p, pixels_a, copy_captions(config)),
+        log,
+    )
+    edit_data, _ = run_stage(
+        out / "data", "b", image_inputs, lambda p: write_dataset(p, pixels_b, [config.a.caption]), log
+    )
 
     # 2. the copy LoRA, in rounds, each trained with the earlier ones merged
     check_rows = [(p, 1000 + s) for p in config.copy.check_prompts for s in range(config.copy.check_seeds)]
@@ -385,37 +461,72 @@ def run_copy_machine(config: CopyMachineConfig, log: Callable[[str], None] = pri
 
         def build_round(folder: Path, name=name) -> None:
             log(f"training {name} on A with {len(rounds)} earlier round(s) merged")
-            result = train(train_config(config, config.copy, copy_data, config.copy.steps_per_round, folder, name, rounds), pipe=pipe)
+            result = train(
+                train_config(config, config.copy, copy_data, config.copy.steps_per_round, folder, name, rounds),
+                pipe=pipe,
+            )
             with applied(pipe, [(p, 1.0) for p in [*rounds, result.lora_path]]):
-                images = generate_images(pipe, [p for p, _ in check_rows], [s for _, s in check_rows], sampler, size=size)
-            check_result = {"difference": pixel_difference(images, pixels_a), "final_loss": float(np.mean(result.losses[-20:])), "steps": result.step}
+                images = generate_images(
+                    pipe, [p for p, _ in check_rows], [s for _, s in check_rows], sampler, size=size
+                )
+            check_result = {
+                "difference": pixel_difference(images, pixels_a),
+                "final_loss": float(np.mean(result.losses[-20:])),
+                "steps": result.step,
+            }
             (folder / "check.json").write_text(json.dumps(check_result, indent=2))
 
-        inputs = {"settings": copy_settings, "model": model_key(config.model.path), "data": stage_key(copy_data), "earlier": [file_hash(p) for p in rounds]}
+        inputs = {
+            "settings": copy_settings,
+            "model": model_key(config.model.path),
+            "data": stage_key(copy_data),
+            "earlier": [file_hash(p) for p in rounds],
+        }
         folder, _ = run_stage(out / "copy", name, inputs, build_round, log)
         rounds.append(folder / f"{name}.safetensors")
         checks.append(json.loads((folder / "check.json").read_text()) | {"round": r})
         met = checks[-1]["difference"] <= config.copy.threshold
-        log(f"copy round {r}/{config.copy.max_rounds}: mean |generated - A| = {checks[-1]['difference']:.4f} over {len(check_rows)} images of other prompts "
-            f"(threshold {config.copy.threshold:g}: {'met' if met else 'not met'})")
+        log(
+            f"copy round {r}/{config.copy.max_rounds}: mean |generated - A| = {checks[-1]['difference']:.4f} over {len(check_rows)} images of other prompts "
+            f"(threshold {config.copy.threshold:g}: {'met' if met else 'not met'})"
+        )
         if met:
             break
     if not met:
-        log(f"copy threshold {config.copy.threshold:g} NOT met after {len(rounds)} round(s); going on with the best copy there is (raise copy.max_rounds to train on: finished rounds are kept)")
+        log(
+            f"copy threshold {config.copy.threshold:g} NOT met after {len(rounds)} round(s); going on with the best copy there is (raise copy.max_rounds to train on: finished rounds are kept)"
+        )
 
     def build_copy(path: Path) -> None:
         save_lora(combine_concat([Weighted(load_lora(p), 1.0, p.name) for p in rounds]), path)
 
-    copy_lora, _ = run_stage(out / "copy", "copy.safetensors", {"rounds": [file_hash(p) for p in rounds]}, build_copy, log)
+    copy_lora, _ = run_stage(
+        out / "copy", "copy.safetensors", {"rounds": [file_hash(p) for p in rounds]}, build_copy, log
+    )
 
     # 3. the edit LoRA on B, the copy merged
     def build_edit(folder: Path) -> None:
         log("training the edit LoRA on B with the copy merged")
-        result = train(train_config(config, config.edit, edit_data, config.edit.steps, folder, "edit", [copy_lora]), pipe=pipe)
-        (folder / "train.json").write_text(json.dumps({"final_loss": float(np.mean(result.losses[-20:])), "steps": result.step}, indent=2))
+        result = train(
+            train_config(config, config.edit, edit_data, config.edit.steps, folder, "edit", [copy_lora]), pipe=pipe
+        )
+        (folder / "train.json").write_text(
+            json.dumps({"final_loss": float(np.mean(result.losses[-20:])), "steps": result.step}, indent=2)
+        )
 
     edit_settings = {k: v for k, v in dataclasses.asdict(config.edit).items() if k != "resize_rank"}
-    edit_folder, _ = run_stage(out, "edit_training", {"settings": edit_settings, "model": model_key(config.model.path), "data": stage_key(edit_data), "copy": file_hash(copy_lora)}, build_edit, log)
+    edit_folder, _ = run_stage(
+        out,
+        "edit_training",
+        {
+            "settings": edit_settings,
+            "model": model_key(config.model.path),
+            "data": stage_key(edit_data),
+            "copy": file_hash(copy_lora),
+        },
+        build_edit,
+        log,
+    )
     edit_training = json.loads((edit_folder / "train.json").read_text())
 
     # 4. the edit LoRA for the plain model, resized if asked
@@ -425,7 +536,9 @@ def run_copy_machine(config: CopyMachineConfig, log: Callable[[str], None] = pri
             lora, report = resize_lora(lora, rank=config.edit.resize_rank)
             lora.metadata["sabun_resize_error"] = f"{report.overall:.6f}"
             log(f"resized the edit LoRA to rank {config.edit.resize_rank}: relative error {report.overall:.4f}")
-        lora.metadata["sabun_copy_machine"] = json.dumps({"copy_lora_sha256": file_sha256(copy_lora), "copy_rounds": len(rounds), "caption": config.a.caption})
+        lora.metadata["sabun_copy_machine"] = json.dumps(
+            {"copy_lora_sha256": file_sha256(copy_lora), "copy_rounds": len(rounds), "caption": config.a.caption}
+        )
         save_lora(lora, path)
 
     final_inputs = {"edit": file_hash(edit_folder / "edit.safetensors"), "resize_rank": config.edit.resize_rank}
@@ -443,22 +556,39 @@ def run_copy_machine(config: CopyMachineConfig, log: Callable[[str], None] = pri
                 "plain_difference": plain_copy_difference(pipe, check_rows, pixels_a, sampler, size),
                 "lora": str(copy_lora),
             },
-            "edit": edit_training | {"lora": str(edit_lora), "resize_rank": config.edit.resize_rank, "resize_error": float(resize_error) if resize_error else None},
+            "edit": edit_training
+            | {
+                "lora": str(edit_lora),
+                "resize_rank": config.edit.resize_rank,
+                "resize_error": float(resize_error) if resize_error else None,
+            },
         }
         if config.measure.enabled:
             log("measuring the edit LoRA on the plain model at weights -1, 0, +1")
-            transfer, cells = measure_transfer(pipe, edit_lora, copy_lora, pixels_a, pixels_b, config.measure, size, evaluator)
+            transfer, cells = measure_transfer(
+                pipe, edit_lora, copy_lora, pixels_a, pixels_b, config.measure, size, evaluator
+            )
             report["transfer"] = transfer
             write_samples(out / "samples.png", cells, config.measure.prompts)
         report["run_seconds"] = time.time() - started  # of the run that wrote this file, all its stages
         with atomic_output(path, overwrite=True) as tmp:
             tmp.write_text(json.dumps(report, indent=2))
 
-    metrics_inputs = {"edit": file_hash(edit_lora), "copy": file_hash(copy_lora), "a": hash_pixels(pixels_a), "b": hash_pixels(pixels_b),
-                      "measure": dataclasses.asdict(config.measure), "checks": checks, "threshold": config.copy.threshold}
+    metrics_inputs = {
+        "edit": file_hash(edit_lora),
+        "copy": file_hash(copy_lora),
+        "a": hash_pixels(pixels_a),
+        "b": hash_pixels(pixels_b),
+        "measure": dataclasses.asdict(config.measure),
+        "checks": checks,
+        "threshold": config.copy.threshold,
+    }
     metrics_path, _ = run_stage(out, "metrics.json", metrics_inputs, build_metrics, log)
     report = json.loads(metrics_path.read_text())
-    report["copy"]["lora"], report["edit"]["lora"] = str(copy_lora), str(edit_lora)  # this run's files (metrics.json may come from a copied run folder)
+    report["copy"]["lora"], report["edit"]["lora"] = (
+        str(copy_lora),
+        str(edit_lora),
+    )  # this run's files (metrics.json may come from a copied run folder)
     report["seconds"] = time.time() - started
     return report
 
@@ -467,13 +597,24 @@ def plain_copy_difference(pipe, rows, pixels_a: np.ndarray, sampler, size: int) 
     """The copy check on the plain model: how far from A it draws without the copy (for scale)."""
     from sabun.generate import generate_images
 
-    return pixel_difference(generate_images(pipe, [p for p, _ in rows], [s for _, s in rows], sampler, size=size), pixels_a)
+    return pixel_difference(
+        generate_images(pipe, [p for p, _ in rows], [s for _, s in rows], sampler, size=size), pixels_a
+    )
 
 
 WEIGHTS = (-1.0, 0.0, 1.0)
 
 
-def measure_transfer(pipe, edit_lora: Path, copy_lora: Path, pixels_a: np.ndarray, pixels_b: np.ndarray, measure: MeasureSection, size: int, evaluator=None) -> tuple[dict, np.ndarray]:
+def measure_transfer(
+    pipe,
+    edit_lora: Path,
+    copy_lora: Path,
+    pixels_a: np.ndarray,
+    pixels_b: np.ndarray,
+    measure: MeasureSection,
+    size: int,
+    evaluator=None,
+) -> tuple[dict, np.ndarray]:
     """The hair colour the toy evaluator reads on the plain model with the edit LoRA at -1, 0, +1.
 
     Each image's colour is placed on the line from A's colour to B's (both as read from A and B
@@ -492,7 +633,9 @@ def measure_transfer(pipe, edit_lora: Path, copy_lora: Path, pixels_a: np.ndarra
     lab_a, lab_b = read_ab.hair_lab
     span = float(np.linalg.norm(lab_b - lab_a))
     if span < 1e-6:
-        raise SabunError("A and B have the same hair colour as the toy evaluator reads them; the measurement needs a hair-colour edit (set measure.enabled = false)")
+        raise SabunError(
+            "A and B have the same hair colour as the toy evaluator reads them; the measurement needs a hair-colour edit (set measure.enabled = false)"
+        )
     direction = (lab_b - lab_a) / span
     name_a, name_b = read_ab.hair_colour_name
     by_weight, generated = {}, {}
@@ -516,7 +659,15 @@ def measure_transfer(pipe, edit_lora: Path, copy_lora: Path, pixels_a: np.ndarra
     with applied(pipe, [(copy_lora, 1.0)]):
         copied = generate_images(pipe, list(measure.prompts), [2000] * len(measure.prompts), sampler, size=size)
     count = len(measure.prompts)
-    cells = np.stack([np.repeat(pixels_a[None], count, 0), np.repeat(pixels_b[None], count, 0), copied, *(generated[w] for w in WEIGHTS)], axis=1)
+    cells = np.stack(
+        [
+            np.repeat(pixels_a[None], count, 0),
+            np.repeat(pixels_b[None], count, 0),
+            copied,
+            *(generated[w] for w in WEIGHTS),
+        ],
+        axis=1,
+    )
     report = {
         "prompts": list(measure.prompts),
         "images_per_weight": len(rows),
@@ -546,7 +697,11 @@ def summary(report: dict) -> tuple[str, list[str], list[list[str]], list[str]]:
         f"copy: mean |generated - A| = {last['difference']:.4f} after {len(copy['rounds'])} round(s) "
         f"(plain model {copy['plain_difference']:.4f}; threshold {copy['threshold']:g}: {'met' if copy['met'] else 'NOT met'})",
         f"edit LoRA: {edit['lora']} ({edit['steps']} steps, final loss {edit['final_loss']:.4f}"
-        + (f", resized to rank {edit['resize_rank']}, relative error {edit['resize_error']:.4f})" if edit["resize_rank"] else ")"),
+        + (
+            f", resized to rank {edit['resize_rank']}, relative error {edit['resize_error']:.4f})"
+            if edit["resize_rank"]
+            else ")"
+        ),
     ]
     if "seconds" in report:
         notes.append(f"{report['seconds']:.0f} s")
@@ -554,11 +709,20 @@ def summary(report: dict) -> tuple[str, list[str], list[list[str]], list[str]]:
     if transfer is None:
         return "", [], [], notes
     name_b = transfer["b_colour_name"]
-    title = (f"hair colour on other prompts, plain model + edit LoRA ({transfer['images_per_weight']} images per weight; "
-             f"position 0 = A's colour, 1 = B's, {transfer['a_to_b_lab_distance']:.1f} L*a*b* apart)")
+    title = (
+        f"hair colour on other prompts, plain model + edit LoRA ({transfer['images_per_weight']} images per weight; "
+        f"position 0 = A's colour, 1 = B's, {transfer['a_to_b_lab_distance']:.1f} L*a*b* apart)"
+    )
     headers = ["weight", "mean L*a*b*", "position A->B", "shift vs 0", f"share read `{name_b}`", "CIEDE2000 to B"]
     rows = [
-        [weight, " ".join(f"{v:.1f}" for v in m["mean_lab"]), f"{m['position']:.3f}", f"{m['shift']:+.3f}", f"{m[f'named_{name_b}']:.2f}", f"{m['ciede2000_to_b']:.1f}"]
+        [
+            weight,
+            " ".join(f"{v:.1f}" for v in m["mean_lab"]),
+            f"{m['position']:.3f}",
+            f"{m['shift']:+.3f}",
+            f"{m[f'named_{name_b}']:.2f}",
+            f"{m['ciede2000_to_b']:.1f}",
+        ]
         for weight, m in transfer["weights"].items()
     ]
     return title, headers, rows, notes

@@ -64,38 +64,77 @@ class DemoConfig:
         from sabun.train.config import ConfigError, check
 
         check(bool(self.characters), "--character", "no target given; give a preset name or a character .toml")
-        check(all(isinstance(c, str) and c for c in self.characters), "--character", f"every target must be a preset name or a .toml path, got {list(self.characters)}")
+        check(
+            all(isinstance(c, str) and c for c in self.characters),
+            "--character",
+            f"every target must be a preset name or a .toml path, got {list(self.characters)}",
+        )
         check(isinstance(self.model, str) and bool(self.model), "model", "is empty; give `toy` or a model path")
         check(self.steps >= 1, "--steps", f"must be at least 1 optimiser step, got {self.steps}")
-        check(self.character_min_timestep >= 0, "--character-min-timestep", f"must be 0 (train on all timesteps) or more, got {self.character_min_timestep}")
-        check(self.character_min_timestep < 1000, "--character-min-timestep", f"{self.character_min_timestep} is past the toy model's 1000 training timesteps; give 0 to 999 (500 is the default)")
+        check(
+            self.character_min_timestep >= 0,
+            "--character-min-timestep",
+            f"must be 0 (train on all timesteps) or more, got {self.character_min_timestep}",
+        )
+        check(
+            self.character_min_timestep < 1000,
+            "--character-min-timestep",
+            f"{self.character_min_timestep} is past the toy model's 1000 training timesteps; give 0 to 999 (500 is the default)",
+        )
         check(self.rank >= 1, "rank", f"must be >= 1, got {self.rank}")
         check(math.isfinite(self.alpha) and self.alpha > 0, "alpha", f"must be a finite number > 0, got {self.alpha}")
-        check(math.isfinite(self.learning_rate) and self.learning_rate > 0, "learning_rate", f"must be a finite number > 0, got {self.learning_rate}")
+        check(
+            math.isfinite(self.learning_rate) and self.learning_rate > 0,
+            "learning_rate",
+            f"must be a finite number > 0, got {self.learning_rate}",
+        )
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")
         check(self.seeds >= 1, "--seeds", f"must be at least 1 image per evaluation prompt, got {self.seeds}")
-        check(1 <= self.sample_steps <= 1000, "sample_steps", f"must be 1 to 1000 sampling steps, got {self.sample_steps}")
-        check(0 <= self.seed <= 2**32 - 1, "seed", f"must be a whole number from 0 to 4294967295 (2**32 - 1), got {self.seed}")
+        check(
+            1 <= self.sample_steps <= 1000, "sample_steps", f"must be 1 to 1000 sampling steps, got {self.sample_steps}"
+        )
+        check(
+            0 <= self.seed <= 2**32 - 1,
+            "seed",
+            f"must be a whole number from 0 to 4294967295 (2**32 - 1), got {self.seed}",
+        )
         try:  # whatever the trainer would refuse, refused now (not after the data are rendered)
             check_finite(train_config([Path("check")], "check", self), "")
         except ConfigError as e:
             raise ConfigError(f"demo settings give the trainer {e.path}", e.message) from None
 
 
-def train_config(datasets: list[Path], name: str, config: DemoConfig, base_weights: list[Path] = (), repeats: dict[Path, int] | None = None, character: bool = True):
+def train_config(
+    datasets: list[Path],
+    name: str,
+    config: DemoConfig,
+    base_weights: list[Path] = (),
+    repeats: dict[Path, int] | None = None,
+    character: bool = True,
+):
     """One LoRA's config; `character` LoRAs (not the stepping-stones) get `character_min_timestep`."""
     from sabun.train.config import TrainConfig, from_dict
 
     return from_dict(
         TrainConfig,
         {
-            "model": {"path": config.model, "base_weights": [{"path": str(p), "multiplier": 1.0} for p in base_weights]},
-            "datasets": [{"path": str(d)} | ({"repeats": (repeats or {})[d]} if d in (repeats or {}) else {}) for d in datasets],
+            "model": {
+                "path": config.model,
+                "base_weights": [{"path": str(p), "multiplier": 1.0} for p in base_weights],
+            },
+            "datasets": [
+                {"path": str(d)} | ({"repeats": (repeats or {})[d]} if d in (repeats or {}) else {}) for d in datasets
+            ],
             "data": {"resolution": 64, "buckets": False, "batch_size": config.batch_size, "cache_latents": "memory"},
             "network": {"rank": config.rank, "alpha": config.alpha},
             "optimizer": {"learning_rate": config.learning_rate, "text_encoder_lr": config.learning_rate / 5},
             "schedule": {"type": "cosine", "warmup_steps": max(1, config.steps // 15)},
-            "training": {"max_steps": config.steps, "min_snr_gamma": 5.0, "seed": config.seed, "min_timestep": config.character_min_timestep if character else 0},
+            "training": {
+                "max_steps": config.steps,
+                "min_snr_gamma": 5.0,
+                "seed": config.seed,
+                "min_timestep": config.character_min_timestep if character else 0,
+            },
             "output": {"dir": ".", "name": name, "tensorboard": False},  # the stage's folder replaces it
         },
     )
@@ -117,7 +156,9 @@ def exported(stages: Stages, character: str) -> Path:
         export_character(spec, folder / f"{spec.name}.vrm")
 
     # keyed by the spec and sabun's version (a new humanoid builder re-exports)
-    folder, _ = run_stage(stages.out / "vrm", spec.name, {"character": spec.to_dict(), "sabun": __version__}, build, stages.log)
+    folder, _ = run_stage(
+        stages.out / "vrm", spec.name, {"character": spec.to_dict(), "sabun": __version__}, build, stages.log
+    )
     return folder / f"{spec.name}.vrm"
 
 
@@ -139,20 +180,28 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), log=print, evaluator:
         try:
             targets.append(load_character(character))
         except SabunError as e:
-            raise SabunError(f"--character {character}: {e}".replace(f"--character {character}: {character}: ", f"--character {character}: ")) from None
+            raise SabunError(
+                f"--character {character}: {e}".replace(
+                    f"--character {character}: {character}: ", f"--character {character}: "
+                )
+            ) from None
     names = [t.name for t in targets]
     if len(set(names)) != len(names):
         raise SabunError(f"two targets share a name ({', '.join(names)}); give each character spec its own `name`")
     for name in names:
         if name in RESERVED:
-            raise SabunError(f"--character: a target named {name!r} would share OUT/{name} with the demo's own files; give the character spec another `name`")
+            raise SabunError(
+                f"--character: a target named {name!r} would share OUT/{name} with the demo's own files; give the character spec another `name`"
+            )
     if out.exists() and not out.is_dir():
         raise SabunError(f"{out}: is a file, and the demo writes a folder there; choose another --out")
     check_model_path(config.model, "model")
     pipe = load_pipeline(config.model)
     timesteps = pipe.scheduler.config.get("num_train_timesteps", 1000)
     if config.character_min_timestep >= timesteps:
-        raise SabunError(f"--character-min-timestep: {config.character_min_timestep} is past this model's {timesteps} training timesteps; give 0 to {timesteps - 1}")
+        raise SabunError(
+            f"--character-min-timestep: {config.character_min_timestep} is past this model's {timesteps} training timesteps; give 0 to {timesteps - 1}"
+        )
     evaluator = evaluator or ToyEvaluator.load()
     shared = Stages(out, log)
 
@@ -162,11 +211,21 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), log=print, evaluator:
         return stages.model_data(name, ModelSource(str(exported(shared, character))), policy, VRM_RENDER, 64, extra_tag)
 
     stone_data = [data(shared, f"stepping_stone_{c}", c, "stepping-stone") for c in STEPPING_STONE_PRESETS]
-    stepping_stone = shared.lora("stepping_stone", train_config(stone_data, "stepping_stone", config, character=False), pipe)
+    stepping_stone = shared.lora(
+        "stepping_stone", train_config(stone_data, "stepping_stone", config, character=False), pipe
+    )
     if config.full:  # the ablations' stepping-stones: one character only; five without captions
-        one_stone = shared.lora("stepping_stone_1_character", train_config(stone_data[:1], "stepping_stone_1_character", config, character=False), pipe)
+        one_stone = shared.lora(
+            "stepping_stone_1_character",
+            train_config(stone_data[:1], "stepping_stone_1_character", config, character=False),
+            pipe,
+        )
         bare_data = [data(shared, f"stepping_stone_{c}_uncaptioned", c, "none") for c in STEPPING_STONE_PRESETS]
-        bare_stone = shared.lora("stepping_stone_uncaptioned", train_config(bare_data, "stepping_stone_uncaptioned", config, character=False), pipe)
+        bare_stone = shared.lora(
+            "stepping_stone_uncaptioned",
+            train_config(bare_data, "stepping_stone_uncaptioned", config, character=False),
+            pipe,
+        )
 
     reports, plain_images = {}, {}  # the plain model's images do not depend on the target: made once
     for character, target in zip(config.characters, targets):
@@ -178,32 +237,79 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), log=print, evaluator:
             "no_plan": stages.lora("no_plan", train_config([character_data], "no_plan", config), pipe),
             "3d_tag": stages.lora("3d_tag", train_config([character_3d_tag], "3d_tag", config), pipe),
             "stepping_stone": stepping_stone,
-            "character_on_stepping_stone": stages.lora("character_on_stepping_stone", train_config([character_data], "character_on_stepping_stone", config, [stepping_stone]), pipe),
+            "character_on_stepping_stone": stages.lora(
+                "character_on_stepping_stone",
+                train_config([character_data], "character_on_stepping_stone", config, [stepping_stone]),
+                pipe,
+            ),
         }
         if config.full:
-            loras["character_on_1_character_stone"] = stages.lora("character_on_1_character_stone", train_config([character_data], "character_on_1_character_stone", config, [one_stone]), pipe)
-            loras["character_on_uncaptioned_stone"] = stages.lora("character_on_uncaptioned_stone", train_config([character_data], "character_on_uncaptioned_stone", config, [bare_stone]), pipe)
+            loras["character_on_1_character_stone"] = stages.lora(
+                "character_on_1_character_stone",
+                train_config([character_data], "character_on_1_character_stone", config, [one_stone]),
+                pipe,
+            )
+            loras["character_on_uncaptioned_stone"] = stages.lora(
+                "character_on_uncaptioned_stone",
+                train_config([character_data], "character_on_uncaptioned_stone", config, [bare_stone]),
+                pipe,
+            )
             # v1's regularisation: the stepping-stone images mixed into the character's training set,
             # the character's images repeated so both sides weigh the same (as sd-scripts balances them)
             balance = {character_data: len(stone_data)}
             loras["character_with_regularisation"] = stages.lora(
-                "character_with_regularisation", train_config([character_data, *stone_data], "character_with_regularisation", config, [stepping_stone], balance), pipe
+                "character_with_regularisation",
+                train_config(
+                    [character_data, *stone_data], "character_with_regularisation", config, [stepping_stone], balance
+                ),
+                pipe,
             )
-        reports[target.name] = evaluate_target(pipe, evaluator, target, loras, config, out / target.name, log, plain_images)
-    summary = {"settings": {k: v for k, v in config.__dict__.items()}, "targets": reports, "seconds": time.time() - started}
+        reports[target.name] = evaluate_target(
+            pipe, evaluator, target, loras, config, out / target.name, log, plain_images
+        )
+    summary = {
+        "settings": {k: v for k, v in config.__dict__.items()},
+        "targets": reports,
+        "seconds": time.time() - started,
+    }
     with atomic_output(out / "metrics.json", overwrite=True) as tmp:
         tmp.write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def evaluate_target(pipe, evaluator, target, loras: dict[str, Path], config: DemoConfig, out: Path, log, plain_images: dict) -> dict:
+def evaluate_target(
+    pipe, evaluator, target, loras: dict[str, Path], config: DemoConfig, out: Path, log, plain_images: dict
+) -> dict:
     """Each character LoRA alone on the plain model (no plan also at 0.5), beside the plain model
     (whose images are kept in `plain_images` for the next target)."""
     started = time.time()
     protocol = Protocol(seeds=config.seeds, sampler=Sampler(steps=config.sample_steps, guidance=5.0, batch=32))
-    weights = dict(zip(CONDITIONS, [(None, 0.0), (loras["no_plan"], 1.0), (loras["no_plan"], 0.5), (loras["3d_tag"], 1.0), (loras["character_on_stepping_stone"], 1.0)]))
+    weights = dict(
+        zip(
+            CONDITIONS,
+            [
+                (None, 0.0),
+                (loras["no_plan"], 1.0),
+                (loras["no_plan"], 0.5),
+                (loras["3d_tag"], 1.0),
+                (loras["character_on_stepping_stone"], 1.0),
+            ],
+        )
+    )
     if config.full:
-        weights |= dict(zip(ABLATIONS, [(loras[k], 1.0) for k in ("character_on_1_character_stone", "character_on_uncaptioned_stone", "character_with_regularisation")]))
+        weights |= dict(
+            zip(
+                ABLATIONS,
+                [
+                    (loras[k], 1.0)
+                    for k in (
+                        "character_on_1_character_stone",
+                        "character_on_uncaptioned_stone",
+                        "character_with_regularisation",
+                    )
+                ],
+            )
+        )
     conditions = {label: [(lora, weight)] if lora else [] for label, (lora, weight) in weights.items()}
     results, grids = measure_conditions(pipe, evaluator, target, protocol, conditions, log, plain_images)
     report = {
@@ -211,7 +317,9 @@ def evaluate_target(pipe, evaluator, target, loras: dict[str, Path], config: Dem
         "settings": {k: v for k, v in config.__dict__.items()},
         "conditions": results,
         "loras": {k: str(v) for k, v in loras.items()},
-        "weight_change_norms": {k: weight_change_norms(v) for k, v in loras.items() if not k.startswith("stepping_stone")},
+        "weight_change_norms": {
+            k: weight_change_norms(v) for k, v in loras.items() if not k.startswith("stepping_stone")
+        },
         "seconds": time.time() - started,
     }
     report["claims"] = claims(results)

@@ -76,7 +76,9 @@ def model_key(path: str) -> str | dict:
         return {"sha256": file_hash(model)}
     if model.is_dir():
         return {"digest": tree_digest(model)}
-    raise SabunError(f"{path}: no such model; give a diffusers folder, a checkpoint file or one of: {', '.join(BUILTIN)}")
+    raise SabunError(
+        f"{path}: no such model; give a diffusers folder, a checkpoint file or one of: {', '.join(BUILTIN)}"
+    )
 
 
 def check_model_path(path: str, where: str, allow_pickle: bool = False) -> None:
@@ -90,16 +92,28 @@ def check_model_path(path: str, where: str, allow_pickle: bool = False) -> None:
         return
     model = Path(path)
     if not model.exists():
-        raise ConfigError(where, f"{model}: no such model; give a diffusers folder, a .safetensors checkpoint or one of: {', '.join(BUILTIN)}")
+        raise ConfigError(
+            where,
+            f"{model}: no such model; give a diffusers folder, a .safetensors checkpoint or one of: {', '.join(BUILTIN)}",
+        )
     if model.is_dir():
         if not (model / "model_index.json").is_file():
-            raise ConfigError(where, f"{model}: is a folder without model_index.json, so not a diffusers model; give a diffusers folder")
+            raise ConfigError(
+                where,
+                f"{model}: is a folder without model_index.json, so not a diffusers model; give a diffusers folder",
+            )
         return
     suffix = model.suffix.lower()
     if suffix in (".ckpt", ".pt", ".pth") and not allow_pickle:
-        raise ConfigError(where, f"{model}: is a pickle checkpoint, which can run code when loaded; convert it to .safetensors, or set allow_pickle = true if you trust its source")
+        raise ConfigError(
+            where,
+            f"{model}: is a pickle checkpoint, which can run code when loaded; convert it to .safetensors, or set allow_pickle = true if you trust its source",
+        )
     if suffix not in (".safetensors", ".ckpt", ".pt", ".pth"):
-        raise ConfigError(where, f"{model}: is neither a .safetensors checkpoint nor a diffusers folder; give one of those, or one of: {', '.join(BUILTIN)}")
+        raise ConfigError(
+            where,
+            f"{model}: is neither a .safetensors checkpoint nor a diffusers folder; give one of those, or one of: {', '.join(BUILTIN)}",
+        )
 
 
 def check_finite(value, where: str) -> None:
@@ -132,7 +146,9 @@ def check_multiplier(value: float, where: str) -> None:
     if not math.isfinite(value):
         raise ConfigError(where, f"{value} is not a finite number; give one like 0.8 or 1")
     if abs(value) > MAX_MULTIPLIER:
-        raise ConfigError(where, f"{value:g} is beyond +-{MAX_MULTIPLIER:g} (LoRAs are used at about 0.3-1.5); give one like 0.8 or 1")
+        raise ConfigError(
+            where, f"{value:g} is beyond +-{MAX_MULTIPLIER:g} (LoRAs are used at about 0.3-1.5); give one like 0.8 or 1"
+        )
 
 
 def check_timesteps(config, pipe, where: str) -> None:
@@ -143,9 +159,15 @@ def check_timesteps(config, pipe, where: str) -> None:
     steps = pipe.scheduler.config.get("num_train_timesteps", 1000)
     training = config.training
     if training.min_timestep >= steps:
-        raise ConfigError(f"{where}.training.min_timestep", f"{training.min_timestep} is past this model's {steps} training timesteps; give 0 to {steps - 1}")
+        raise ConfigError(
+            f"{where}.training.min_timestep",
+            f"{training.min_timestep} is past this model's {steps} training timesteps; give 0 to {steps - 1}",
+        )
     if training.max_timestep is not None and training.max_timestep > steps:
-        raise ConfigError(f"{where}.training.max_timestep", f"{training.max_timestep} is past this model's {steps} training timesteps; give at most {steps}")
+        raise ConfigError(
+            f"{where}.training.max_timestep",
+            f"{training.max_timestep} is past this model's {steps} training timesteps; give at most {steps}",
+        )
 
 
 def output_key(path: Path) -> str:
@@ -168,7 +190,9 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def run_stage(root: Path, name: str, inputs: dict, build: Callable[[Path], None], log: Callable[[str], None] = print) -> tuple[Path, bool]:
+def run_stage(
+    root: Path, name: str, inputs: dict, build: Callable[[Path], None], log: Callable[[str], None] = print
+) -> tuple[Path, bool]:
     """Build `root/name` with `build(path)` unless it is up to date; returns (path, whether it ran).
 
     `build` is given a path that does not exist yet, in a temporary folder beside `root/name`; what

@@ -24,10 +24,25 @@ from sabun.toyworld.render import STYLES, Shot
 
 Tag = tuple[str, str]  # (category, tag)
 
-HAIRSTYLE_TAGS = {"long": "long hair", "medium": "medium hair", "short": "short hair", "ponytail": "ponytail", "twintails": "twintails"}
-BODY_TAGS = {"slim": ("slim", "small breasts"), "average": ("medium breasts",), "curvy": ("curvy", "large breasts", "wide hips")}
+HAIRSTYLE_TAGS = {
+    "long": "long hair",
+    "medium": "medium hair",
+    "short": "short hair",
+    "ponytail": "ponytail",
+    "twintails": "twintails",
+}
+BODY_TAGS = {
+    "slim": ("slim", "small breasts"),
+    "average": ("medium breasts",),
+    "curvy": ("curvy", "large breasts", "wide hips"),
+}
 OUTFIT_TAGS = {"dress": "dress", "swimsuit": "one-piece swimsuit", "bodysuit": "bodysuit"}
-POSE_TAGS = {"arms-at-sides": "arms at sides", "arms-up": "arms up", "hands-on-hips": "hands on hips", "arms-behind-back": "arms behind back"}
+POSE_TAGS = {
+    "arms-at-sides": "arms at sides",
+    "arms-up": "arms up",
+    "hands-on-hips": "hands on hips",
+    "arms-behind-back": "arms behind back",
+}
 ZOOM_TAGS = {"portrait": "portrait", "upper-body": "upper body", "cowboy-shot": "cowboy shot", "full-body": "full body"}
 VIEW_TAGS = {"front": ("gaze", "looking at viewer"), "side": ("view", "from side"), "behind": ("view", "from behind")}
 BACKGROUND_TAGS = {

@@ -70,7 +70,9 @@ class CharacterSpec:
                 raise SabunError(f"{key} = {value!r} is not valid; choose one of: {', '.join(choices)}")
         for key in _COLOUR_FIELDS:
             value = getattr(self, key)
-            if not (isinstance(value, tuple) and len(value) == 3 and all(type(v) is int and 0 <= v <= 255 for v in value)):
+            if not (
+                isinstance(value, tuple) and len(value) == 3 and all(type(v) is int and 0 <= v <= 255 for v in value)
+            ):
                 raise SabunError(f"{key} = {value!r} is not an (r, g, b) tuple of 0-255 integers")
         if not isinstance(self.ribbon, bool):
             raise SabunError(f"ribbon = {self.ribbon!r} is not valid; use true or false")
@@ -108,7 +110,9 @@ def spec_from_dict(data: dict[str, object], source: str, default_name: str | Non
         values["name"] = default_name
     missing = [f.name for f in fields(CharacterSpec) if f.name not in values and f.default is MISSING]
     if missing:
-        raise SabunError(f"{source}: missing key(s) {', '.join(missing)}; a character needs at least: name, hair_colour, hairstyle, eye_colour")
+        raise SabunError(
+            f"{source}: missing key(s) {', '.join(missing)}; a character needs at least: name, hair_colour, hairstyle, eye_colour"
+        )
     try:
         for key, palette in _COLOUR_FIELDS.items():
             if key in values:
@@ -124,7 +128,9 @@ def load_spec_file(path: str | Path) -> CharacterSpec:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise SabunError(f"{path}: no such character file; check the path or use a preset: {', '.join(preset_names())}") from None
+        raise SabunError(
+            f"{path}: no such character file; check the path or use a preset: {', '.join(preset_names())}"
+        ) from None
     except tomllib.TOMLDecodeError as e:
         raise SabunError(f"{path}: is not valid TOML ({e}); fix the syntax") from None
     return spec_from_dict(data, str(path), default_name=path.stem)
@@ -142,7 +148,9 @@ def preset_names() -> list[str]:
 def load_preset(name: str) -> CharacterSpec:
     """A shipped character by name (`target`, `red_long`...)."""
     if name not in preset_names():
-        raise SabunError(f"{name}: no such character preset; choose one of: {', '.join(preset_names())}, or give a .toml path")
+        raise SabunError(
+            f"{name}: no such character preset; choose one of: {', '.join(preset_names())}, or give a .toml path"
+        )
     source = _presets_dir() / f"{name}.toml"
     return spec_from_dict(tomllib.loads(source.read_text(encoding="utf-8")), f"preset {name}", default_name=name)
 
@@ -161,7 +169,9 @@ def _jitter(rng: np.random.Generator, anchor: RGB, spread: float) -> RGB:
     return (int(round(values[0])), int(round(values[1])), int(round(values[2])))
 
 
-def random_character(rng: np.random.Generator, name: str = "random", exclude: tuple[CharacterSpec, ...] = ()) -> CharacterSpec:
+def random_character(
+    rng: np.random.Generator, name: str = "random", exclude: tuple[CharacterSpec, ...] = ()
+) -> CharacterSpec:
     """A random character for pretraining data: never with the signature ribbon.
 
     Colours are drawn around a uniformly chosen named colour, so every tag is well represented. A

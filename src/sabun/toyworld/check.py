@@ -51,12 +51,27 @@ def cases(count: int, seed: int = 0, three_d: bool = False) -> list[Case]:
     out = []
     for i in range(count):
         spec = random_character(rng, name="check", exclude=(load_preset("target"),))
-        shot = Shot(view=str(rng.choice(VIEWS)), zoom=str(rng.choice(ZOOMS)), pose=str(rng.choice(POSES)), background=str(rng.choice(BACKGROUNDS)))
+        shot = Shot(
+            view=str(rng.choice(VIEWS)),
+            zoom=str(rng.choice(ZOOMS)),
+            pose=str(rng.choice(POSES)),
+            background=str(rng.choice(BACKGROUNDS)),
+        )
         meta = metadata("check", spec, shot, "3d" if three_d else "anime", 64, 0)
         tags = [t for _, t in captions.tags(meta)]
         pose_visible = any(category == "pose" for category, _ in captions.tags(meta))
         out.append(
-            Case(", ".join(tags), seed * 100000 + i, spec.hair_colour_name, spec.hairstyle, spec.eye_colour_name, shot.background, shot.pose if pose_visible else None, shot.view, shot.zoom)
+            Case(
+                ", ".join(tags),
+                seed * 100000 + i,
+                spec.hair_colour_name,
+                spec.hairstyle,
+                spec.eye_colour_name,
+                shot.background,
+                shot.pose if pose_visible else None,
+                shot.view,
+                shot.zoom,
+            )
         )
     return out
 
@@ -65,7 +80,14 @@ def rates(case_list: list[Case], predictions) -> dict[str, float]:
     read = {name: predictions.label(name) for name in CLASSES}
     read["hair colour"] = predictions.hair_colour_name
     result = {}
-    for attribute, key in (("hair colour", "hair_colour"), ("hairstyle", "hairstyle"), ("background", "background"), ("pose", "pose"), ("view", "view"), ("zoom", "zoom")):
+    for attribute, key in (
+        ("hair colour", "hair_colour"),
+        ("hairstyle", "hairstyle"),
+        ("background", "background"),
+        ("pose", "pose"),
+        ("view", "view"),
+        ("zoom", "zoom"),
+    ):
         source = read["hair colour"] if attribute == "hair colour" else read[key]
         pairs = [(getattr(c, key), source[i]) for i, c in enumerate(case_list) if getattr(c, key) is not None]
         result[attribute] = float(np.mean([a == b for a, b in pairs]))
@@ -82,11 +104,15 @@ def check_options(out: Path, count: int, three_d_count: int, sampler: Sampler, o
     if not (isinstance(count, int) and count >= 1):
         raise SabunError(f"--count {count}: give at least 1 generation (240 is the default)")
     if not (isinstance(three_d_count, int) and three_d_count >= 0):
-        raise SabunError(f"--three-d-count {three_d_count}: give 0 (no `3d` set) or more generations (64 is the default)")
+        raise SabunError(
+            f"--three-d-count {three_d_count}: give 0 (no `3d` set) or more generations (64 is the default)"
+        )
     if not 1 <= sampler.steps <= 1000:
         raise SabunError(f"--steps {sampler.steps}: give 1 to 1000 sampling steps (25 is the default)")
     if not (math.isfinite(sampler.guidance) and 0 <= sampler.guidance <= 100):
-        raise SabunError(f"--guidance {sampler.guidance}: give a finite guidance scale from 0 to 100 (5 is the default)")
+        raise SabunError(
+            f"--guidance {sampler.guidance}: give a finite guidance scale from 0 to 100 (5 is the default)"
+        )
     if out.exists() and not out.is_dir():
         raise SabunError(f"{out}: is a file, and the check writes a folder there; choose another --out")
     for name in OUTPUTS:
@@ -98,7 +124,15 @@ def image_size(pipe) -> int:
     return pipe.unet.config.sample_size * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
 
 
-def check_model(model: str, out: Path, count: int = 240, three_d_count: int = 64, sampler: Sampler = Sampler(), evaluator: ToyEvaluator | None = None, overwrite: bool = False) -> dict:
+def check_model(
+    model: str,
+    out: Path,
+    count: int = 240,
+    three_d_count: int = 64,
+    sampler: Sampler = Sampler(),
+    evaluator: ToyEvaluator | None = None,
+    overwrite: bool = False,
+) -> dict:
     """Generate, read, and write `check.json` and a labelled sheet of the first 32 images into `out`.
 
     The options, the outputs and the model's image size are checked before anything is generated;
@@ -109,7 +143,9 @@ def check_model(model: str, out: Path, count: int = 240, three_d_count: int = 64
     pipe = load_pipeline(model)
     size = image_size(pipe)
     if size != IMAGE_SIZE:
-        raise SabunError(f"{model}: draws {size} px images, and the toy evaluator reads the toy model's {IMAGE_SIZE} px ones; give `toy` or a `sabun toyworld pretrain` run's model folder")
+        raise SabunError(
+            f"{model}: draws {size} px images, and the toy evaluator reads the toy model's {IMAGE_SIZE} px ones; give `toy` or a `sabun toyworld pretrain` run's model folder"
+        )
     evaluator = evaluator or ToyEvaluator.load()
     plain, with_3d = cases(count, seed=1), cases(three_d_count, seed=2, three_d=True)
     results = {}
@@ -118,7 +154,9 @@ def check_model(model: str, out: Path, count: int = 240, three_d_count: int = 64
         for name, case_list in (("prompts", plain), ("prompts_with_3d", with_3d)):
             if not case_list:  # --three-d-count 0
                 continue
-            images[name] = generate_images(pipe, [c.prompt for c in case_list], [c.seed for c in case_list], sampler, progress=bar.update)
+            images[name] = generate_images(
+                pipe, [c.prompt for c in case_list], [c.seed for c in case_list], sampler, progress=bar.update
+            )
             results[name] = {"count": len(case_list), **rates(case_list, evaluator.predict(images[name]))}
     results["targets"] = TARGETS
     results["sampler"] = {"steps": sampler.steps, "guidance": sampler.guidance}
@@ -127,16 +165,27 @@ def check_model(model: str, out: Path, count: int = 240, three_d_count: int = 64
     pred = evaluator.predict(first)
     labels = [
         f"{c.hair_colour}/{c.hairstyle}/{c.view}/{c.background} -> {h}/{s}/{v}/{b}"
-        for c, h, s, v, b in zip(plain[:SHEET_IMAGES], pred.hair_colour_name, pred.label("hairstyle"), pred.label("view"), pred.label("background"))
+        for c, h, s, v, b in zip(
+            plain[:SHEET_IMAGES],
+            pred.hair_colour_name,
+            pred.label("hairstyle"),
+            pred.label("view"),
+            pred.label("background"),
+        )
     ]
     columns = min(4, len(first))
     rows = -(-len(first) // columns)
     cells = np.full((rows * columns, *first.shape[1:]), 255, dtype=np.uint8)  # a short last row is padded with white
     cells[: len(first)] = first
     sheet = grid_image(cells.reshape(rows, columns, *first.shape[1:]), [""] * rows, [""] * columns, scale=3)
-    text = "prompted -> read (hair colour/hairstyle/view/background), row by row\n" + "\n".join(
-        f"{i // columns},{i % columns}: {c.prompt}\n     {label}" for i, (c, label) in enumerate(zip(plain[:SHEET_IMAGES], labels))
-    ) + "\n"
+    text = (
+        "prompted -> read (hair colour/hairstyle/view/background), row by row\n"
+        + "\n".join(
+            f"{i // columns},{i % columns}: {c.prompt}\n     {label}"
+            for i, (c, label) in enumerate(zip(plain[:SHEET_IMAGES], labels))
+        )
+        + "\n"
+    )
     out.mkdir(parents=True, exist_ok=True)
     with atomic_output(out / "check.json", overwrite=overwrite) as tmp:
         tmp.write_text(json.dumps(results, indent=2))

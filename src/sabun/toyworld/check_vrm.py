@@ -39,7 +39,9 @@ def characters(count: int, seed: int) -> list[CharacterSpec]:
     """The presets, then `count` random characters (never the target's look)."""
     rng = np.random.default_rng(seed)
     presets = [load_preset(name) for name in (*STEPPING_STONE_PRESETS, TARGET_PRESET)]
-    return presets + [random_character(rng, name=f"random_{i:03d}", exclude=(load_preset(TARGET_PRESET),)) for i in range(count)]
+    return presets + [
+        random_character(rng, name=f"random_{i:03d}", exclude=(load_preset(TARGET_PRESET),)) for i in range(count)
+    ]
 
 
 def mesh_renders(vrm: Path, style: str, size: int, supersample: int) -> list[tuple[np.ndarray, str, str]]:
@@ -55,11 +57,15 @@ def mesh_renders(vrm: Path, style: str, size: int, supersample: int) -> list[tup
     with Renderer(avatar, posed, style, size, supersample) as renderer:
         for view, toy_view in VIEWS.items():
             for zoom in ZOOMS:
-                shots.append((composite(renderer.draw(camera_for(posed, avatar, view, zoom)), (1.0, 1.0, 1.0)), toy_view, zoom))
+                shots.append(
+                    (composite(renderer.draw(camera_for(posed, avatar, view, zoom)), (1.0, 1.0, 1.0)), toy_view, zoom)
+                )
     return shots
 
 
-def readings(evaluator: ToyEvaluator, images: np.ndarray, specs: list[CharacterSpec], views: list[str], zooms: list[str]) -> dict:
+def readings(
+    evaluator: ToyEvaluator, images: np.ndarray, specs: list[CharacterSpec], views: list[str], zooms: list[str]
+) -> dict:
     """The evaluator's figures on `images` against what is known of each."""
     pred = evaluator.predict(images)
     errors = np.array([pred.hair_colour_error(spec.hair_colour)[i] for i, spec in enumerate(specs)])
@@ -86,7 +92,9 @@ def check_exported(out: Path, count: int = 24, seed: int = 0, styles: tuple[str,
     from sabun.toyworld.export import export_character
 
     if not (isinstance(count, int) and not isinstance(count, bool) and count >= 0):
-        raise SabunError(f"--count {count}: give 0 (the six presets only) or more random characters (24 is the default)")
+        raise SabunError(
+            f"--count {count}: give 0 (the six presets only) or more random characters (24 is the default)"
+        )
     if not (isinstance(seed, int) and 0 <= seed <= 2**32 - 1):
         raise SabunError(f"--seed {seed}: give a whole number from 0 to 4294967295 (2**32 - 1)")
     bad = [s for s in styles if s not in RENDER_STYLES]
@@ -102,13 +110,18 @@ def check_exported(out: Path, count: int = 24, seed: int = 0, styles: tuple[str,
         check_writable(out / name, overwrite, directory=False)
     evaluator = evaluator or ToyEvaluator.load()
     specs = characters(count, seed)
-    groups: dict[str, dict[str, list]] = {name: {"images": [], "specs": [], "views": [], "zooms": []} for name in ("toy 3d", *styles)}
+    groups: dict[str, dict[str, list]] = {
+        name: {"images": [], "specs": [], "views": [], "zooms": []} for name in ("toy 3d", *styles)
+    }
 
     def add(group: str, image: np.ndarray, spec: CharacterSpec, view: str, zoom: str) -> None:
         for key, value in zip(("images", "specs", "views", "zooms"), (image, spec, view, zoom)):
             groups[group][key].append(value)
 
-    with tempfile.TemporaryDirectory(prefix="sabun-check-vrm-") as tmp, tqdm(total=len(specs), desc="export, render", unit="character") as bar:
+    with (
+        tempfile.TemporaryDirectory(prefix="sabun-check-vrm-") as tmp,
+        tqdm(total=len(specs), desc="export, render", unit="character") as bar,
+    ):
         for spec in specs:
             vrm, _ = export_character(spec, Path(tmp) / f"{spec.name}.vrm")
             for style in styles:
@@ -116,16 +129,31 @@ def check_exported(out: Path, count: int = 24, seed: int = 0, styles: tuple[str,
                     add(style, image, spec, view, zoom)
             for view in VIEWS.values():
                 for zoom in ZOOMS:
-                    add("toy 3d", render(spec, Shot(view=view, zoom=zoom, pose="arms-at-sides", background="white"), "3d", size=64), spec, view, zoom)
+                    add(
+                        "toy 3d",
+                        render(
+                            spec, Shot(view=view, zoom=zoom, pose="arms-at-sides", background="white"), "3d", size=64
+                        ),
+                        spec,
+                        view,
+                        zoom,
+                    )
             bar.update()
     results = {
         "characters": len(specs),
         "seed": seed,
         "size": size,
-        "renders": {name: readings(evaluator, np.stack(g["images"]), g["specs"], g["views"], g["zooms"]) for name, g in groups.items()},
+        "renders": {
+            name: readings(evaluator, np.stack(g["images"]), g["specs"], g["views"], g["zooms"])
+            for name, g in groups.items()
+        },
     }
     rows = [np.stack(groups[name]["images"][: 12 * 6]).reshape(6, 12, 64, 64, 3) for name in groups]
-    sheet = grid_image(np.concatenate(rows), [f"{name}: {spec.name}" for name in groups for spec in specs[:6]], [f"{v}/{z}" for v in VIEWS for z in ZOOMS])
+    sheet = grid_image(
+        np.concatenate(rows),
+        [f"{name}: {spec.name}" for name in groups for spec in specs[:6]],
+        [f"{v}/{z}" for v in VIEWS for z in ZOOMS],
+    )
     out.mkdir(parents=True, exist_ok=True)
     with atomic_output(out / "check_vrm.json", overwrite=overwrite) as tmp:
         tmp.write_text(json.dumps(results, indent=2))

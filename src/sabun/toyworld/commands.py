@@ -95,7 +95,9 @@ class RenderToyConfig:
         ):
             unknown = [v for v in values if v not in valid]
             if not values or unknown:
-                raise SabunError(f"--{what} {', '.join(unknown) or '(empty)'} is not valid; choose from: {', '.join(valid)}")
+                raise SabunError(
+                    f"--{what} {', '.join(unknown) or '(empty)'} is not valid; choose from: {', '.join(valid)}"
+                )
 
 
 def _jobs(config: RenderToyConfig) -> list[tuple[str, CharacterSpec, Shot, int]]:
@@ -179,7 +181,11 @@ def render_toy(config: RenderToyConfig) -> list[Path]:
         for name, spec, shot, seed in jobs:
             pixels = render(spec, shot, config.style, size=config.size, seed=seed)
             meta = metadata(name, spec, shot, config.style, config.size, seed)
-            for suffix, data in ((".png", _png_bytes(pixels)), (".json", (json.dumps(meta, indent=2) + "\n").encode()), (".txt", (full_caption(meta) + "\n").encode())):
+            for suffix, data in (
+                (".png", _png_bytes(pixels)),
+                (".json", (json.dumps(meta, indent=2) + "\n").encode()),
+                (".txt", (full_caption(meta) + "\n").encode()),
+            ):
                 current = out / f"{name}{suffix}"
                 (work / current.name).write_bytes(data)
             written.append(out / f"{name}.png")

@@ -32,11 +32,24 @@ def _rows() -> list[tuple[str, list[tuple[str, Cell]]]]:
     characters = [load_preset(n) for n in STEPPING_STONE_PRESETS] + [target]
     rows = []
     for spec in characters:
-        cells = [(f"{style} {view}", (spec, Shot(view=view), style)) for style in ("anime", "3d") for view in ("front", "side", "behind")]
+        cells = [
+            (f"{style} {view}", (spec, Shot(view=view), style))
+            for style in ("anime", "3d")
+            for view in ("front", "side", "behind")
+        ]
         cells += [(f"{style} portrait", (spec, Shot(zoom="portrait"), style)) for style in ("anime", "3d")]
         rows.append((f"{spec.name}\n{spec.hair_colour_name} {spec.hairstyle}\n{spec.body}", cells))
     for view in ("front", "behind"):
-        rows.append((f"zooms, {view}", [(f"{style} {zoom}", (target, Shot(view=view, zoom=zoom), style)) for style in ("anime", "3d") for zoom in ZOOMS]))
+        rows.append(
+            (
+                f"zooms, {view}",
+                [
+                    (f"{style} {zoom}", (target, Shot(view=view, zoom=zoom), style))
+                    for style in ("anime", "3d")
+                    for zoom in ZOOMS
+                ],
+            )
+        )
     stone = load_preset("green_medium")
     for style in ("anime", "3d"):
         cells = [(pose, (stone, Shot(pose=pose), style)) for pose in POSES]
@@ -53,12 +66,30 @@ def _rows() -> list[tuple[str, list[tuple[str, Cell]]]]:
     for style in ("anime", "3d"):
         cells = [(label, (spec, Shot(zoom="cowboy-shot"), style)) for label, spec in zip(labels[:2], dressed[:2])]
         cells += [(label, (spec, Shot(pose="hands-on-hips"), style)) for label, spec in zip(labels[2:], dressed[2:])]
-        cells += [("slim, side", (dressed[0], Shot(view="side", zoom="upper-body"), style)), ("curvy, side", (dressed[1], Shot(view="side", zoom="upper-body"), style))]
+        cells += [
+            ("slim, side", (dressed[0], Shot(view="side", zoom="upper-body"), style)),
+            ("curvy, side", (dressed[1], Shot(view="side", zoom="upper-body"), style)),
+        ]
         cells += [("dress, behind", (dressed[2], Shot(view="behind", pose="arms-up"), style))]
         rows.append((f"bodies and outfits,\n{style}", cells))
     rng = np.random.default_rng(0)
     for style in ("anime", "3d"):
-        cells = [(background, (random_character(rng, exclude=(target,)), Shot(zoom=str(rng.choice(ZOOMS)), view=str(rng.choice(("front", "side", "behind"))), pose=str(rng.choice(POSES)), background=background), style)) for background in BACKGROUNDS]
+        cells = [
+            (
+                background,
+                (
+                    random_character(rng, exclude=(target,)),
+                    Shot(
+                        zoom=str(rng.choice(ZOOMS)),
+                        view=str(rng.choice(("front", "side", "behind"))),
+                        pose=str(rng.choice(POSES)),
+                        background=background,
+                    ),
+                    style,
+                ),
+            )
+            for background in BACKGROUNDS
+        ]
         rows.append((f"backgrounds,\nrandom characters,\n{style}", cells))
     return rows
 

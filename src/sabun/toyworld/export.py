@@ -64,7 +64,14 @@ def character_tags(character: CharacterSpec) -> tuple[str, str]:
     The toy captions tag an image, not a character, so any shot will do: these categories depend on
     the character alone.
     """
-    meta = {"character": character.to_dict(), "style": "3d", "view": "front", "zoom": "full-body", "pose": "arms-at-sides", "background": "white"}
+    meta = {
+        "character": character.to_dict(),
+        "style": "3d",
+        "view": "front",
+        "zoom": "full-body",
+        "pose": "arms-at-sides",
+        "background": "white",
+    }
     every = toy_tags(meta)
     tags = ", ".join(tag for category, tag in every if category in CHARACTER_CATEGORIES)
     clothes = ", ".join(tag for category, tag in every if category == "clothes")
@@ -84,7 +91,9 @@ def tag_file_text(character: CharacterSpec) -> str:
     )
 
 
-def export_character(character: CharacterSpec, out: Path, overwrite: bool = False, segments: int = 10) -> tuple[Path, Path]:
+def export_character(
+    character: CharacterSpec, out: Path, overwrite: bool = False, segments: int = 10
+) -> tuple[Path, Path]:
     """Write `character` as the VRM 1.0 model `out` and its tag file beside it (`out` with suffix .toml).
 
     Args:
@@ -97,8 +106,10 @@ def export_character(character: CharacterSpec, out: Path, overwrite: bool = Fals
         (model path, tag file path).
     """
     if isinstance(segments, bool) or not isinstance(segments, int) or not SEGMENTS[0] <= segments <= SEGMENTS[1]:
-        raise SabunError(f"--segments {segments!r} is out of range; use {SEGMENTS[0]} to {SEGMENTS[1]} "
-                         f"(10 gives about 6k triangles, 40 about 95k, {SEGMENTS[1]} about 610k)")
+        raise SabunError(
+            f"--segments {segments!r} is out of range; use {SEGMENTS[0]} to {SEGMENTS[1]} "
+            f"(10 gives about 6k triangles, 40 about 95k, {SEGMENTS[1]} about 610k)"
+        )
     out = Path(out)
     if out.suffix.lower() != ".vrm":
         raise SabunError(f"{out}: the exported model must be a .vrm file; give --out NAME.vrm")

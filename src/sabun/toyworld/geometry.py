@@ -125,7 +125,9 @@ def _face() -> list[Primitive]:
         Capsule((x - 0.09, y + 0.085, z - 0.01), (x + 0.085, y + 0.105, z - 0.02), 0.022, 0.018, "lash"),
     ]
     mouth_z = _head_surface_z(cx, cy - 0.3)
-    mouth = Capsule((cx - 0.045, cy - 0.3, mouth_z - 0.005), (cx + 0.045, cy - 0.3, mouth_z - 0.005), 0.014, 0.014, "mouth")
+    mouth = Capsule(
+        (cx - 0.045, cy - 0.3, mouth_z - 0.005), (cx + 0.045, cy - 0.3, mouth_z - 0.005), 0.014, 0.014, "mouth"
+    )
     return _symmetric(eye) + [mouth]
 
 
@@ -233,21 +235,37 @@ def _hair(hairstyle: str, ribbon: bool) -> list[Primitive]:
         bows = [(0.4, cy + 0.42, 0.0)]
     elif hairstyle == "medium":
         hair += [Ellipsoid((0.0, cy - 0.4, cz - 0.17), (0.47, 0.52, 0.27), "hair")]
-        hair += _symmetric(_chain([(0.38, cy + 0.15, 0.12), (0.43, cy - 0.3, 0.14), (0.46, cy - 0.78, 0.1)], [0.1, 0.09, 0.055], "hair"))
+        hair += _symmetric(
+            _chain(
+                [(0.38, cy + 0.15, 0.12), (0.43, cy - 0.3, 0.14), (0.46, cy - 0.78, 0.1)], [0.1, 0.09, 0.055], "hair"
+            )
+        )
         bows = [(0.4, cy + 0.42, 0.0)]
     elif hairstyle == "long":
         hair += [Capsule((0.0, cy - 0.2, cz - 0.22), (0.0, 3.55, cz - 0.36), 0.46, 0.34, "hair")]
-        hair += _symmetric(_chain([(0.38, cy + 0.15, 0.12), (0.45, cy - 0.5, 0.16), (0.47, 4.05, 0.24)], [0.1, 0.1, 0.05], "hair"))
+        hair += _symmetric(
+            _chain([(0.38, cy + 0.15, 0.12), (0.45, cy - 0.5, 0.16), (0.47, 4.05, 0.24)], [0.1, 0.1, 0.05], "hair")
+        )
         bows = [(0.4, cy + 0.42, 0.0)]
     elif hairstyle == "ponytail":
         tie = (0.0, cy + 0.28, cz - 0.5)
         hair += [Ellipsoid(tie, (0.09, 0.09, 0.09), "hair")]
-        hair += _chain([tie, (0.03, cy + 0.05, cz - 0.66), (0.08, cy - 0.7, cz - 0.6), (0.1, 3.95, cz - 0.45)], [0.12, 0.2, 0.16, 0.05], "hair")
+        hair += _chain(
+            [tie, (0.03, cy + 0.05, cz - 0.66), (0.08, cy - 0.7, cz - 0.6), (0.1, 3.95, cz - 0.45)],
+            [0.12, 0.2, 0.16, 0.05],
+            "hair",
+        )
         bows = [(0.0, cy + 0.3, cz - 0.56)]
     elif hairstyle == "twintails":
         tie = (0.45, cy + 0.28, -0.1)
         hair += _symmetric([Ellipsoid(tie, (0.08, 0.08, 0.08), "hair")])
-        hair += _symmetric(_chain([tie, (0.66, cy - 0.1, -0.14), (0.7, cy - 1.0, -0.12), (0.6, 3.5, -0.1)], [0.12, 0.19, 0.15, 0.05], "hair"))
+        hair += _symmetric(
+            _chain(
+                [tie, (0.66, cy - 0.1, -0.14), (0.7, cy - 1.0, -0.12), (0.6, 3.5, -0.1)],
+                [0.12, 0.19, 0.15, 0.05],
+                "hair",
+            )
+        )
         bows = [(0.47, cy + 0.33, -0.04), (-0.47, cy + 0.33, -0.04)]
     else:
         raise ValueError(f"unknown hairstyle {hairstyle!r}")

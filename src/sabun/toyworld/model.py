@@ -52,7 +52,9 @@ UNET_CONFIG = dict(
     norm_num_groups=32,
 )
 
-TEXT_CONFIG = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4, max_position_embeddings=77)
+TEXT_CONFIG = dict(
+    hidden_size=64, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4, max_position_embeddings=77
+)
 
 
 def vocabulary() -> list[str]:
@@ -60,7 +62,9 @@ def vocabulary() -> list[str]:
     words = ["1girl", "solo", "nude", "completely nude", "hair ribbon", "3d", "realistic"]
     words += [f"{c} hair" for c in HAIR_COLOURS] + [f"{c} eyes" for c in EYE_COLOURS]
     words += [f"{c} {kind}" for c in THING_COLOURS for kind in captions.OUTFIT_TAGS.values()]
-    words += list(captions.HAIRSTYLE_TAGS.values()) + list(captions.POSE_TAGS.values()) + list(captions.ZOOM_TAGS.values())
+    words += (
+        list(captions.HAIRSTYLE_TAGS.values()) + list(captions.POSE_TAGS.values()) + list(captions.ZOOM_TAGS.values())
+    )
     words += [t for group in captions.BODY_TAGS.values() for t in group]
     words += [t for _, t in captions.VIEW_TAGS.values()]
     words += [t for group in captions.BACKGROUND_TAGS.values() for t in group]

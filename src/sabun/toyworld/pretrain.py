@@ -69,7 +69,9 @@ class PretrainConfig:
         `sabun toyworld pretrain` option (or, for a field the CLI does not expose, the field)."""
         from sabun.train.config import check
 
-        def number(value, name: str, low: float, high: float = math.inf, low_open: bool = False, high_open: bool = False) -> None:
+        def number(
+            value, name: str, low: float, high: float = math.inf, low_open: bool = False, high_open: bool = False
+        ) -> None:
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
             if high == math.inf:
@@ -79,21 +81,40 @@ class PretrainConfig:
             check(ok, name, f"must be a finite number {bounds}, got {value}")
 
         def count(value, name: str, low: int = 1, high: int | None = None) -> None:
-            ok = isinstance(value, int) and not isinstance(value, bool) and value >= low and (high is None or value <= high)
-            check(ok, name, f"must be a whole number {f'from {low} to {high}' if high is not None else f'>= {low}'}, got {value!r}")
+            ok = (
+                isinstance(value, int)
+                and not isinstance(value, bool)
+                and value >= low
+                and (high is None or value <= high)
+            )
+            check(
+                ok,
+                name,
+                f"must be a whole number {f'from {low} to {high}' if high is not None else f'>= {low}'}, got {value!r}",
+            )
 
         count(self.images, "--images")
         number(self.three_d_share, "--three-d-share", 0.0, 0.5)
-        check(isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed <= 2**32 - 1, "--seed", f"must be a whole number from 0 to 4294967295 (2**32 - 1), got {self.seed!r}")
+        check(
+            isinstance(self.seed, int) and not isinstance(self.seed, bool) and 0 <= self.seed <= 2**32 - 1,
+            "--seed",
+            f"must be a whole number from 0 to 4294967295 (2**32 - 1), got {self.seed!r}",
+        )
         count(self.vae_steps, "--vae-steps")
         count(self.vae_batch, "vae_batch")
         count(self.vae_crop, "vae_crop", 8, IMAGE_SIZE)
-        check(self.vae_crop % 4 == 0, "vae_crop", f"must be a multiple of 4 (the VAE's downsampling), got {self.vae_crop}")
+        check(
+            self.vae_crop % 4 == 0, "vae_crop", f"must be a multiple of 4 (the VAE's downsampling), got {self.vae_crop}"
+        )
         number(self.vae_lr, "vae_lr", 0.0, low_open=True)
         number(self.kl_weight, "kl_weight", 0.0)
         count(self.steps, "--steps")
         count(self.batch, "--batch")
-        check(self.images >= self.batch, "--images", f"{self.images} is fewer than one batch (--batch {self.batch}); render at least {self.batch} images or lower --batch")
+        check(
+            self.images >= self.batch,
+            "--images",
+            f"{self.images} is fewer than one batch (--batch {self.batch}); render at least {self.batch} images or lower --batch",
+        )
         number(self.lr, "lr", 0.0, low_open=True)
         count(self.warmup, "warmup", 0)
         number(self.min_snr_gamma, "min_snr_gamma", 0.0, low_open=True)
@@ -114,7 +135,12 @@ def render_dataset(config: PretrainConfig) -> tuple[np.ndarray, list[dict]]:
     metas = []
     for i in tqdm(range(config.images), desc="render", unit="img"):
         spec = random_character(rng, name=f"pretrain-{i:05d}", exclude=excluded)
-        shot = Shot(view=str(rng.choice(VIEWS)), zoom=str(rng.choice(ZOOMS)), pose=str(rng.choice(POSES)), background=str(rng.choice(BACKGROUNDS)))
+        shot = Shot(
+            view=str(rng.choice(VIEWS)),
+            zoom=str(rng.choice(ZOOMS)),
+            pose=str(rng.choice(POSES)),
+            background=str(rng.choice(BACKGROUNDS)),
+        )
         style = "3d" if rng.random() < config.three_d_share else "anime"
         seed = int(rng.integers(2**31))
         images[i] = render(spec, shot, style, size=IMAGE_SIZE, seed=seed)
@@ -177,7 +203,10 @@ def train_vae(vae, images: np.ndarray, config: PretrainConfig) -> list[float]:
 @torch.no_grad()
 def encode_latents(vae, images: np.ndarray, batch: int = 256) -> torch.Tensor:
     """Posterior means of every image, unscaled, (N, 4, 16, 16)."""
-    out = [vae.encode(to_tensor(images[i : i + batch])).latent_dist.mean for i in tqdm(range(0, len(images), batch), desc="encode", unit="batch")]
+    out = [
+        vae.encode(to_tensor(images[i : i + batch])).latent_dist.mean
+        for i in tqdm(range(0, len(images), batch), desc="encode", unit="batch")
+    ]
     return torch.cat(out)
 
 
@@ -228,7 +257,9 @@ class DiffusionTrainer:
 
     def encode_prompts(self, prompts: list[str]) -> torch.Tensor:
         tokenizer = self.pipe.tokenizer
-        ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+        ids = tokenizer(
+            prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
         return self.pipe.text_encoder(ids)[0]
 
     def train_step(self) -> float:
@@ -289,7 +320,9 @@ def pretrain(out: Path, config: PretrainConfig = PretrainConfig(), stages: tuple
         fixed = DATA_AND_VAE_FIELDS if not (out / "diffusion_checkpoint.pt").exists() else tuple(asdict(config))
         changed = [k for k in fixed if saved.get(k) != asdict(config)[k]]
         if changed:
-            raise SabunError(f"{out}: holds a pretraining run made with other {', '.join(changed)}; use a new --out or the same settings")
+            raise SabunError(
+                f"{out}: holds a pretraining run made with other {', '.join(changed)}; use a new --out or the same settings"
+            )
     with atomic_output(config_path, overwrite=True) as tmp:
         tmp.write_text(json.dumps(asdict(config), indent=2))
     torch.manual_seed(config.seed)
@@ -343,7 +376,12 @@ def pretrain(out: Path, config: PretrainConfig = PretrainConfig(), stages: tuple
             bar.set_postfix(loss=f"{np.mean(trainer.losses[-100:]):.4f}")
             if trainer.step % config.checkpoint_every == 0 or trainer.step == config.steps:
                 save_torch(trainer.state(), checkpoint)
-                record(stage="diffusion", step=trainer.step, loss=float(np.mean(trainer.losses[-config.checkpoint_every :])), seconds=time.time() - start)
+                record(
+                    stage="diffusion",
+                    step=trainer.step,
+                    loss=float(np.mean(trainer.losses[-config.checkpoint_every :])),
+                    seconds=time.time() - start,
+                )
         bar.close()
 
     model_dir = out / "model"

@@ -46,7 +46,20 @@ OUTLINE = (38, 26, 34)
 
 # Material index per body part; 0 is "no surface" (background).
 _MATERIALS = ("none", "skin", "hair", "iris", "pupil", "eye_highlight", "lash", "mouth", "outfit", "ribbon")
-_SKIN_PARTS = ("head", "neck", "torso", "breast", "waist", "hips", "upper_arm", "forearm", "hand", "thigh", "shin", "foot")
+_SKIN_PARTS = (
+    "head",
+    "neck",
+    "torso",
+    "breast",
+    "waist",
+    "hips",
+    "upper_arm",
+    "forearm",
+    "hand",
+    "thigh",
+    "shin",
+    "foot",
+)
 FACE_PARTS = ("iris", "pupil", "eye_highlight", "lash", "mouth")
 OUTFIT_PARTS: dict[str, tuple[str, ...]] = {
     "none": (),
@@ -61,7 +74,10 @@ def _per_material(values: dict[str, float], default: float) -> np.ndarray:
 
 
 # 3d specular strength (hair gets the bright "angel ring" of 3D renders).
-_SPECULAR = _per_material({"skin": 0.12, "hair": 0.5, "iris": 0.6, "pupil": 0.6, "lash": 0.2, "mouth": 0.2, "outfit": 0.25, "ribbon": 0.35}, 0.0)
+_SPECULAR = _per_material(
+    {"skin": 0.12, "hair": 0.5, "iris": 0.6, "pupil": 0.6, "lash": 0.2, "mouth": 0.2, "outfit": 0.25, "ribbon": 0.35},
+    0.0,
+)
 # 1 if the material is lit, 0 if it keeps its colour (eye highlights glow).
 _LIT = _per_material({"none": 0.0, "eye_highlight": 0.0}, 1.0)
 # Anime shadow tone: darker and a little cooler than the lit tone.
@@ -256,7 +272,9 @@ def _outlines(material: np.ndarray, depth: np.ndarray, width: int, depth_step: f
     return edge
 
 
-def shade_anime(material: np.ndarray, normal: np.ndarray, depth: np.ndarray, palette: np.ndarray, scale: float, supersample: int) -> tuple[np.ndarray, np.ndarray]:
+def shade_anime(
+    material: np.ndarray, normal: np.ndarray, depth: np.ndarray, palette: np.ndarray, scale: float, supersample: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Flat cel shading: two tones per material and dark outlines.
 
     Takes G-buffer arrays (h, w) / (3, h, w) (normals need not be unit length: only the side of the
@@ -375,7 +393,9 @@ def background(name: str, n: int, rng: np.random.Generator) -> np.ndarray:
     raise SabunError(f"background {name!r} is not valid; choose one of: {', '.join(BACKGROUNDS)}")
 
 
-def render(spec: CharacterSpec, shot: Shot, style: str, size: int = 64, seed: int = 0, supersample: int = 3) -> np.ndarray:
+def render(
+    spec: CharacterSpec, shot: Shot, style: str, size: int = 64, seed: int = 0, supersample: int = 3
+) -> np.ndarray:
     """Render `spec` as `shot` in `style`; returns uint8 (size, size, 3) RGB.
 
     The same (spec, shot, style, size, seed, supersample) always gives the same pixels.
@@ -383,7 +403,9 @@ def render(spec: CharacterSpec, shot: Shot, style: str, size: int = 64, seed: in
     return render_with_coverage(spec, shot, style, size, seed, supersample)[0]
 
 
-def render_with_coverage(spec: CharacterSpec, shot: Shot, style: str, size: int = 64, seed: int = 0, supersample: int = 3) -> tuple[np.ndarray, dict[str, float]]:
+def render_with_coverage(
+    spec: CharacterSpec, shot: Shot, style: str, size: int = 64, seed: int = 0, supersample: int = 3
+) -> tuple[np.ndarray, dict[str, float]]:
     """`render`, plus the visible area of each material in output pixels (`iris`, `ribbon`, ...).
 
     The evaluator's labels use it: an attribute hidden in a shot (eyes from behind, a bow behind the

@@ -53,7 +53,13 @@ def rng_states() -> dict:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     states = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
         "python": random.getstate(),
     }
     if torch.cuda.is_available():
@@ -83,11 +89,15 @@ def load_checkpoint(path: Path) -> tuple[LoRA, dict, str]:
     """(LoRA, state, config TOML) of a checkpoint folder."""
     path = Path(path)
     if not (path / STATE_FILE).is_file() or not (path / LORA_FILE).is_file():
-        raise SabunError(f"{path}: is not a sabun checkpoint (no {STATE_FILE} and {LORA_FILE}); give a folder under OUTPUT_DIR/checkpoints")
+        raise SabunError(
+            f"{path}: is not a sabun checkpoint (no {STATE_FILE} and {LORA_FILE}); give a folder under OUTPUT_DIR/checkpoints"
+        )
     try:
         state = torch.load(path / STATE_FILE, map_location="cpu", weights_only=True)
     except Exception as e:  # a damaged pickle can raise nearly anything
-        raise SabunError(f"{path / STATE_FILE}: could not be read ({type(e).__name__}: {e}); resume from an earlier checkpoint") from None
+        raise SabunError(
+            f"{path / STATE_FILE}: could not be read ({type(e).__name__}: {e}); resume from an earlier checkpoint"
+        ) from None
     config = (path / CONFIG_FILE).read_text(encoding="utf-8") if (path / CONFIG_FILE).is_file() else ""
     return load_lora(path / LORA_FILE), state, config
 

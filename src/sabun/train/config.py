@@ -49,8 +49,16 @@ def _show(x: float) -> str:
     return str(x) if isinstance(x, int) else f"{x:g}"
 
 
-def number(value: float | None, name: str, low: float | None = None, high: float | None = None, *,
-           above: bool = False, below: bool = False, hint: str = "") -> None:
+def number(
+    value: float | None,
+    name: str,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    above: bool = False,
+    below: bool = False,
+    hint: str = "",
+) -> None:
     """Check a number field (None passes: an unset optional field): finite, and within `low` .. `high`
     (inclusive, or exclusive with `above` / `below`). Every numeric field of every section goes
     through this, so `inf` and `nan` never get past `x > 0`-style checks."""
@@ -92,14 +100,23 @@ def check_weight(value: float, name: str, force: bool | None = False) -> None:
     from sabun.lora.ops import MAX_MULTIPLIER
 
     number(value, name)
-    check(force or abs(value) <= MAX_MULTIPLIER, name,
-          f"{value:g} is beyond +-{MAX_MULTIPLIER:g} (LoRAs are used at about 0.3-1.5)" + ("; set force = true beside it if you mean it" if force is not None else ""))
+    check(
+        force or abs(value) <= MAX_MULTIPLIER,
+        name,
+        f"{value:g} is beyond +-{MAX_MULTIPLIER:g} (LoRAs are used at about 0.3-1.5)"
+        + ("; set force = true beside it if you mean it" if force is not None else ""),
+    )
 
 
 def check_side(value: int | None, name: str) -> None:
     """A size in pixels: at least 8 (one latent pixel), at most MAX_RESOLUTION (more does not fit in memory)."""
     number(value, name, 8)
-    number(value, name, high=MAX_RESOLUTION, hint=f"a larger side does not fit in memory (SDXL trains at 1024); the largest is {MAX_RESOLUTION}")
+    number(
+        value,
+        name,
+        high=MAX_RESOLUTION,
+        hint=f"a larger side does not fit in memory (SDXL trains at 1024); the largest is {MAX_RESOLUTION}",
+    )
 
 
 def check_seed(value: int, name: str) -> None:
@@ -115,10 +132,18 @@ def file_name(value: str, name: str) -> None:
     control = [c for c in value if ord(c) < 32 or ord(c) == 127]
     check(not control, name, f"holds a control character ({control[0]!r}) in {value!r}; {fix}" if control else "")
     bad = sorted(BAD_NAME_CHARS & set(value))
-    check(not bad, name, f"must be a file name without folders or any of / \\ : * ? \" < > |, got {value!r}; {fix}")
-    check(not value.startswith(".") and ".." not in value, name, f"must not start with `.` or hold `..`, got {value!r}; {fix}")
+    check(not bad, name, f'must be a file name without folders or any of / \\ : * ? " < > |, got {value!r}; {fix}')
+    check(
+        not value.startswith(".") and ".." not in value,
+        name,
+        f"must not start with `.` or hold `..`, got {value!r}; {fix}",
+    )
     check(value == value.strip(), name, f"starts or ends with a space: {value!r}; {fix}")
-    check(len(value.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES, name, f"is {len(value.encode('utf-8', 'surrogatepass'))} bytes long; at most {MAX_NAME_BYTES}")
+    check(
+        len(value.encode("utf-8", "surrogatepass")) <= MAX_NAME_BYTES,
+        name,
+        f"is {len(value.encode('utf-8', 'surrogatepass'))} bytes long; at most {MAX_NAME_BYTES}",
+    )
 
 
 # --- sections -----------------------------------------------------------------------------------
@@ -144,7 +169,9 @@ class ModelConfig:
     base_weights: list[BaseWeight] = field(default_factory=list)  # stepping-stone LoRAs merged first
     clip_skip: int = 1  # use the text encoder's n-th layer from the end (2 for most anime SD 1.x models; SDXL counts from its penultimate)
     allow_pickle: bool = False  # allow .ckpt/.pt files (loaded weights-only); only for files you trust
-    prediction_type: str | None = None  # `epsilon` or `v_prediction` for a model file or folder; default: stated or detected
+    prediction_type: str | None = (
+        None  # `epsilon` or `v_prediction` for a model file or folder; default: stated or detected
+    )
 
     def __post_init__(self) -> None:
         check(bool(self.path), "path", "is empty; give `tiny`, `toy` or a model path")
@@ -162,7 +189,9 @@ class DatasetConfig:
     repeats: int | None = None  # times each image is seen per epoch; default: N of an `N_name` folder, else 1
     resolution: int | None = None  # training resolution for this folder; default: data.resolution
     caption_extension: str = ".txt"  # caption file next to each image: NAME.png -> NAME.txt
-    default_caption: str | None = None  # caption for images without a caption file; default: `name` of `N_name`, else ""
+    default_caption: str | None = (
+        None  # caption for images without a caption file; default: `name` of `N_name`, else ""
+    )
     shuffle_caption: bool = False  # shuffle the comma-separated tags at every step
     keep_tokens: int = 0  # with shuffle_caption: keep this many leading tags in place
     caption_separator: str = ","  # separates tags for shuffling and tag counts
@@ -198,7 +227,13 @@ class DataConfig:
         number(self.batch_size, "batch_size", 1)
         number(self.bucket_step, "bucket_step", 1, MAX_RESOLUTION)
         number(self.min_bucket, "min_bucket", 1, MAX_BUCKET)
-        number(self.max_bucket, "max_bucket", self.min_bucket or 1, MAX_BUCKET, hint="at least min_bucket; bucket areas stay at resolution^2")
+        number(
+            self.max_bucket,
+            "max_bucket",
+            self.min_bucket or 1,
+            MAX_BUCKET,
+            hint="at least min_bucket; bucket areas stay at resolution^2",
+        )
         number(self.min_image_size, "min_image_size", 1)
         one_of(self.cache_latents, "cache_latents", ("memory", "disk", "none"))
         path_text(self.cache_dir, "cache_dir")
@@ -221,8 +256,19 @@ class NetworkConfig:
         number(self.alpha, "alpha", 0, MAX_ALPHA_PER_RANK * self.rank, above=True, hint=scale)
         number(self.conv_rank, "conv_rank", 1)
         conv_rank = self.conv_rank or self.rank
-        number(self.conv_alpha, "conv_alpha", 0, MAX_ALPHA_PER_RANK * conv_rank, above=True, hint=f"conv_alpha / conv_rank is the conv LoRA's scale; at most {MAX_ALPHA_PER_RANK}")
-        check(self.train_unet or self.train_text_encoder, "train_unet", "and train_text_encoder are both false; nothing to train")
+        number(
+            self.conv_alpha,
+            "conv_alpha",
+            0,
+            MAX_ALPHA_PER_RANK * conv_rank,
+            above=True,
+            hint=f"conv_alpha / conv_rank is the conv LoRA's scale; at most {MAX_ALPHA_PER_RANK}",
+        )
+        check(
+            self.train_unet or self.train_text_encoder,
+            "train_unet",
+            "and train_text_encoder are both false; nothing to train",
+        )
 
 
 @dataclass
@@ -282,7 +328,13 @@ class TrainingConfig:
         one_of(self.mixed_precision, "mixed_precision", ("no", "fp16", "bf16"))
         check_seed(self.seed, "seed")
         number(self.min_snr_gamma, "min_snr_gamma", 0, above=True, hint="5 is usual; leave it out for no weighting")
-        number(self.noise_offset, "noise_offset", 0, 1, hint="0.05-0.1 is usual; noise is about 1, so more drowns the image")
+        number(
+            self.noise_offset,
+            "noise_offset",
+            0,
+            1,
+            hint="0.05-0.1 is usual; noise is about 1, so more drowns the image",
+        )
         number(self.min_timestep, "min_timestep", 0)
         check(
             self.max_timestep is None or self.max_timestep > self.min_timestep,
@@ -300,7 +352,9 @@ class SamplingConfig:
     prompts: list[str] = field(default_factory=lambda: ["1girl"])  # one row per prompt and seed
     seeds: list[int] = field(default_factory=lambda: [0])  # noise seeds, the same at every sample step
     negative_prompt: str = ""  # for classifier-free guidance
-    multipliers: list[float] = field(default_factory=lambda: [1.0])  # new LoRA's weights on the plain model, one column each
+    multipliers: list[float] = field(
+        default_factory=lambda: [1.0]
+    )  # new LoRA's weights on the plain model, one column each
     steps: int = 12  # inference steps (the model's scheduler)
     guidance_scale: float = 7.0  # classifier-free guidance scale
     width: int | None = None  # image width; default: data.resolution
@@ -308,7 +362,11 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         number(self.every_n_steps, "every_n_steps", 0)
-        check(self.every_n_steps == 0 or (self.prompts and self.seeds), "prompts", "and seeds must not be empty when sampling")
+        check(
+            self.every_n_steps == 0 or (self.prompts and self.seeds),
+            "prompts",
+            "and seeds must not be empty when sampling",
+        )
         for i, s in enumerate(self.seeds):
             check_seed(s, f"seeds[{i}]")
         check(bool(self.multipliers), "multipliers", "is empty; list at least one weight, e.g. [1.0]")
@@ -321,7 +379,11 @@ class SamplingConfig:
             unset = "leave it out for data.resolution"
             number(value, side, 8, hint=unset)
             check_side(value, side)
-            check(value is None or value % 8 == 0, side, f"must be a multiple of 8 (the VAE's factor), got {value}; {unset}")
+            check(
+                value is None or value % 8 == 0,
+                side,
+                f"must be a multiple of 8 (the VAE's factor), got {value}; {unset}",
+            )
 
 
 @dataclass
@@ -412,7 +474,11 @@ def from_dict(cls: type, data: Any, path: str = "") -> Any:
             hint = f"did you mean `{close[0]}`? " if close else ""
             raise ConfigError(where, f"unknown field; {hint}known: {', '.join(names)}")
         kwargs[key] = convert(hints[key], value, where)
-    missing = [f.name for f in dataclasses.fields(cls) if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise ConfigError(f"{path}.{missing[0]}" if path else missing[0], "is required")
     try:
@@ -497,7 +563,11 @@ def parse_value(tp: Any, text: str) -> Any:
     A string field also takes bare text as written (`--set optimizer.type=sgd`); a quoted one
     (`--set optimizer.type="sgd"`, as a shell passes `'...="sgd"'`) is the TOML string, without its quotes.
     """
-    options = [a for a in typing.get_args(tp) if a is not type(None)] if typing.get_origin(tp) in (typing.Union, types.UnionType) else [tp]
+    options = (
+        [a for a in typing.get_args(tp) if a is not type(None)]
+        if typing.get_origin(tp) in (typing.Union, types.UnionType)
+        else [tp]
+    )
     try:
         value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
@@ -534,7 +604,13 @@ def apply_override(raw: dict, assignment: str, root: type | None = None) -> None
         node[last] = value
 
 
-def read_config(path: str | os.PathLike, cls: type, overrides: list[str] | tuple[str, ...] = (), example: str = "", build: Any = None) -> Any:
+def read_config(
+    path: str | os.PathLike,
+    cls: type,
+    overrides: list[str] | tuple[str, ...] = (),
+    example: str = "",
+    build: Any = None,
+) -> Any:
     """Read the TOML file `path` as dataclass `cls` (`build(raw)` when given), after the `--set`
     overrides; every error names the file (and `example`, a config to start from, if it is missing)."""
     path = Path(path)

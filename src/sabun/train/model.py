@@ -27,7 +27,9 @@ from sabun.lora.targets import LoRATarget
 def check_supported(pipe, source: str) -> None:
     """The trainer handles SD 1.x / 2.x (one CLIP text encoder) and SDXL base (two) pipelines."""
     if getattr(pipe, "unet", None) is None or getattr(pipe, "text_encoder", None) is None:
-        raise SabunError(f"{source}: has no U-Net or text encoder; give a Stable Diffusion 1.x / 2.x or SDXL base model")
+        raise SabunError(
+            f"{source}: has no U-Net or text encoder; give a Stable Diffusion 1.x / 2.x or SDXL base model"
+        )
 
 
 def max_clip_skip(pipe) -> int:
@@ -43,7 +45,9 @@ def check_clip_skip(pipe, clip_skip: int, source: str) -> None:
     """Refuse a `model.clip_skip` past the text encoder's layers (it would index no layer)."""
     largest = max_clip_skip(pipe)
     if clip_skip > largest:
-        raise SabunError(f"model.clip_skip: {clip_skip} is more layers than the text encoder of {source} has; the largest clip_skip for it is {largest} (usual: 1 or 2)")
+        raise SabunError(
+            f"model.clip_skip: {clip_skip} is more layers than the text encoder of {source} has; the largest clip_skip for it is {largest} (usual: 1 or 2)"
+        )
 
 
 def pixel_stride(pipe) -> int:
@@ -93,7 +97,9 @@ class PlainWeights:
             self.swap()
 
 
-def merge_stepping_stones(targets: dict[str, LoRATarget], base_weights, allow_pickle: bool) -> tuple[PlainWeights, list[SteppingStone]]:
+def merge_stepping_stones(
+    targets: dict[str, LoRATarget], base_weights, allow_pickle: bool
+) -> tuple[PlainWeights, list[SteppingStone]]:
     """Merge `base_weights` (list of `BaseWeight`) into the model in fp32; keep the plain weights.
 
     Raises a SabunError naming the file if a LoRA cannot be read or does not fit the model.
@@ -105,8 +111,13 @@ def merge_stepping_stones(targets: dict[str, LoRATarget], base_weights, allow_pi
         loaded.append((weight, lora, file_sha256(path)))
     names = {name for _, lora, _ in loaded for name in lora.weights}
     plain = PlainWeights(targets, {n for n in names if n in targets})
-    merge_into_model(targets, [Weighted(lora, weight.multiplier, f"model.base_weights: {weight.path}") for weight, lora, _ in loaded])
-    stones = [SteppingStone(str(w.path), sha, w.multiplier, len(lora.weights), inherited(lora.metadata)) for w, lora, sha in loaded]
+    merge_into_model(
+        targets, [Weighted(lora, weight.multiplier, f"model.base_weights: {weight.path}") for weight, lora, _ in loaded]
+    )
+    stones = [
+        SteppingStone(str(w.path), sha, w.multiplier, len(lora.weights), inherited(lora.metadata))
+        for w, lora, sha in loaded
+    ]
     return plain, stones
 
 
@@ -124,7 +135,9 @@ def freeze(*modules: nn.Module) -> None:
 
 def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
     """(B, 77) token ids, padded and truncated to the tokenizer's length as SD does."""
-    return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    return tokenizer(
+        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
 
 
 def encode_ids(text_encoder, ids: torch.Tensor, clip_skip: int = 1) -> torch.Tensor:
@@ -136,9 +149,13 @@ def encode_ids(text_encoder, ids: torch.Tensor, clip_skip: int = 1) -> torch.Ten
     ids = ids.to(text_encoder.device)
     if clip_skip == 1:
         return text_encoder(ids)[0]
-    hidden_states = text_encoder(ids, output_hidden_states=True).hidden_states  # the embeddings, then each layer's output
+    hidden_states = text_encoder(
+        ids, output_hidden_states=True
+    ).hidden_states  # the embeddings, then each layer's output
     if clip_skip >= len(hidden_states):
-        raise SabunError(f"model.clip_skip: {clip_skip} is more layers than the text encoder has; the largest clip_skip for it is {len(hidden_states) - 1}")
+        raise SabunError(
+            f"model.clip_skip: {clip_skip} is more layers than the text encoder has; the largest clip_skip for it is {len(hidden_states) - 1}"
+        )
     hidden = hidden_states[-clip_skip]
     return getattr(text_encoder, "text_model", text_encoder).final_layer_norm(hidden)
 

@@ -17,7 +17,9 @@ def draw_noise(latents_shape: tuple[int, ...], generator: torch.Generator, noise
     return noise
 
 
-def draw_timesteps(batch: int, num_train_timesteps: int, generator: torch.Generator, low: int = 0, high: int | None = None) -> torch.Tensor:
+def draw_timesteps(
+    batch: int, num_train_timesteps: int, generator: torch.Generator, low: int = 0, high: int | None = None
+) -> torch.Tensor:
     """Uniform integer timesteps in [low, high), by default [0, num_train_timesteps)."""
     return torch.randint(low, num_train_timesteps if high is None else high, (batch,), generator=generator)
 

@@ -33,7 +33,9 @@ def lora_multiplier(network: LoRANetwork, value: float):
 
 
 @torch.no_grad()
-def generate(pipe, prompt: str, negative: str, seed: int, config, width: int, height: int, text: TextEncoders) -> Image.Image:
+def generate(
+    pipe, prompt: str, negative: str, seed: int, config, width: int, height: int, text: TextEncoders
+) -> Image.Image:
     """One image through the pipeline, with prompts encoded the way training encodes them (clip skip)."""
     embeds, pooled = text([prompt])
     negative_embeds, negative_pooled = text([negative])
@@ -52,7 +54,9 @@ def generate(pipe, prompt: str, negative: str, seed: int, config, width: int, he
     ).images[0]
 
 
-def sample_grid(pipe, network: LoRANetwork, plain: PlainWeights, config, width: int, height: int, text: TextEncoders) -> Image.Image:
+def sample_grid(
+    pipe, network: LoRANetwork, plain: PlainWeights, config, width: int, height: int, text: TextEncoders
+) -> Image.Image:
     """The grid for the current LoRA (`config` is a `SamplingConfig`; `text` encodes the prompts)."""
     columns: list[tuple[str, contextlib.AbstractContextManager, float]] = []
     if plain:
@@ -68,7 +72,9 @@ def sample_grid(pipe, network: LoRANetwork, plain: PlainWeights, config, width: 
     return assemble_grid(cells, [label for label, _, _ in columns], len(rows), width, height)
 
 
-def assemble_grid(cells: dict[tuple[int, int], Image.Image], labels: list[str], rows: int, width: int, height: int) -> Image.Image:
+def assemble_grid(
+    cells: dict[tuple[int, int], Image.Image], labels: list[str], rows: int, width: int, height: int
+) -> Image.Image:
     """Paste (row, column) cells under a row of column labels; small cells are enlarged to fit the labels."""
     scale = max(1, math.ceil(MIN_CELL_WIDTH / width))
     w, h = width * scale, height * scale

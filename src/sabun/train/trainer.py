@@ -77,7 +77,9 @@ class TrainResult:
     samples: list[Path] = field(default_factory=list)  # sample grids written
 
 
-def train(config: TrainConfig, resume: str | Path | bool | None = None, overwrite: bool = False, pipe=None) -> TrainResult:
+def train(
+    config: TrainConfig, resume: str | Path | bool | None = None, overwrite: bool = False, pipe=None
+) -> TrainResult:
     """Train one LoRA as `config` says and write it (kohya format) to OUTPUT_DIR/NAME.safetensors.
 
     Args:
@@ -124,7 +126,10 @@ class Run:
     def check_data(self) -> None:
         self.found = scan_images(self.config.datasets, self.config.data)
         if self.found.missing_captions:
-            warnings.warn(f"{self.found.missing_captions} image(s) have no caption file; they use the dataset's default_caption (or the N_name folder's name)", stacklevel=2)
+            warnings.warn(
+                f"{self.found.missing_captions} image(s) have no caption file; they use the dataset's default_caption (or the N_name folder's name)",
+                stacklevel=2,
+            )
 
     # --- setup: model ---------------------------------------------------------------------------
 
@@ -136,7 +141,13 @@ class Run:
 
         cfg = self.config
         self.owns_pipe = pipe is None
-        self.pipe = pipe if pipe is not None else load_pipeline(cfg.model.path, allow_pickle=cfg.model.allow_pickle, prediction_type=cfg.model.prediction_type)
+        self.pipe = (
+            pipe
+            if pipe is not None
+            else load_pipeline(
+                cfg.model.path, allow_pickle=cfg.model.allow_pickle, prediction_type=cfg.model.prediction_type
+            )
+        )
         check_supported(self.pipe, cfg.model.path)
         self.pipe.set_progress_bar_config(disable=True)
         self.unet, self.tokenizer = self.pipe.unet, self.pipe.tokenizer
@@ -145,16 +156,24 @@ class Run:
         freeze(self.unet, self.pipe.vae, *self.text.encoders)
         self.targets = pipeline_targets(self.pipe, conv=cfg.network.conv_rank is not None)
         # stepping-stones merge into every layer they hold (3x3 convs too), whatever the new LoRA trains
-        self.plain, self.stones = merge_stepping_stones(pipeline_targets(self.pipe, conv=True), cfg.model.base_weights, cfg.model.allow_pickle)
+        self.plain, self.stones = merge_stepping_stones(
+            pipeline_targets(self.pipe, conv=True), cfg.model.base_weights, cfg.model.allow_pickle
+        )
         self.noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
         self.prediction_type = self.noise_scheduler.config.prediction_type
         steps = self.noise_scheduler.config.num_train_timesteps
         if cfg.training.min_timestep >= steps or (cfg.training.max_timestep or 0) > steps:
             name = "min_timestep" if cfg.training.min_timestep >= steps else "max_timestep"
-            raise SabunError(f"training.{name}: {getattr(cfg.training, name)} is past this model's {steps} training timesteps ({cfg.model.path})")
+            raise SabunError(
+                f"training.{name}: {getattr(cfg.training, name)} is past this model's {steps} training timesteps ({cfg.model.path})"
+            )
         if self.prediction_type not in ("epsilon", "v_prediction"):
-            raise SabunError(f"{cfg.model.path}: prediction_type {self.prediction_type!r} cannot be trained; supported: epsilon, v_prediction")
-        self.weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.training.mixed_precision]
+            raise SabunError(
+                f"{cfg.model.path}: prediction_type {self.prediction_type!r} cannot be trained; supported: epsilon, v_prediction"
+            )
+        self.weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
+            cfg.training.mixed_precision
+        ]
         for module in (self.unet, self.pipe.vae, *self.text.encoders):
             module.to(self.device)
             if self.weight_dtype != torch.float32:  # torch's own `to`: diffusers' warns on every dtype cast
@@ -183,7 +202,11 @@ class Run:
         components = self.components()
         layers = [t for t in self.targets.values() if t.component in components]
         for option, rank, conv in (("network.rank", net.rank, False), ("network.conv_rank", net.conv_rank, True)):
-            shapes = [(t.module.weight.shape[0], math.prod(t.module.weight.shape[1:]), t.name) for t in layers if t.conv3x3 == conv]
+            shapes = [
+                (t.module.weight.shape[0], math.prod(t.module.weight.shape[1:]), t.name)
+                for t in layers
+                if t.conv3x3 == conv
+            ]
             if rank is None or not shapes:
                 continue
             out, fan_in, name = min(shapes, key=lambda s: max(s[0], s[1]))
@@ -207,18 +230,27 @@ class Run:
         self.images, self.validation_images = split_validation(images, cfg.validation.split, cfg.training.seed)
         self.all_images = self.images + self.validation_images
         # every 3D model behind the data (sabun render metadata) and behind the stepping-stones
-        self.source_models = merged(source_models(im.path for im in self.images), *(s.source_models for s in self.stones))
+        self.source_models = merged(
+            source_models(im.path for im in self.images), *(s.source_models for s in self.stones)
+        )
         self.plan = BatchPlan(self.images, cfg.data.batch_size, self.world, cfg.training.seed)
         micro_steps = cfg.training.epochs * self.plan.batches_per_epoch
         self.total_steps = cfg.training.max_steps or math.ceil(micro_steps / cfg.training.gradient_accumulation)
         truncated = long_captions(self.tokenizer, [im.caption for im in self.all_images])
         if truncated:
-            warnings.warn(f"{truncated} caption(s) are longer than the text encoder's {self.tokenizer.model_max_length} tokens and are truncated", stacklevel=2)
+            warnings.warn(
+                f"{truncated} caption(s) are longer than the text encoder's {self.tokenizer.model_max_length} tokens and are truncated",
+                stacklevel=2,
+            )
 
         self.latents: LatentCache | None = None
         if cfg.data.cache_latents != "none":
             flips = [cfg.datasets[im.dataset].flip for im in self.all_images]
-            directory = Path(cfg.data.cache_dir or cfg.output_dir / "latent_cache") if cfg.data.cache_latents == "disk" else None
+            directory = (
+                Path(cfg.data.cache_dir or cfg.output_dir / "latent_cache")
+                if cfg.data.cache_latents == "disk"
+                else None
+            )
             self.latents = LatentCache(self.all_images, flips, directory)
             with self.accelerator.main_process_first():  # main writes the disk cache, the others read it
                 self.latents.fill(self.pipe.vae, write=self.main)
@@ -256,7 +288,14 @@ class Run:
         te_lr = cfg.optimizer.text_encoder_lr if cfg.optimizer.text_encoder_lr is not None else lr
         groups = parameter_groups(self.network, lr, te_lr)
         self.trainable = [p for g in groups for p in g["params"]]
-        objective = DiffusionObjective(self.network, self.unet, self.text, self.noise_scheduler, self.pipe.vae_scale_factor, cfg.training.min_snr_gamma)
+        objective = DiffusionObjective(
+            self.network,
+            self.unet,
+            self.text,
+            self.noise_scheduler,
+            self.pipe.vae_scale_factor,
+            cfg.training.min_snr_gamma,
+        )
         optimizer = build_optimizer(cfg.optimizer, groups)
         self.schedule = build_schedule(optimizer, cfg.schedule, self.total_steps)
         # the schedule is stepped by hand: accelerate would step it once per process
@@ -267,10 +306,14 @@ class Run:
         lora, state, saved_toml = ckpt.load_checkpoint(path)
         check_resumable(self.config, saved_toml, path)
         if state.get("world_size", 1) != self.world:
-            raise SabunError(f"{path}: was trained with {state['world_size']} process(es); resume with the same number (now {self.world})")
+            raise SabunError(
+                f"{path}: was trained with {state['world_size']} process(es); resume with the same number (now {self.world})"
+            )
         missing = set(dict(self.network.named_children())) ^ set(lora.weights)
         if missing:
-            raise SabunError(f"{path}: its LoRA layers differ from this config's network ({len(missing)} layers); it belongs to another run")
+            raise SabunError(
+                f"{path}: its LoRA layers differ from this config's network ({len(missing)} layers); it belongs to another run"
+            )
         for name, module in self.network.named_children():
             module.load_weight(lora.weights[name])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -318,7 +361,9 @@ class Run:
                 last = done == self.total_steps
                 if cfg.sampling.every_n_steps and (done % cfg.sampling.every_n_steps == 0 or last):
                     self.write_samples(done, result)
-                if cfg.validation.split and ((cfg.validation.every_n_steps and done % cfg.validation.every_n_steps == 0) or last):
+                if cfg.validation.split and (
+                    (cfg.validation.every_n_steps and done % cfg.validation.every_n_steps == 0) or last
+                ):
                     result.validation[done] = self.validate(done)
                 stopping = stop.requested(accelerator)
                 if stopping or (cfg.checkpoint.every_n_steps and done % cfg.checkpoint.every_n_steps == 0 and not last):
@@ -374,8 +419,14 @@ class Run:
         return {"text": text} | ({} if pooled is None else {"pooled": pooled})
 
     def non_finite(self, step: int, value: float) -> SabunError:
-        where = f"the last good checkpoint is kept at {self.last_checkpoint}; after fixing, continue with --resume {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet (set checkpoint.every_n_steps to keep one)"
-        return SabunError(f"training loss is {value} at step {step}, so training stopped; {where}. Lower optimizer.learning_rate, or check the data and base_weights")
+        where = (
+            f"the last good checkpoint is kept at {self.last_checkpoint}; after fixing, continue with --resume {self.last_checkpoint}"
+            if self.last_checkpoint
+            else "no checkpoint was written yet (set checkpoint.every_n_steps to keep one)"
+        )
+        return SabunError(
+            f"training loss is {value} at step {step}, so training stopped; {where}. Lower optimizer.learning_rate, or check the data and base_weights"
+        )
 
     @torch.no_grad()
     def validate(self, step: int) -> float:
@@ -395,7 +446,12 @@ class Run:
             noise = torch.randn((k, *latent.shape[1:]), generator=generator)
             text = {name: value.to(self.device) for name, value in self.text_input([image.caption] * k).items()}
             with self.accelerator.autocast():
-                loss = objective(latent.expand(k, -1, -1, -1).to(self.device), noise.to(self.device), timesteps.to(self.device), **text)
+                loss = objective(
+                    latent.expand(k, -1, -1, -1).to(self.device),
+                    noise.to(self.device),
+                    timesteps.to(self.device),
+                    **text,
+                )
             losses.append(loss.item())
         value = float(np.mean(losses))
         if self.writer is not None:
@@ -423,7 +479,11 @@ class Run:
         """sd-scripts' `ss_*` training keys plus sabun's provenance (stepping-stones, config)."""
         cfg, plan = self.config, self.plan
         opt = cfg.optimizer
-        te_lr = (opt.text_encoder_lr if opt.text_encoder_lr is not None else opt.learning_rate) if self.train_text_encoder else 0.0
+        te_lr = (
+            (opt.text_encoder_lr if opt.text_encoder_lr is not None else opt.learning_rate)
+            if self.train_text_encoder
+            else 0.0
+        )
         folders: dict[str, list[TrainImage]] = {}
         for image in self.images:
             folders.setdefault(image.folder, []).append(image)
@@ -446,7 +506,9 @@ class Run:
             "ss_num_train_images": str(plan.examples_per_epoch),
             "ss_num_reg_images": "0",
             "ss_num_batches_per_epoch": str(plan.batches_per_epoch),
-            "ss_num_epochs": str(math.ceil(self.total_steps * cfg.training.gradient_accumulation / plan.batches_per_epoch)),
+            "ss_num_epochs": str(
+                math.ceil(self.total_steps * cfg.training.gradient_accumulation / plan.batches_per_epoch)
+            ),
             "ss_epoch": str(micro // plan.batches_per_epoch),
             "ss_steps": str(step),
             "ss_max_train_steps": str(self.total_steps),
@@ -470,8 +532,12 @@ class Run:
             "ss_v_parameterization": str(self.prediction_type == "v_prediction"),
             "ss_base_model_version": base_model_version(family, self.prediction_type),
             "ss_v2": str(family == "sd2"),
-            "ss_tag_frequency": json.dumps({f: tag_frequency([im.caption for im in ims], separators[f]) for f, ims in folders.items()}),
-            "ss_dataset_dirs": json.dumps({f: {"n_repeats": ims[0].repeats, "img_count": len(ims)} for f, ims in folders.items()}),
+            "ss_tag_frequency": json.dumps(
+                {f: tag_frequency([im.caption for im in ims], separators[f]) for f, ims in folders.items()}
+            ),
+            "ss_dataset_dirs": json.dumps(
+                {f: {"n_repeats": ims[0].repeats, "img_count": len(ims)} for f, ims in folders.items()}
+            ),
             "sabun_base_weights": stones_metadata(self.stones),
             "sabun_source_models": json.dumps(self.source_models),
             "sabun_config": json.dumps(to_dict(cfg)),
@@ -486,7 +552,12 @@ class Run:
         tensors = lora_state_dict(lora, dtype)  # as the file will hold them, alphas included
         for name in lora.weights:
             try:
-                check_layer(name, tensors[f"{name}.lora_down.weight"], tensors[f"{name}.lora_up.weight"], tensors[f"{name}.alpha"])
+                check_layer(
+                    name,
+                    tensors[f"{name}.lora_down.weight"],
+                    tensors[f"{name}.lora_up.weight"],
+                    tensors[f"{name}.alpha"],
+                )
             except ValueError as e:
                 where = (f"the last good checkpoint is kept at {self.last_checkpoint}; continue with --resume {self.last_checkpoint}"
                          if self.last_checkpoint else "nothing was written")  # fmt: skip
@@ -520,7 +591,9 @@ class Run:
         cfg = self.config
         if self.main:
             lora = self.checked_lora(step, DTYPES[cfg.output.dtype])
-            save_lora(lora, cfg.lora_path, overwrite=True, dtype=DTYPES[cfg.output.dtype], family=pipeline_family(self.pipe))
+            save_lora(
+                lora, cfg.lora_path, overwrite=True, dtype=DTYPES[cfg.output.dtype], family=pipeline_family(self.pipe)
+            )
             with atomic_output(cfg.config_path, overwrite=True) as tmp:
                 tmp.write_text(to_toml(cfg), encoding="utf-8")
         self.accelerator.wait_for_everyone()
@@ -531,7 +604,9 @@ class Run:
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step drops events a killed run logged after the checkpoint it resumes from
-            self.writer = SummaryWriter(str(self.config.output_dir / "logs" / self.config.output.name), purge_step=start or None)
+            self.writer = SummaryWriter(
+                str(self.config.output_dir / "logs" / self.config.output.name), purge_step=start or None
+            )
 
     def log_step(self, step: int, loss: float, seconds: float, progress) -> None:
         if not self.main:
@@ -567,7 +642,15 @@ class DiffusionObjective(nn.Module):
     the latents' times the VAE's factor.
     """
 
-    def __init__(self, network: LoRANetwork, unet, text: TextEncoders | None, scheduler, vae_scale_factor: int, min_snr_gamma: float | None):
+    def __init__(
+        self,
+        network: LoRANetwork,
+        unet,
+        text: TextEncoders | None,
+        scheduler,
+        vae_scale_factor: int,
+        min_snr_gamma: float | None,
+    ):
         super().__init__()
         self.network = network
         self.frozen = (unet, text)  # a tuple is not registered as submodules
@@ -575,7 +658,14 @@ class DiffusionObjective(nn.Module):
         self.sdxl = is_sdxl_unet(unet)
         self.alphas_cumprod = scheduler.alphas_cumprod
 
-    def forward(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        latents: torch.Tensor,
+        noise: torch.Tensor,
+        timesteps: torch.Tensor,
+        text: torch.Tensor,
+        pooled: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         unet, text_encoders = self.frozen
         if text.dtype == torch.long:  # (B, E, 77) token ids: the text encoders (and their LoRA) run in the graph
             text, pooled = text_encoders.encode(text)
@@ -583,7 +673,10 @@ class DiffusionObjective(nn.Module):
         added = None
         if self.sdxl:
             height, width = (side * self.vae_scale_factor for side in latents.shape[-2:])
-            added = {"text_embeds": pooled.to(unet.dtype), "time_ids": sdxl_time_ids(height, width, len(latents)).to(latents.device, unet.dtype)}
+            added = {
+                "text_embeds": pooled.to(unet.dtype),
+                "time_ids": sdxl_time_ids(height, width, len(latents)).to(latents.device, unet.dtype),
+            }
         prediction = unet(noisy.to(unet.dtype), timesteps, text.to(unet.dtype), added_cond_kwargs=added).sample
         target = training_target(self.scheduler, latents, noise, timesteps)
         snr = compute_snr(self.alphas_cumprod, timesteps) if self.min_snr_gamma else None
@@ -603,7 +696,9 @@ def build_accelerator(config: TrainConfig):
     from accelerate.state import AcceleratorState
 
     training = config.training
-    has_gpu = torch.cuda.is_available() or (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available())
+    has_gpu = torch.cuda.is_available() or (
+        getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    )
     cpu = training.device == "cpu" or not has_gpu
     if cpu and training.mixed_precision == "fp16":
         raise SabunError("training.mixed_precision: fp16 needs a GPU; use `no` (fp32) or `bf16` on the CPU")
@@ -631,7 +726,9 @@ def prepare_output(config: TrainConfig, resume, overwrite: bool, accelerator) ->
         return None, [path for _, path in existing]
     if resume is True or resume == "latest":
         if not existing:
-            raise SabunError(f"{ckpt.checkpoint_root(config.output_dir)}: no checkpoint of run {config.output.name!r} to resume; run without --resume")
+            raise SabunError(
+                f"{ckpt.checkpoint_root(config.output_dir)}: no checkpoint of run {config.output.name!r} to resume; run without --resume"
+            )
         return existing[-1][1], []
     return Path(resume), []
 
@@ -655,10 +752,14 @@ def check_resumable(config: TrainConfig, saved_toml: str, path: Path) -> None:
         return
     saved = flatten(to_dict(config_from_toml(saved_toml)))
     now = flatten(to_dict(config))
-    changed = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k) and not k.startswith(RESUME_MAY_CHANGE)]
+    changed = [
+        k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k) and not k.startswith(RESUME_MAY_CHANGE)
+    ]
     if changed:
         detail = ", ".join(f"{k} ({saved.get(k)!r} -> {now.get(k)!r})" for k in changed[:5])
-        raise SabunError(f"{path}: was trained with other settings: {detail}; resume with the checkpoint's config.toml, or start a new run")
+        raise SabunError(
+            f"{path}: was trained with other settings: {detail}; resume with the checkpoint's config.toml, or start a new run"
+        )
 
 
 def flatten(table: dict, prefix: str = "") -> dict:
@@ -673,7 +774,9 @@ def flatten(table: dict, prefix: str = "") -> dict:
 
 def step_seed(seed: int, micro_step: int, rank: int) -> int:
     """A 63-bit seed mixed from (seed, step, process): independent streams per step and process."""
-    state = np.random.SeedSequence([seed & 0xFFFFFFFF, micro_step & 0xFFFFFFFF, rank]).generate_state(2, dtype=np.uint32)
+    state = np.random.SeedSequence([seed & 0xFFFFFFFF, micro_step & 0xFFFFFFFF, rank]).generate_state(
+        2, dtype=np.uint32
+    )
     return int(state[0]) << 31 ^ int(state[1])
 
 
