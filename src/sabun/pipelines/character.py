@@ -24,36 +24,30 @@ Stages, each written under OUT and skipped on a re-run when its inputs have not 
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import re
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sabun.avatar.camera import METHOD_VIEWS
-from sabun.avatar.camera import VIEWS as AVATAR_VIEWS
-from sabun.avatar.camera import ZOOMS as AVATAR_ZOOMS
-from sabun.avatar.pose import POSES as AVATAR_POSES
-from sabun.avatar.raster import STYLES as RENDER_STYLES
 from sabun.errors import SabunError
 from sabun.io import atomic_output
-from sabun.pipelines.stages import (
+from sabun.pipelines.data import CAPTION_POLICIES, ModelSource, RenderConfig, check_model_file, model_tags
+from sabun.pipelines.recipe import deep_merge, lora_config, toy_recipe
+from sabun.pipelines.stages import (  # Stages and lora_inputs: this pipeline's stage runner
+    Stages,
     check_finite,
     check_model_path,
     check_multiplier,
     check_timesteps,
     file_hash,
+    lora_inputs,  # noqa: F401
     model_key,
-    output_key,
     run_stage,
-    tree_digest,
 )
 from sabun.toyworld.character import STEPPING_STONE_PRESETS, load_character
-from sabun.toyworld.render import VIEWS, ZOOMS
 from sabun.train.config import (
     ConfigError,
     ModelConfig,
@@ -66,59 +60,6 @@ from sabun.train.config import (
     read_config,
     to_dict,
 )
-
-CAPTION_POLICIES = ("full", "stepping-stone", "character", "keep", "none")  # keep: as they are; none: empty
-
-# The training settings used on the toy model unless a `train` table overrides them: its 64 px
-# images, and a rank and step count that learn a character in about a minute on two CPU cores.
-TOY_TRAIN = {
-    "data": {"resolution": 64, "buckets": False, "batch_size": 8, "cache_latents": "memory"},
-    "network": {"rank": 8, "alpha": 4.0},
-    "optimizer": {"learning_rate": 1e-3, "text_encoder_lr": 2e-4},
-    "schedule": {"type": "cosine", "warmup_steps": 20},
-    "training": {"max_steps": 300, "min_snr_gamma": 5.0, "seed": 0},
-}
-# ... and for the character LoRA: only the noisier half of the timesteps, where layout and colour
-# (the character's identity) are decided. On the toy target this took hairstyle on bare `1girl`
-# from 12 to 38 % and hair dE from 27 to 20, with less 3D leakage (README, "What the demo shows").
-TOY_CHARACTER_TRAIN = {"training": {"min_timestep": 500}}
-
-
-@dataclass
-class ModelSource:
-    """One character's 3D model file, rendered by sabun (`sabun render model`)."""
-
-    path: str  # a .vrm, .glb or .gltf file
-    tags: str | None = (
-        None  # the character's booru tags, e.g. "red hair, long hair"; default: `tags` of NAME.toml beside the model
-    )
-
-
-@dataclass
-class RenderConfig:
-    """How the 3D model files are rendered: one camera rule, light, pose and style for every model."""
-
-    views: list[str] = field(default_factory=lambda: list(METHOD_VIEWS))  # the method's: front and behind
-    zooms: list[str] = field(default_factory=lambda: list(AVATAR_ZOOMS))  # portrait, upper-body, cowboy-shot, full-body
-    poses: list[str] = field(default_factory=lambda: ["arms-at-sides"])
-    style: str = "toon"  # toon (MToon, as VRoid Studio shows the model), lit (a plain "3D render") or unlit
-    size: int | None = None  # image side in pixels; default: 64 on the toy model, else 768
-    supersample: int = 2  # drawn at this many times the size, then averaged down
-    background: str = "white"  # the method trains on white
-    author: bool = False  # you are the author of a model whose licence lets only its author use it
-
-    def __post_init__(self) -> None:
-        one_of(self.style, "style", RENDER_STYLES)
-        for name, values, valid in (
-            ("views", self.views, AVATAR_VIEWS),
-            ("zooms", self.zooms, AVATAR_ZOOMS),
-            ("poses", self.poses, AVATAR_POSES),
-        ):
-            check(bool(values), name, f"is empty; choose from: {', '.join(valid)}")
-            for value in values:
-                one_of(value, name, valid)
-        check(self.size is None or 64 <= self.size <= 2048, "size", f"must be 64 to 2048 pixels, got {self.size}")
-        check(1 <= self.supersample <= 4, "supersample", f"must be 1 to 4, got {self.supersample}")
 
 
 @dataclass
@@ -285,13 +226,6 @@ def resolve(config: CharacterConfig, root: Path) -> CharacterConfig:
     )
 
 
-def deep_merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
 def train_config(
     config: CharacterConfig,
     overrides: dict,
@@ -302,199 +236,11 @@ def train_config(
     where: str = "train",
     character: bool = False,
 ) -> TrainConfig:
-    """The `sabun train` config of one LoRA: defaults (the toy settings on the toy model, with the
-    character LoRA's own), then the section's `train` table; model, datasets and output are the pipeline's."""
-    for fixed in ("model", "datasets", "output"):
-        if fixed in overrides:
-            raise ConfigError(f"{where}.{fixed}", "is set by the pipeline; remove it")
-    defaults = deep_merge(TOY_TRAIN, TOY_CHARACTER_TRAIN if character else {}) if config.is_toy else {}
-    table = deep_merge(defaults, overrides)
-    table["model"] = to_dict(config.model) | {
-        "base_weights": [{"path": str(p), "multiplier": config.stepping_stone.multiplier} for p in base_weights]
-    }
-    table["datasets"] = [{"path": str(d)} for d in datasets]
-    table["output"] = {"dir": str(out), "name": name, "tensorboard": False}
-    try:
-        return from_dict(TrainConfig, table)
-    except ConfigError as e:
-        raise ConfigError(f"{where}.{e.path}", e.message) from None
-
-
-# --- data ---------------------------------------------------------------------------------------
-
-
-def apply_policy(out: Path, policy: str, extra_tag: str | None = None) -> None:
-    """Re-caption a folder of sabun renders by policy (`none`: empty captions; `keep`: as rendered),
-    then append `extra_tag` to every caption."""
-    from sabun.captions import caption_folder
-
-    if policy == "none":
-        for path in out.glob("*.txt"):
-            path.write_text("")
-    elif policy != "keep":
-        caption_folder(out, policy)
-    if extra_tag:
-        for path in out.glob("*.txt"):
-            text = path.read_text().strip()
-            path.write_text(f"{text}, {extra_tag}\n" if text else f"{extra_tag}\n")
-
-
-def render_set(out: Path, character: str, policy: str, extra_tag: str | None = None) -> None:
-    """A toy character's `3d` renders (every view and zoom, white background, arms at sides), captioned."""
-    from sabun.toyworld.commands import RenderToyConfig, render_toy
-
-    render_toy(RenderToyConfig(out=out, style="3d", character=character, views=VIEWS, zooms=ZOOMS))
-    apply_policy(out, policy, extra_tag)
-
-
-def model_tags(source: ModelSource) -> str:
-    """A model's tags: given in the config, else `tags` of its tag file (NAME.toml beside it), else none."""
-    from sabun.avatar.captions import read_tag_file, tags_beside
-
-    if source.tags is not None:
-        return source.tags
-    tag_file = tags_beside(Path(source.path))
-    return read_tag_file(tag_file).get("tags", "") if tag_file.is_file() else ""
-
-
-def render_model_set(
-    out: Path, source: ModelSource, policy: str, render: RenderConfig, size: int, log, extra_tag: str | None = None
-) -> None:
-    """One 3D model's shots (`sabun render model` with the pipeline's render settings), captioned by policy."""
-    from tqdm import tqdm
-
-    from sabun.avatar.commands import RenderModelConfig, render_models
-
-    config = RenderModelConfig(
-        models=(Path(source.path),),
-        out=out,
-        views=tuple(render.views),
-        zooms=tuple(render.zooms),
-        poses=tuple(render.poses),
-        style=render.style,
-        size=size,
-        supersample=render.supersample,
-        background=render.background,
-        tags=source.tags,
-        policy=policy if policy in ("stepping-stone", "character") else "full",
-        author=render.author,
-    )
-    render_models(
-        config,
-        note=log,
-        bar=lambda total: tqdm(total=total, desc=f"rendering {Path(source.path).name}", unit="shot", leave=False),
-    )
-    apply_policy(out, "none" if policy == "none" else "keep", extra_tag)
-
-
-def folder_digest(folder: Path) -> str:
-    """A hash of every file's relative path and content (not of the folder's own path): a user's
-    data set changes -> its stages rerun; the same files elsewhere -> they do not."""
-    if not folder.is_dir():
-        raise SabunError(f"{folder}: no such folder; give a folder of images with .txt captions")
-    return tree_digest(folder)
-
-
-def copy_set(source: Path, out: Path, policy: str) -> None:
-    """The user's folder copied (their files are never rewritten), captions re-made by policy where
-    sabun's render metadata is present."""
-    from sabun.captions import caption_folder
-
-    shutil.copytree(source, out)
-    if policy == "none":
-        for path in out.rglob("*.txt"):
-            path.write_text("")
-    elif policy != "keep":
-        for folder in sorted({p.parent for p in out.rglob("*.json")}):
-            caption_folder(folder, policy)
-
-
-def check_model_file(path: str, where: str) -> Path:
-    """A model file that exists and that sabun renders; errors name the config field and the file."""
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(where, f"{file}: no such file; give a .vrm, .glb or .gltf file")
-    if file.suffix.lower() not in (".vrm", ".glb", ".gltf"):
-        raise ConfigError(where, f"{file}: is not a .vrm, .glb or .gltf file; export the model as VRM or glTF")
-    return file
-
-
-@dataclass
-class Stages:
-    """The stage runner of one pipeline: data sets and LoRAs under OUT, logged."""
-
-    out: Path
-    log: Callable[[str], None] = print
-
-    def toy_data(self, name: str, character: str, policy: str, extra_tag: str | None = None) -> Path:
-        inputs = {"character": load_character(character).to_dict(), "policy": policy, "tag": extra_tag, "style": "3d"}
-        return run_stage(
-            self.out / "data", name, inputs, lambda p: render_set(p, character, policy, extra_tag), self.log
-        )[0]
-
-    def model_data(
-        self, name: str, source: ModelSource, policy: str, render: RenderConfig, size: int, extra_tag: str | None = None
-    ) -> Path:
-        """A 3D model's renders, keyed by the model file's and its tag file's content and the render settings."""
-        from sabun.avatar.captions import tags_beside
-        from sabun.avatar.commands import METADATA_FORMAT
-
-        model, tag_file = Path(source.path), tags_beside(Path(source.path))
-        inputs = {
-            "model": file_hash(model),
-            "tag_file": file_hash(tag_file) if tag_file.is_file() else None,
-            "tags": source.tags,
-            "policy": policy,
-            "tag": extra_tag,
-            "render": to_dict(render) | {"size": size},
-            "format": METADATA_FORMAT,
-        }
-        return run_stage(
-            self.out / "data",
-            name,
-            inputs,
-            lambda p: render_model_set(p, source, policy, render, size, self.log, extra_tag),
-            self.log,
-        )[0]
-
-    def user_data(self, name: str, folder: str, policy: str) -> Path:
-        inputs = {"digest": folder_digest(Path(folder)), "policy": policy}  # its files, wherever the folder is
-        return run_stage(self.out / "data", name, inputs, lambda p: copy_set(Path(folder), p, policy), self.log)[0]
-
-    def lora(self, name: str, config: TrainConfig, pipe=None) -> Path:
-        """Train one LoRA (config's output folder is replaced by the stage's)."""
-        from sabun.train import train
-
-        inputs = lora_inputs(config)
-
-        def build(folder: Path) -> None:
-            self.log(f"training {name}")
-            train(
-                dataclasses.replace(config, output=dataclasses.replace(config.output, dir=str(folder), name=name)),
-                pipe=pipe,
-            )
-
-        folder, _ = run_stage(self.out / "loras", name, inputs, build, self.log)
-        return folder / f"{name}.safetensors"
-
-
-def lora_inputs(config: TrainConfig) -> dict:
-    """A LoRA stage's key: its training settings with every path replaced by what it stands for (the
-    model by `model_key`, each data set by the key of the stage that made it, each base weight by
-    its sha256); the output folder and a latent cache folder, which change nothing learnt, left out."""
-    table = to_dict(config)
-    output = table.pop("output")
-    table["output"] = {k: output[k] for k in ("dtype", "comment") if k in output}  # what the saved file holds
-    table["model"]["path"] = model_key(config.model.path)
-    table["model"]["base_weights"] = [{"multiplier": b.multiplier} for b in config.model.base_weights]
-    for dataset in table["datasets"]:
-        del dataset["path"]
-    table["data"].pop("cache_dir", None)
-    return {
-        "train": table,
-        "data_keys": [output_key(Path(d.path)) for d in config.datasets],
-        "base": [file_hash(b.path) for b in config.model.base_weights],
-    }
+    """The `sabun train` config of one LoRA: the toy recipe on the toy model (with the character
+    LoRA's own), then the section's `train` table; model, datasets and output are the pipeline's."""
+    tables = deep_merge(toy_recipe(character) if config.is_toy else {}, overrides)
+    weights = [(p, config.stepping_stone.multiplier) for p in base_weights]
+    return lora_config(tables, to_dict(config.model), datasets, out, name, weights, where=where)
 
 
 # --- the pipeline -------------------------------------------------------------------------------

@@ -36,33 +36,37 @@ from sabun.evaluate.report import write_evaluation
 from sabun.evaluate.toy_evaluator import ToyEvaluator
 from sabun.generate import Sampler
 from sabun.io import atomic_output
-from sabun.pipelines.character import ModelSource, RenderConfig, Stages
-from sabun.pipelines.stages import check_finite, check_model_path, run_stage
+from sabun.models.load import load_pipeline
+from sabun.pipelines.data import ModelSource, RenderConfig
+from sabun.pipelines.recipe import TOY_CHARACTER_TRAIN, TOY_TRAIN, deep_merge, lora_config, toy_recipe
+from sabun.pipelines.stages import Stages, check_finite, check_model_path, run_stage
 from sabun.toyworld.character import STEPPING_STONE_PRESETS, load_character
+from sabun.toyworld.export import export_character
 from sabun.toyworld.render import ZOOMS
+from sabun.train.config import ConfigError, TrainConfig, check
 
 
 @dataclass(frozen=True)
 class DemoConfig:
     characters: tuple[str, ...] = ("target",)  # targets: preset names or character TOMLs
     model: str = "toy"  # the model every LoRA is trained on and used with
-    steps: int = 300  # optimiser steps of each LoRA
-    character_min_timestep: int = 500  # character LoRAs train on timesteps >= this (stepping-stones on all)
-    rank: int = 8
-    alpha: float = 4.0
-    learning_rate: float = 1e-3
-    batch_size: int = 8
+    # the LoRAs' settings; defaults: the toy recipe (`sabun.pipelines.recipe`)
+    steps: int = TOY_TRAIN["training"]["max_steps"]  # optimiser steps of each LoRA
+    # character LoRAs train on timesteps >= this (stepping-stones on all)
+    character_min_timestep: int = TOY_CHARACTER_TRAIN["training"]["min_timestep"]
+    rank: int = TOY_TRAIN["network"]["rank"]
+    alpha: float = TOY_TRAIN["network"]["alpha"]
+    learning_rate: float = TOY_TRAIN["optimizer"]["learning_rate"]  # the text encoder's: a fifth of it
+    batch_size: int = TOY_TRAIN["data"]["batch_size"]
     seeds: int = 16  # images per evaluation prompt
     sample_steps: int = 20  # sampling steps of the evaluation images
-    seed: int = 0
+    seed: int = TOY_TRAIN["training"]["seed"]  # seeds every LoRA's training
     full: bool = False  # add the ablations: a 1-character and an uncaptioned stepping-stone, regularisation images
     from_vrm: bool = False  # the characters exported to VRM and rendered by `sabun render model` (lit style) instead of the toy renderer
 
     def __post_init__(self) -> None:
         """Every setting checked before anything is rendered or trained; an error names the
         `sabun demo` option (or, for a setting the CLI does not expose, the field)."""
-        from sabun.train.config import ConfigError, check
-
         check(bool(self.characters), "--character", "no target given; give a preset name or a character .toml")
         check(
             all(isinstance(c, str) and c for c in self.characters),
@@ -111,33 +115,27 @@ def train_config(
     base_weights: list[Path] = (),
     repeats: dict[Path, int] | None = None,
     character: bool = True,
-):
-    """One LoRA's config; `character` LoRAs (not the stepping-stones) get `character_min_timestep`."""
-    from sabun.train.config import TrainConfig, from_dict
-
-    return from_dict(
-        TrainConfig,
-        {
-            "model": {
-                "path": config.model,
-                "base_weights": [{"path": str(p), "multiplier": 1.0} for p in base_weights],
-            },
-            "datasets": [
-                {"path": str(d)} | ({"repeats": (repeats or {})[d]} if d in (repeats or {}) else {}) for d in datasets
-            ],
-            "data": {"resolution": 64, "buckets": False, "batch_size": config.batch_size, "cache_latents": "memory"},
-            "network": {"rank": config.rank, "alpha": config.alpha},
-            "optimizer": {"learning_rate": config.learning_rate, "text_encoder_lr": config.learning_rate / 5},
-            "schedule": {"type": "cosine", "warmup_steps": max(1, config.steps // 15)},
-            "training": {
-                "max_steps": config.steps,
-                "min_snr_gamma": 5.0,
-                "seed": config.seed,
-                "min_timestep": config.character_min_timestep if character else 0,
-            },
-            "output": {"dir": ".", "name": name, "tensorboard": False},  # the stage's folder replaces it
+) -> TrainConfig:
+    """One LoRA's config: the toy recipe with the demo's settings; `character` LoRAs (not the
+    stepping-stones) train on timesteps >= `character_min_timestep`."""
+    settings = {
+        "data": {"batch_size": config.batch_size},
+        "network": {"rank": config.rank, "alpha": config.alpha},
+        "optimizer": {"learning_rate": config.learning_rate, "text_encoder_lr": config.learning_rate / 5},
+        "schedule": {"warmup_steps": max(1, config.steps // 15)},
+        "training": {
+            "max_steps": config.steps,
+            "seed": config.seed,
+            "min_timestep": config.character_min_timestep if character else 0,
         },
-    )
+    }
+    repeats = repeats or {}
+    sets = [{"path": str(d)} | ({"repeats": repeats[d]} if d in repeats else {}) for d in datasets]
+    # the output folder "." is replaced by the stage's own
+    return lora_config(
+        deep_merge(toy_recipe(character), settings), {"path": config.model}, sets, Path("."), name,
+        [(p, 1.0) for p in base_weights],
+    )  # fmt: skip
 
 
 # `--from-vrm`: the toy renderer's shot list (front, side, behind; every zoom; 64 px) drawn from the
@@ -147,8 +145,6 @@ VRM_RENDER = RenderConfig(views=["front", "right", "behind"], zooms=list(ZOOMS),
 
 def exported(stages: Stages, character: str) -> Path:
     """The toy character as a VRM 1.0 file (with its tag file), made once per spec: OUT/vrm/NAME/NAME.vrm."""
-    from sabun.toyworld.export import export_character
-
     spec = load_character(character)
 
     def build(folder: Path) -> None:
@@ -171,8 +167,6 @@ ABLATIONS = ("1-character stone x1", "uncaptioned stone x1", "stone + reg. image
 def run_demo(out: Path, config: DemoConfig = DemoConfig(), log=print, evaluator: ToyEvaluator | None = None) -> dict:
     """The experiment for each target; the stepping-stone LoRA (which does not depend on the target)
     is trained once and shared. Writes OUT/TARGET/{metrics.json,report.html} and OUT/metrics.json."""
-    from sabun.models.load import load_pipeline
-
     started = time.time()
     # every input checked before the first stage: the targets' specs, the model, the evaluator
     targets = []

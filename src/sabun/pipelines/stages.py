@@ -24,11 +24,21 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+from sabun.avatar.captions import tags_beside
+from sabun.avatar.commands import METADATA_FORMAT
+from sabun.config import ConfigError, to_dict
 from sabun.errors import SabunError
 from sabun.io import atomic_output, remove_stale_temporaries
 from sabun.lora.file import file_sha256
+from sabun.lora.ops import MAX_MULTIPLIER
+from sabun.models.load import BUILTIN
+from sabun.pipelines.data import ModelSource, RenderConfig, copy_set, render_model_set, render_set
+from sabun.toyworld.character import load_character
+from sabun.train import train
+from sabun.train.config import TrainConfig
 
 TMP_INFIX = ".tmp-"  # a stage NAME is built in ROOT/.NAME.tmp-XXXX/NAME
 
@@ -67,8 +77,6 @@ def tree_digest(folder: Path) -> str:
 def model_key(path: str) -> str | dict:
     """A model in a key: a builtin model (`toy`, `tiny`) by its name; a checkpoint file by its
     sha256; a diffusers folder by the digest of its files. Never by its path."""
-    from sabun.models.load import BUILTIN
-
     if path in BUILTIN:
         return path
     model = Path(path)
@@ -85,9 +93,6 @@ def check_model_path(path: str, where: str, allow_pickle: bool = False) -> None:
     """A model spec that can be loaded, checked without loading it (no hashing, no reading of
     weights): a builtin name, a diffusers folder with model_index.json, or a checkpoint file.
     Errors name the config field `where` and the path; `load_pipeline` checks the contents."""
-    from sabun.models.load import BUILTIN
-    from sabun.train.config import ConfigError
-
     if path in BUILTIN:
         return
     model = Path(path)
@@ -120,8 +125,6 @@ def check_finite(value, where: str) -> None:
     """Every float in `value` (a dataclass, dict or list, walked through) is a finite number;
     a ConfigError names the first that is not by its dotted field name (`where.optimizer.learning_rate`).
     The configs' own range checks (`x > 0`) let infinity through, and NaN only where they compare."""
-    from sabun.train.config import ConfigError
-
     if isinstance(value, bool):
         return
     if isinstance(value, float):
@@ -140,9 +143,6 @@ def check_finite(value, where: str) -> None:
 
 def check_multiplier(value: float, where: str) -> None:
     """A LoRA weight that is a finite number within +-10 (`sabun merge` asks for --force beyond)."""
-    from sabun.lora.ops import MAX_MULTIPLIER
-    from sabun.train.config import ConfigError
-
     if not math.isfinite(value):
         raise ConfigError(where, f"{value} is not a finite number; give one like 0.8 or 1")
     if abs(value) > MAX_MULTIPLIER:
@@ -154,8 +154,6 @@ def check_multiplier(value: float, where: str) -> None:
 def check_timesteps(config, pipe, where: str) -> None:
     """A train config's timestep range within the model's training timesteps (the trainer's own
     check, made before any stage runs); `where` names the train table (`character.train`)."""
-    from sabun.train.config import ConfigError
-
     steps = pipe.scheduler.config.get("num_train_timesteps", 1000)
     training = config.training
     if training.min_timestep >= steps:
@@ -220,3 +218,87 @@ def run_stage(
     with atomic_output(marker, overwrite=True) as tmp:
         tmp.write_text(json.dumps({"key": key, "inputs": inputs}, indent=2, default=str))
     return target, True
+
+
+# --- the stages of the pipelines: data sets and LoRAs ---------------------------------------------
+
+
+def folder_digest(folder: Path) -> str:
+    """A hash of every file's relative path and content (not of the folder's own path): a user's
+    data set changes -> its stages rerun; the same files elsewhere -> they do not."""
+    if not folder.is_dir():
+        raise SabunError(f"{folder}: no such folder; give a folder of images with .txt captions")
+    return tree_digest(folder)
+
+
+@dataclass
+class Stages:
+    """The stage runner of one pipeline: data sets and LoRAs under OUT, logged."""
+
+    out: Path
+    log: Callable[[str], None] = print
+
+    def toy_data(self, name: str, character: str, policy: str, extra_tag: str | None = None) -> Path:
+        inputs = {"character": load_character(character).to_dict(), "policy": policy, "tag": extra_tag, "style": "3d"}
+        return run_stage(
+            self.out / "data", name, inputs, lambda p: render_set(p, character, policy, extra_tag), self.log
+        )[0]
+
+    def model_data(
+        self, name: str, source: ModelSource, policy: str, render: RenderConfig, size: int, extra_tag: str | None = None
+    ) -> Path:
+        """A 3D model's renders, keyed by the model file's and its tag file's content and the render settings."""
+        model, tag_file = Path(source.path), tags_beside(Path(source.path))
+        inputs = {
+            "model": file_hash(model),
+            "tag_file": file_hash(tag_file) if tag_file.is_file() else None,
+            "tags": source.tags,
+            "policy": policy,
+            "tag": extra_tag,
+            "render": to_dict(render) | {"size": size},
+            "format": METADATA_FORMAT,
+        }
+        return run_stage(
+            self.out / "data",
+            name,
+            inputs,
+            lambda p: render_model_set(p, source, policy, render, size, self.log, extra_tag),
+            self.log,
+        )[0]
+
+    def user_data(self, name: str, folder: str, policy: str) -> Path:
+        inputs = {"digest": folder_digest(Path(folder)), "policy": policy}  # its files, wherever the folder is
+        return run_stage(self.out / "data", name, inputs, lambda p: copy_set(Path(folder), p, policy), self.log)[0]
+
+    def lora(self, name: str, config: TrainConfig, pipe=None) -> Path:
+        """Train one LoRA (config's output folder is replaced by the stage's)."""
+        inputs = lora_inputs(config)
+
+        def build(folder: Path) -> None:
+            self.log(f"training {name}")
+            train(
+                dataclasses.replace(config, output=dataclasses.replace(config.output, dir=str(folder), name=name)),
+                pipe=pipe,
+            )
+
+        folder, _ = run_stage(self.out / "loras", name, inputs, build, self.log)
+        return folder / f"{name}.safetensors"
+
+
+def lora_inputs(config: TrainConfig) -> dict:
+    """A LoRA stage's key: its training settings with every path replaced by what it stands for (the
+    model by `model_key`, each data set by the key of the stage that made it, each base weight by
+    its sha256); the output folder and a latent cache folder, which change nothing learnt, left out."""
+    table = to_dict(config)
+    output = table.pop("output")
+    table["output"] = {k: output[k] for k in ("dtype", "comment") if k in output}  # what the saved file holds
+    table["model"]["path"] = model_key(config.model.path)
+    table["model"]["base_weights"] = [{"multiplier": b.multiplier} for b in config.model.base_weights]
+    for dataset in table["datasets"]:
+        del dataset["path"]
+    table["data"].pop("cache_dir", None)
+    return {
+        "train": table,
+        "data_keys": [output_key(Path(d.path)) for d in config.datasets],
+        "base": [file_hash(b.path) for b in config.model.base_weights],
+    }
