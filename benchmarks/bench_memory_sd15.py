@@ -64,8 +64,8 @@ def write_checkpoint(path: Path, reduced: bool) -> None:
     """The SD 1.5 architecture with random weights as an fp16 single file (run in a child process)."""
     import torch
 
-    from sabun.models.architectures import random_pipeline
     from sabun.models.load import save_pipeline
+    from sabun.models.single_file import random_pipeline
 
     pipe = random_pipeline("sd1", reduced=reduced)
     pipe.to(torch.float16)

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 from PIL import Image
 
-from conftest import run_cli
 from sabun.avatar import gltf, pose
 from sabun.avatar.commands import RenderModelConfig, render_models
 from sabun.avatar.gltf import load_avatar

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
 from conftest import random_lora, run_cli
+from safetensors.torch import save_file
 from test_train import BASE_TOML
+
 from sabun.lora.file import lora_state_dict, save_lora
 
 LAYER = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"

@@ -385,8 +385,8 @@ def test_pretrain_refuses_unknown_stages_and_a_file_as_its_folder(tmp_path):
 )
 def test_toy_check_options_are_checked_before_the_model_is_loaded(tmp_path, monkeypatch, change, named):
     import sabun.models.load
+    from sabun.evaluate.toy_check import check_model
     from sabun.generate import Sampler
-    from sabun.toyworld.check import check_model
 
     monkeypatch.setattr(sabun.models.load, "load_pipeline", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(SabunError, match=named):
@@ -396,8 +396,8 @@ def test_toy_check_options_are_checked_before_the_model_is_loaded(tmp_path, monk
 
 def test_toy_check_refuses_existing_outputs_before_any_work(tmp_path, monkeypatch):
     import sabun.models.load
+    from sabun.evaluate.toy_check import check_model
     from sabun.generate import Sampler
-    from sabun.toyworld.check import check_model
 
     monkeypatch.setattr(sabun.models.load, "load_pipeline", lambda *a, **k: pytest.fail("the model was loaded"))
     (tmp_path / "ck").mkdir()
@@ -410,9 +410,9 @@ def test_toy_check_refuses_existing_outputs_before_any_work(tmp_path, monkeypatc
 
 def test_toy_check_refuses_a_model_that_does_not_draw_64_px_images(tmp_path, monkeypatch):
     import sabun.models.load
+    from sabun.evaluate.toy_check import check_model
     from sabun.generate import Sampler
     from sabun.models.tiny import build_tiny_pipeline
-    from sabun.toyworld.check import check_model
 
     monkeypatch.setattr(
         sabun.models.load, "load_pipeline", lambda *a, **k: build_tiny_pipeline(sample_size=16)
@@ -426,8 +426,8 @@ def test_toy_check_refuses_a_model_that_does_not_draw_64_px_images(tmp_path, mon
 
 def test_toy_check_runs_with_fewer_images_than_a_sheet(tmp_path):
     """One generation and no `3d` set: the sheet is one cell (it was 8 x 4 only)."""
+    from sabun.evaluate.toy_check import check_model
     from sabun.generate import Sampler
-    from sabun.toyworld.check import check_model
 
     results = check_model("tiny", tmp_path / "ck", count=1, three_d_count=0, sampler=Sampler(steps=1))
     assert results["prompts"]["count"] == 1 and "prompts_with_3d" not in results
@@ -446,7 +446,7 @@ def test_toy_check_runs_with_fewer_images_than_a_sheet(tmp_path):
     ],
 )
 def test_check_vrm_options_are_checked_before_any_export(tmp_path, change, named):
-    from sabun.toyworld.check_vrm import check_exported
+    from sabun.evaluate.vrm_check import check_exported
 
     with pytest.raises(SabunError, match=named):
         check_exported(tmp_path / "cv", **({"count": 0, "styles": ("lit",)} | change))

@@ -218,7 +218,7 @@ def test_no_hair_pixels_says_how_to_name_the_hair_materials(tmp_path):
 
 
 def test_the_evaluator_reading_of_exported_models_is_measured(tmp_path):
-    from sabun.toyworld.check_vrm import check_exported, table
+    from sabun.evaluate.vrm_check import check_exported, table
 
     results = check_exported(tmp_path, count=0, styles=("lit",))
     toy, lit = results["renders"]["toy 3d"], results["renders"]["lit"]

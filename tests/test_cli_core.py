@@ -8,9 +8,9 @@ import sys
 
 import pytest
 import torch
+from conftest import random_lora, unet_and_text_outputs
 from safetensors.torch import save_file
 
-from conftest import random_lora, unet_and_text_outputs
 from sabun.lora.file import load_lora, lora_state_dict, save_lora
 from sabun.lora.network import LoRANetwork
 from sabun.lora.ops import Weighted, merge_into_model

@@ -11,7 +11,6 @@ from sabun.evaluate.metrics import Protocol
 from sabun.pipelines.demo import DemoConfig, run_demo
 from sabun.pipelines.stages import run_stage
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")  # pipelines of small models run faster on one thread
 
 

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import random_lora
 from rich.console import Console
 
-from conftest import random_lora
 from sabun.errors import SabunError
 from sabun.evaluate.claims import FAILS, HOLDS, OPEN, claims
 from sabun.evaluate.intervals import wilson
 from sabun.evaluate.metrics import Protocol, measure, read_prompts
-from sabun.evaluate.toy_evaluator import ToyEvaluator, evaluator_dataset, EvaluatorConfig
+from sabun.evaluate.toy_evaluator import EvaluatorConfig, ToyEvaluator, evaluator_dataset
 from sabun.lora.file import save_lora
 from sabun.toyworld.character import load_character
 from sabun.toyworld.colours import ciede2000, srgb_to_lab

@@ -6,10 +6,10 @@ import copy
 
 import pytest
 import torch
+from conftest import random_lora, unet_and_text_outputs
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from conftest import random_lora, unet_and_text_outputs
 from sabun.errors import SabunError
 from sabun.lora.file import load_lora, lora_state_dict, save_lora
 from sabun.lora.network import LoRAModule, LoRANetwork

@@ -19,20 +19,20 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import random_lora
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from conftest import random_lora
 from sabun.errors import SabunError
 from sabun.lora.file import load_lora, save_lora
 from sabun.lora.network import LoRANetwork
 from sabun.lora.targets import pipeline_targets
-from sabun.models.architectures import ARCHITECTURES, random_pipeline
+from sabun.models.architectures import ARCHITECTURES
 from sabun.models.clip_tokenizer import clip_tokenizer
 from sabun.models.families import base_model_version, looks_like_v_prediction, pipeline_family, resolve_prediction_type
 from sabun.models.layout import checkpoint_layout, original_shape
 from sabun.models.load import load_pipeline, save_pipeline
-from sabun.models.single_file import build_components, component_configs
+from sabun.models.single_file import build_components, component_configs, random_pipeline
 
 FAMILIES = ("sd1", "sd2", "sdxl")
 

@@ -539,6 +539,7 @@ def test_evaluate_with_a_tagger_on_the_tiny_pipeline_writes_metrics_with_interva
     import json
 
     from conftest import random_lora
+
     from sabun.evaluate.commands import evaluate_loras
     from sabun.lora.file import save_lora
 

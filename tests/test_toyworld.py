@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from sabun.captions import caption_folder
 from sabun.errors import SabunError
 from sabun.toyworld.captions import caption, character_caption, full_caption, stepping_stone_caption
 from sabun.toyworld.character import (
@@ -23,7 +24,6 @@ from sabun.toyworld.character import (
     spec_from_dict,
 )
 from sabun.toyworld.colours import HAIR_COLOURS, delta_e, nearest_name
-from sabun.captions import caption_folder
 from sabun.toyworld.commands import RenderToyConfig, render_toy
 from sabun.toyworld.render import VIEWS, ZOOMS, Shot, render
 from sabun.toyworld.stats import soft_gradient_share

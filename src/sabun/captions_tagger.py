@@ -25,8 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from sabun.data.images import IMAGE_SUFFIXES
 from sabun.errors import SabunError
-from sabun.evaluate.tagger import DEFAULT_THRESHOLD, GENERAL, TagMap, Tagger, check_threshold, default_tag_map
+from sabun.evaluate.tagger import DEFAULT_THRESHOLD, GENERAL, Tagger, TagMap, check_threshold, default_tag_map
 from sabun.io import atomic_output
 
 POLICIES = ("full", "stepping-stone", "character")
@@ -122,8 +123,6 @@ def tag_caption(
 
 def images_to_caption(folder: Path) -> tuple[list[Path], list[Path]]:
     """(images without render metadata, images with it: NAME.json beside them) in `folder`."""
-    from sabun.data.images import IMAGE_SUFFIXES
-
     images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     rendered = [p for p in images if p.with_suffix(".json").is_file()]
     return [p for p in images if p not in rendered], rendered

@@ -187,9 +187,9 @@ def render_model_cmd(
     overwrite: Overwrite = False,
 ) -> None:
     """Render VRM / glTF characters into the method's captioned shots: one camera rule, light and pose for every model."""
-    from sabun.avatar.camera import VIEWS, ZOOMS
     from tqdm import tqdm
 
+    from sabun.avatar.camera import VIEWS, ZOOMS
     from sabun.avatar.commands import RenderModelConfig, contact_sheet, describe, render_models
     from sabun.avatar.gltf import load_avatar
     from sabun.avatar.pose import POSES
@@ -320,8 +320,8 @@ def toyworld_check_cmd(
     """Measure how often the toy model draws what it is prompted, read by the toy evaluator."""
     import json
 
+    from sabun.evaluate.toy_check import check_model
     from sabun.generate import Sampler
-    from sabun.toyworld.check import check_model
 
     results = check_model(
         model, out, count, three_d_count, Sampler(steps=steps, guidance=guidance), overwrite=overwrite
@@ -341,7 +341,7 @@ def toyworld_check_vrm_cmd(
 ) -> None:
     """Export toy characters to VRM, render them as `sabun render model` does, and measure how well the toy evaluator reads them."""
     from sabun.avatar.raster import STYLES
-    from sabun.toyworld.check_vrm import check_exported, table
+    from sabun.evaluate.vrm_check import check_exported, table
 
     chosen = tuple(s.strip() for s in styles.split(",") if s.strip())
     bad = [s for s in chosen if s not in STYLES]

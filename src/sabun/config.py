@@ -22,6 +22,8 @@ import typing
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from sabun.errors import SabunError
 from sabun.io import read_text
 
@@ -278,8 +280,6 @@ def to_dict(config: Any) -> dict:
 
 def to_toml(config: Any) -> str:
     """A config dataclass as TOML text (what `read_config` reads back)."""
-    import tomli_w  # only when writing; `sabun --help` does not load it
-
     return tomli_w.dumps(to_dict(config))
 
 

@@ -5,6 +5,10 @@ does not fit the model). The CLI prints its message on one line and exits with s
 traceback. The message names the file and says what to do.
 """
 
+import errno
+import os
+import re
+
 
 class SabunError(Exception):
     """A user-facing error: one line naming the file and the fix."""
@@ -26,8 +30,6 @@ FIXES = {
 
 def os_error_message(e: OSError, path: object = None) -> str:
     """One line for an OS error: the path, what the system said, and what to do."""
-    import errno
-
     name = errno.errorcode.get(e.errno or 0, "")
     where = e.filename if e.filename is not None else path
     detail = e.strerror or str(e)
@@ -37,9 +39,6 @@ def os_error_message(e: OSError, path: object = None) -> str:
 
 def write_error(path: object, e: Exception) -> SabunError:
     """A SabunError for a failed write whose exception is not an OSError (safetensors' SafetensorError)."""
-    import os
-    import re
-
     text = str(e)
     code = re.search(r"os error (\d+)", text)
     if code:

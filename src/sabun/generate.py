@@ -25,7 +25,7 @@ from sabun.io import atomic_output, check_writable
 from sabun.lora.file import load_lora
 from sabun.lora.network import LoRANetwork
 from sabun.lora.targets import pipeline_targets
-
+from sabun.models.load import load_pipeline
 
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 
@@ -138,8 +138,6 @@ def generate_command(
     progress=None,
 ) -> Path:
     """`sabun generate`: one image, or a grid (rows: prompt x seed; columns: LoRA weights)."""
-    from sabun.models.load import load_pipeline
-
     out = Path(out)
     if out.suffix.lower() not in IMAGE_FORMATS:
         raise SabunError(f"{out}: name the output image .png (or .jpg / .webp)")

@@ -8,12 +8,13 @@ file, and an existing output is never replaced unless the caller asked for it.
 from __future__ import annotations
 
 import contextlib
-import pickle
 import glob
 import os
+import pickle
 import shutil
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -147,8 +148,6 @@ def read_text(path: str | os.PathLike, what: str = "file") -> str:
 
 def read_toml(path: str | os.PathLike, what: str = "TOML file", hint: str = "") -> dict:
     """A UTF-8 TOML file as a table; a SabunError naming the file (and `hint`, what it should hold) otherwise."""
-    import tomllib
-
     try:
         return tomllib.loads(read_text(path, what))
     except tomllib.TOMLDecodeError as e:

@@ -14,12 +14,16 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import os
 import re
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
+import numpy as np
+from PIL import Image, ImageDraw
 
 from sabun import __version__
 from sabun.avatar.camera import METHOD_VIEWS, VIEWS, ZOOMS, camera_for
@@ -29,7 +33,8 @@ from sabun.avatar.pose import POSES, pose_avatar
 from sabun.avatar.raster import STYLES, Renderer, composite
 from sabun.avatar.types import Avatar, Meta
 from sabun.errors import SabunError
-from sabun.io import atomic_output, check_writable
+from sabun.io import atomic_output, check_writable, remove_stale_temporaries, umask
+from sabun.toyworld.colours import srgb_to_lab, to_hex
 
 METADATA_FORMAT = "sabun.avatar/1"
 SIZES = (64, 2048)
@@ -182,9 +187,6 @@ def hair_material_indices(source: Source) -> list[int]:
 def hair_reading(pixels, coverage, names: list[str]) -> dict:
     """The hair's colour in one shot: the median CIE L*a*b* of the pixels hair fully covers
     (`coverage` None: the model has no hair materials)."""
-    import numpy as np
-
-    from sabun.toyworld.colours import srgb_to_lab, to_hex
 
     inside = pixels[..., :3][coverage >= 0.99] if coverage is not None else pixels[:0, 0, :3]
     record = {"materials": names, "pixels": int(len(inside)), "lab": None, "srgb": None}
@@ -342,12 +344,6 @@ def render_models(
 def write_set(out: Path, files: list[tuple[str, bytes]]) -> None:
     """Write every (name, bytes) into `out` or none: into a temporary folder beside it first, then
     renamed into place, so a full disk or Ctrl-C leaves no partial set of renders."""
-    import os
-    import shutil
-    import tempfile
-
-    from sabun.io import remove_stale_temporaries, umask
-
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
@@ -407,8 +403,6 @@ def describe(avatar: Avatar) -> str:
 
 def contact_sheet(pngs: list[Path], path: Path, columns: int = 8, thumb: int = 192, overwrite: bool = False) -> Path:
     """A labelled grid of rendered images (for looking, not for training: write it outside the data set)."""
-    from PIL import ImageDraw
-
     rows = (len(pngs) + columns - 1) // columns
     label = 14
     sheet = Image.new("RGB", (columns * thumb, rows * (thumb + label)), (235, 235, 235))

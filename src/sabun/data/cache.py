@@ -18,7 +18,7 @@ from PIL import Image
 
 from sabun.data.dataset import TrainImage
 from sabun.data.images import open_rgb, resize_to_bucket, to_tensor
-from sabun.io import save_tensors
+from sabun.io import load_tensors, save_tensors
 
 
 def load_pixels(image: TrainImage, flipped: bool) -> torch.Tensor:
@@ -77,8 +77,6 @@ class LatentCache:
         With several processes, the main process fills the disk cache (write=True) first and the
         others then read it (write=False finds every entry present).
         """
-        from sabun.io import load_tensors
-
         fingerprint = vae_fingerprint(vae) if self.directory is not None else ""
         todo: dict[tuple[int, int], list[int]] = defaultdict(list)  # bucket -> image indices to encode
         for index in range(len(self.images)):

@@ -10,7 +10,12 @@ from pathlib import Path
 from sabun.errors import SabunError
 from sabun.evaluate.metrics import Protocol, measure_conditions, read_prompts, weight_change_norms
 from sabun.evaluate.report import write_evaluation
+from sabun.evaluate.tagged_character import load_tagged_character
+from sabun.evaluate.tagger import Tagger, TaggerReader, load_tag_map
+from sabun.evaluate.toy_evaluator import ToyEvaluator
 from sabun.io import check_writable
+from sabun.models.load import load_pipeline
+from sabun.toyworld.character import load_character
 
 
 def reader_and_target(
@@ -24,13 +29,7 @@ def reader_and_target(
     """The reader of the images and the character to judge against: the toy evaluator and a toy
     character spec; or, given `tagger`, a booru tagger and a real character spec (identity tags)."""
     if tagger is None:
-        from sabun.evaluate.toy_evaluator import ToyEvaluator
-        from sabun.toyworld.character import load_character
-
         return evaluator or ToyEvaluator.load(), load_character(character)
-    from sabun.evaluate.tagged_character import load_tagged_character
-    from sabun.evaluate.tagger import Tagger, TaggerReader, load_tag_map
-
     reader = TaggerReader(Tagger.load(tagger), threshold=threshold, tag_map=load_tag_map(tag_map))
     target = load_tagged_character(character)
     reader.check(
@@ -64,8 +63,6 @@ def evaluate_loras(
             and selected_tags.csv) instead of the toy evaluator; `character` is then a real
             character spec (its identity tags).
     """
-    from sabun.models.load import load_pipeline
-
     out = Path(out)
     if not loras:
         raise SabunError("no LoRA given; pass --lora PATH[:WEIGHT]")

@@ -27,6 +27,8 @@ from sabun.evaluate.intervals import bootstrap, wilson
 from sabun.evaluate.readings import BACKGROUNDS, POSES, Reader, Readings
 from sabun.generate import Sampler, applied, generate_images
 from sabun.io import read_text
+from sabun.lora.file import load_lora
+from sabun.lora.info import summarize
 from sabun.toyworld.captions import BACKGROUND_TAGS, POSE_TAGS
 
 GROUPS = ("bare", "free", "background", "pose")
@@ -191,9 +193,6 @@ def measure_conditions(
 
 def weight_change_norms(path: Path) -> dict[str, float]:
     """||dW||_F of the LoRA at weight 1, for the U-Net and each text encoder."""
-    from sabun.lora.file import load_lora
-    from sabun.lora.info import summarize
-
     parts: dict[str, float] = {}
     for block in summarize(load_lora(path)):
         part = block.block.split(" ")[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -88,8 +89,6 @@ def write_evaluation(
 ) -> dict:
     """Complete `report` (the metrics' rows, the reader, the protocol) and write OUT/report.html and
     (unless the caller writes a fuller one) OUT/metrics.json; returns the report."""
-    import json
-
     report["metrics"] = [list(row) for row in metric_rows(reader, target, protocol)]
     report["reader"] = reader.name
     report["protocol"] = {"seeds": protocol.seeds, "seed_start": protocol.seed_start, "prompts": protocol.prompts(),

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sabun.errors import SabunError
-from sabun.io import read_toml
 from sabun.evaluate.tagger import normalise_tag
+from sabun.io import read_toml
 from sabun.toyworld.colours import HAIR_COLOURS, RGB, parse_colour, to_hex
 
 KEYS = ("name", "tags", "hair_colour")

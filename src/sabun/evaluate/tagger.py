@@ -23,9 +23,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from sabun.data.images import open_rgb, to_rgb
 from sabun.errors import SabunError
-from sabun.io import read_toml
 from sabun.evaluate.readings import Attribute, Readings
+from sabun.io import read_toml
 
 MODEL_FILE = "model.onnx"
 TAGS_FILE = "selected_tags.csv"
@@ -358,8 +359,6 @@ class Tagger:
 def _as_rgb(image) -> Image.Image:
     """A PIL image, uint8 array (H, W, 3 or 4) or image path as RGB, transparency on white."""
     if isinstance(image, (str, os.PathLike)):
-        from sabun.data.images import open_rgb
-
         return open_rgb(image)
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] not in (3, 4):
@@ -367,8 +366,6 @@ def _as_rgb(image) -> Image.Image:
                 f"a tagger reads uint8 images (H, W, 3) or (H, W, 4); got an array {image.dtype} {image.shape}"
             )
         image = Image.fromarray(image, "RGB" if image.shape[2] == 3 else "RGBA")
-    from sabun.data.images import to_rgb
-
     try:
         return to_rgb(image)
     except Exception as e:  # noqa: BLE001 - to_rgb's reasons for pixels with no 8-bit reading

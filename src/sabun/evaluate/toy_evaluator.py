@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import AutoencoderKL
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
@@ -34,6 +35,7 @@ from sabun.io import atomic_output
 from sabun.toyworld.character import HAIRSTYLES, THING_COLOURS, random_character
 from sabun.toyworld.colours import EYE_COLOURS, HAIR_COLOURS, ciede2000, srgb_to_lab
 from sabun.toyworld.geometry import POSES
+from sabun.toyworld.model import VAE_CONFIG
 from sabun.toyworld.render import BACKGROUNDS, STYLES, VIEWS, ZOOMS, Shot, render_with_coverage
 
 CLASSES: dict[str, tuple[str, ...]] = {
@@ -335,11 +337,7 @@ def train_evaluator(out: Path, vae=None, config: EvaluatorConfig = EvaluatorConf
 
 def load_vae(path: Path):
     """The toy VAE from a pretraining run's `vae.pt` or a diffusers `vae` folder."""
-    from diffusers import AutoencoderKL
-
     if Path(path).suffix == ".pt":
-        from sabun.toyworld.model import VAE_CONFIG
-
         vae = AutoencoderKL(**VAE_CONFIG)
         vae.load_state_dict(torch.load(path, weights_only=True))
         return vae.eval()

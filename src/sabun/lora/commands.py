@@ -7,6 +7,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from tqdm import tqdm
+
 from sabun.errors import SabunError
 from sabun.io import check_writable
 from sabun.lora.file import load_lora, save_lora
@@ -159,8 +161,6 @@ def extract(
         raise SabunError(
             f"{tuned}: is {TITLES[family1]} but {original} is {TITLES[family0]}; extract needs two models of one architecture"
         )
-    from tqdm import tqdm
-
     targets0, targets1 = pipeline_targets(m0, conv=True), pipeline_targets(m1, conv=True)
     if set(targets0) != set(targets1):
         example = sorted(set(targets0) ^ set(targets1))[0]

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from sabun.errors import SabunError
+from sabun.lora.fit import require_fit
 from sabun.lora.targets import LoRATarget
 from sabun.lora.weights import LoRA, LoRAWeight
 
@@ -147,8 +148,6 @@ class LoRANetwork(nn.Module):
     @classmethod
     def from_lora(cls, lora: LoRA, targets: dict[str, LoRATarget], source: str = "LoRA") -> LoRANetwork:
         """A network holding `lora`'s weights; raises a SabunError if it does not fit `targets`."""
-        from sabun.lora.fit import require_fit
-
         require_fit(lora, targets, source)
         modules = {}
         for name, weight in lora.weights.items():

@@ -5,12 +5,15 @@ All sums are formed in fp32 (SVDs in fp64) and cast back only when written into 
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from sabun.errors import SabunError
+from sabun.lora.file import check_family
 from sabun.lora.fit import require_fit
 from sabun.lora.svd import SVD, dense_svd, factored_svd
 from sabun.lora.targets import LoRATarget
@@ -90,8 +93,6 @@ MAX_MULTIPLIER = 10.0
 
 def check_multiplier(multiplier: float, source: str, force: bool = False) -> None:
     """A LoRA multiplier must be finite, and beyond +-10 only on purpose (LoRAs are used at ~0.3-1.5)."""
-    import math
-
     if not math.isfinite(multiplier):
         raise SabunError(f"{source}: multiplier {multiplier} is not a finite number; give one like 0.8 or 1")
     if abs(multiplier) > MAX_MULTIPLIER and not force:
@@ -127,8 +128,6 @@ def stacked_factors(loras: Sequence[Weighted], name: str) -> tuple[torch.Tensor,
 
 def layer_names(loras: Sequence[Weighted]) -> list[str]:
     """Every layer any of `loras` changes; refuses LoRAs that share no layer or mix model families."""
-    from sabun.lora.file import check_family
-
     names: dict[str, None] = {}
     for item in loras:
         if names and len(loras) > 1 and not names.keys() & item.lora.weights.keys():
@@ -173,8 +172,6 @@ def check_ranks(
     command: str, rank: int | None = None, conv_rank: int | None = None, energy: float | None = None
 ) -> None:
     """--rank / --conv-rank at least 1; --energy a share in (0, 1]; not both a rank and an energy."""
-    import math
-
     for option, value in (("--rank", rank), ("--conv-rank", conv_rank)):
         if value is not None and value < 1:
             raise SabunError(f"{command}: {option} {value}: a rank must be at least 1")
@@ -202,8 +199,6 @@ def combine_concat(loras: Sequence[Weighted]) -> LoRA:
 
 
 def combined_metadata(loras: Sequence[Weighted], how: str) -> dict[str, str]:
-    import json
-
     parts = [{"source": item.source, "multiplier": item.multiplier} for item in loras]
     meta = {"sabun_combined_from": json.dumps(parts), "sabun_combine_method": how}
     versions = {item.lora.metadata.get("ss_base_model_version") for item in loras} - {None}

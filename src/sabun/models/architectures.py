@@ -6,6 +6,10 @@ checkpoint on disk.
 
 from __future__ import annotations
 
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel
+
 SD15_UNET = dict(
     sample_size=64,
     in_channels=4,
@@ -46,25 +50,16 @@ SD15_TEXT = dict(
 
 def sd15_unet(device: str = "cpu"):
     """An SD 1.5 U-Net with random weights (`device="meta"` allocates nothing)."""
-    import torch
-    from diffusers import UNet2DConditionModel
-
     with torch.device(device):
         return UNet2DConditionModel(**SD15_UNET)
 
 
 def sd15_text_encoder(device: str = "cpu"):
-    import torch
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     with torch.device(device):
         return CLIPTextModel(CLIPTextConfig(**SD15_TEXT))
 
 
 def sd15_vae(device: str = "cpu"):
-    import torch
-    from diffusers import AutoencoderKL
-
     with torch.device(device):
         return AutoencoderKL(**SD15_VAE)
 
@@ -189,17 +184,3 @@ REDUCED = {
         text_encoder_2=dict(SDXL_TEXT_2, hidden_size=128, intermediate_size=256, num_attention_heads=2, projection_dim=128),
     ),
 }  # fmt: skip
-
-
-def random_pipeline(family: str, reduced: bool = True, seed: int = 0):
-    """A diffusers pipeline of `family` (`sd1`, `sd2`, `sdxl`) with random weights drawn under `seed`.
-
-    `reduced=False` builds the real sizes (SD 1.5: 1.07 G parameters, 4.3 GB in fp32).
-    """
-    import torch
-
-    from sabun.models.single_file import assemble_pipeline, build_components, scheduler_for
-
-    torch.manual_seed(seed)
-    configs = (REDUCED if reduced else ARCHITECTURES)[family]
-    return assemble_pipeline(family, build_components(configs, family), scheduler_for(family))

@@ -9,13 +9,28 @@ A model's family (`sd1`, `sd2`, `sdxl`) is detected, never asked for: see `sabun
 
 from __future__ import annotations
 
+import logging
 import os
+from importlib import resources
 from pathlib import Path
+
+from diffusers import DiffusionPipeline
+from diffusers.utils import logging as diffusers_logging
+from transformers.utils import logging as transformers_logging
 
 from sabun.errors import SabunError
 from sabun.io import atomic_output
+from sabun.models.families import TITLES, pipeline_family, resolve_prediction_type
+from sabun.models.single_file import load_single_file, save_single_file
+from sabun.models.tiny import build_tiny_pipeline
 
 BUILTIN = ("toy", "tiny")
+
+
+def shipped_toy_model() -> Path:
+    """The folder of the shipped, pretrained toy model (a diffusers layout; made by `sabun toyworld
+    pretrain`, see `sabun.toyworld.model`)."""
+    return Path(str(resources.files("sabun") / "assets" / "toy_model"))
 
 
 def load_pipeline(spec: str | os.PathLike, allow_pickle: bool = False, prediction_type: str | None = None):
@@ -32,14 +47,10 @@ def load_pipeline(spec: str | os.PathLike, allow_pickle: bool = False, predictio
             f"--prediction-type {prediction_type!r}: unknown prediction type; choose epsilon or v_prediction"
         )
     if spec == "tiny":
-        from sabun.models.tiny import build_tiny_pipeline
-
         pipe = build_tiny_pipeline()
         return pipe if prediction_type is None else with_prediction_type(pipe, prediction_type)
     if spec == "toy":
-        from sabun.toyworld.model import shipped_model_dir
-
-        folder = shipped_model_dir()
+        folder = shipped_toy_model()
         if not (folder / "model_index.json").exists():
             raise SabunError(
                 f"{folder}: the toy model's weights are missing from this install; reinstall sabun, or make them with `sabun toyworld pretrain --out DIR` and pass --model DIR/model"
@@ -60,17 +71,11 @@ def load_pipeline(spec: str | os.PathLike, allow_pickle: bool = False, predictio
         raise SabunError(
             f"{path}: is neither a .safetensors checkpoint nor a diffusers folder; give one of those, or one of: {', '.join(BUILTIN)}"
         )
-    from sabun.models.single_file import load_single_file
-
     return load_single_file(path, allow_pickle=allow_pickle, prediction_type=prediction_type)
 
 
 def with_prediction_type(pipe, prediction_type: str | None):
     """`pipe` with its scheduler switched to `prediction_type` (None: unchanged), logged."""
-    import logging
-
-    from sabun.models.families import TITLES, pipeline_family, resolve_prediction_type
-
     family = pipeline_family(pipe)
     stated = pipe.scheduler.config.get("prediction_type")
     prediction, reason = resolve_prediction_type(family, prediction_type, stated if prediction_type is None else None)
@@ -86,10 +91,6 @@ def with_prediction_type(pipe, prediction_type: str | None):
 
 
 def load_diffusers_folder(path: Path):
-    from diffusers import DiffusionPipeline
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
     if not (path / "model_index.json").exists():
@@ -111,8 +112,6 @@ def save_pipeline(pipe, out: str | os.PathLike, overwrite: bool = False) -> Path
     the model's family (`sabun.models.single_file`), any other name a diffusers folder."""
     out = Path(out)
     if out.suffix.lower() == ".safetensors":
-        from sabun.models.single_file import save_single_file
-
         return save_single_file(pipe, out, overwrite=overwrite)
     if out.suffix.lower() in (".ckpt", ".pt", ".pth"):
         raise SabunError(

@@ -15,6 +15,7 @@ noise-schedule buffers) copied unchanged; stale EMA weights (`model_ema.*`) are 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -26,6 +27,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate import init_empty_weights
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from safetensors import SafetensorError, safe_open
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 import sabun
 from sabun.errors import SabunError
@@ -77,8 +89,6 @@ class CheckpointReader:
     """Shapes, dtypes, metadata and (lazily) tensors of a single-file checkpoint."""
 
     def __init__(self, path: Path, allow_pickle: bool = False):
-        from safetensors import SafetensorError, safe_open
-
         self.path = require_file(path, "model")
         self._file = None
         self._tensors: dict[str, torch.Tensor] = {}
@@ -271,12 +281,6 @@ def component_configs(shapes: dict[str, tuple[int, ...]], family: str) -> dict[s
 
 def build_components(configs: dict[str, dict], family: str, empty: bool = False) -> dict[str, torch.nn.Module]:
     """U-Net, VAE and text encoder(s) from configs; `empty` allocates no weights (meta device)."""
-    import contextlib
-
-    from accelerate import init_empty_weights
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
     # parameters only: CLIP's position_ids buffer is not in the file and must be real
     with (
         init_empty_weights() if empty else contextlib.nullcontext(),
@@ -291,8 +295,6 @@ def build_components(configs: dict[str, dict], family: str, empty: bool = False)
 
 def skip_text_init():
     """transformers' switch that skips random initialisation (it runs even on the meta device, slowly)."""
-    import contextlib
-
     try:
         from transformers.initialization import no_init_weights
     except ImportError:  # moved in another transformers version: initialising is only slower
@@ -302,8 +304,6 @@ def skip_text_init():
 
 def scheduler_for(family: str, prediction_type: str = "epsilon", zero_terminal_snr: bool = False):
     """The family's noise schedule (see `architectures`), predicting `prediction_type`."""
-    from diffusers import DDIMScheduler, EulerDiscreteScheduler
-
     if family == "sdxl":
         return EulerDiscreteScheduler(
             **dict(arch.SDXL_SCHEDULER, prediction_type=prediction_type, rescale_betas_zero_snr=zero_terminal_snr)
@@ -315,8 +315,6 @@ def scheduler_for(family: str, prediction_type: str = "epsilon", zero_terminal_s
 
 def assemble_pipeline(family: str, components: dict[str, torch.nn.Module], scheduler):
     """A diffusers pipeline of `family` around `components`, with the real CLIP tokenizers."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
     for module in components.values():
         module.eval()
     if family == "sdxl":
@@ -500,3 +498,14 @@ def write_safetensors(
                 raise RuntimeError(f"{key}: produced {tuple(tensor.shape)} {tensor.dtype}, announced {shape} {dtype}")
             if tensor.numel():
                 f.write(tensor.reshape(-1).view(torch.uint8).numpy().data)
+
+
+def random_pipeline(family: str, reduced: bool = True, seed: int = 0):
+    """A diffusers pipeline of `family` (`sd1`, `sd2`, `sdxl`) with random weights drawn under `seed`.
+
+    `reduced=False` builds the real sizes (SD 1.5: 1.07 G parameters, 4.3 GB in fp32).
+    """
+
+    torch.manual_seed(seed)
+    configs = (arch.REDUCED if reduced else arch.ARCHITECTURES)[family]
+    return assemble_pipeline(family, build_components(configs, family), scheduler_for(family))

@@ -32,8 +32,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from sabun.avatar.captions import read_tag_file, tags_beside
+from sabun.avatar.coverage import Entry, coverage, hair_colour
+from sabun.data.dataset import scan_images
 from sabun.errors import SabunError
+from sabun.evaluate.metrics import Protocol, measure_conditions, read_prompts, weight_change_norms
+from sabun.evaluate.report import write_evaluation
+from sabun.evaluate.tagged_character import TaggedCharacter, load_tagged_character, parse_tags
+from sabun.evaluate.tagger import Tagger, TaggerReader, load_tag_map
+from sabun.evaluate.toy_evaluator import ToyEvaluator
+from sabun.generate import Sampler, applied, generate_images, grid_image
 from sabun.io import atomic_output
+from sabun.lora.commands import merge
+from sabun.models.load import load_pipeline
 from sabun.pipelines.data import CAPTION_POLICIES, ModelSource, RenderConfig, check_model_file, model_tags
 from sabun.pipelines.recipe import deep_merge, lora_config, toy_recipe
 from sabun.pipelines.stages import (  # Stages and lora_inputs: this pipeline's stage runner
@@ -248,8 +261,6 @@ def train_config(
 
 def run_character(config: CharacterConfig, log: Callable[[str], None] = print, evaluator=None) -> dict:
     """Run every stage (skipping those up to date); returns the report also written to OUT/metrics.json."""
-    from sabun.models.load import load_pipeline
-
     started = time.time()
     out = Path(config.out)
     stages = Stages(out, log)
@@ -363,8 +374,6 @@ def preflight(config: CharacterConfig) -> tuple | None:
     specs, the user's folders, the 3D model files, the evaluation's files), the images of the user's
     folders read by the trainer's own data set check, and the evaluation's tagger and its tags.
     Errors name the config field and the file. Returns the tagger's (reader, character), if any."""
-    from sabun.data.dataset import scan_images
-
     stone, target, evaluation = config.stepping_stone, config.character, config.evaluation
     check_numbers(config)
     out = Path(config.out)
@@ -422,8 +431,6 @@ def preflight(config: CharacterConfig) -> tuple | None:
     if target.model:
         check_model_file(target.model, "character.model")
 
-    from sabun.evaluate.metrics import Protocol, read_prompts
-
     custom = None
     if evaluation.protocol_prompts:
         try:
@@ -466,8 +473,6 @@ def stage_names(config: CharacterConfig) -> list[str]:
 def check_coverage(config: CharacterConfig, character_data: Path, stone_data: list[Path], out: Path, log) -> dict:
     """The target's hair colour and hairstyle against the stepping-stone characters' (from their
     renders and tags): the table, printed with its warnings, and written to OUT/coverage.json."""
-    from sabun.avatar.coverage import Entry, coverage, hair_colour
-
     stone = config.stepping_stone
     target = Entry(
         Path(config.character.model).stem,
@@ -487,8 +492,6 @@ def check_coverage(config: CharacterConfig, character_data: Path, stone_data: li
 
 
 def save_merged(config: CharacterConfig, stepping_stone: Path, out: Path) -> None:
-    from sabun.lora.commands import merge
-
     merge(
         config.model.path,
         [f"{stepping_stone}:{config.stepping_stone.multiplier}"],
@@ -501,10 +504,6 @@ def save_merged(config: CharacterConfig, stepping_stone: Path, out: Path) -> Non
 def tagger_and_identity(config: CharacterConfig, protocol):
     """The booru tagger of `evaluation.tagger` and the character it judges: `evaluation.identity`
     (tags or a .toml), else the target's tags (`character.tags`, or `tags` in NAME.toml beside its model)."""
-    from sabun.avatar.captions import read_tag_file, tags_beside
-    from sabun.evaluate.tagged_character import TaggedCharacter, load_tagged_character, parse_tags
-    from sabun.evaluate.tagger import Tagger, TaggerReader, load_tag_map
-
     evaluation, target = config.evaluation, config.character
     name = Path(target.model or target.folder or target.preset or "character").stem
     if evaluation.identity and evaluation.identity.endswith(".toml"):
@@ -528,10 +527,6 @@ def tagger_and_identity(config: CharacterConfig, protocol):
 def evaluate_character(config: CharacterConfig, pipe, lora: Path, out: Path, log, evaluator=None, tagged=None) -> dict:
     """The character LoRA on the plain model at each weight: a sample grid always; the protocol's
     metrics (read by the toy evaluator) on the toy model."""
-    import numpy as np
-
-    from sabun.evaluate.metrics import weight_change_norms
-    from sabun.generate import Sampler, applied, generate_images, grid_image
 
     evaluation = config.evaluation
     weights = [0.0, *evaluation.weights]
@@ -561,9 +556,6 @@ def evaluate_character(config: CharacterConfig, pipe, lora: Path, out: Path, log
         grid_image(cells, evaluation.prompts, labels).save(tmp, format="PNG")
     report["samples"] = str(out / "samples.png")
 
-    from sabun.evaluate.metrics import Protocol, measure_conditions, read_prompts
-    from sabun.evaluate.report import write_evaluation
-
     custom = read_prompts(evaluation.protocol_prompts) if evaluation.protocol_prompts else None
     protocol = Protocol(
         seeds=evaluation.seeds,
@@ -579,8 +571,6 @@ def evaluate_character(config: CharacterConfig, pipe, lora: Path, out: Path, log
                 "no toy character to compare with and no evaluation.tagger: wrote the sample grid and weight-change norms only"
             )
             return report
-        from sabun.evaluate.toy_evaluator import ToyEvaluator
-
         reader, target = evaluator or ToyEvaluator.load(), load_character(toy_character)
     conditions = {
         ("plain model" if w == 0.0 else f"character LoRA x{w:g}"): ([(lora, w)] if w else []) for w in weights

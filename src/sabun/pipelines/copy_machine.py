@@ -31,12 +31,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from sabun.data.images import open_rgb, resize_to_bucket
 from sabun.errors import SabunError
+from sabun.evaluate.toy_evaluator import ToyEvaluator
+from sabun.generate import Sampler, applied, generate_images, grid_image
 from sabun.io import atomic_output
-from sabun.lora.file import file_sha256
+from sabun.lora.file import file_sha256, load_lora, save_lora
+from sabun.lora.ops import Weighted, combine_concat, resize_lora
+from sabun.models.load import load_pipeline
 from sabun.pipelines.stages import check_finite, check_model_path, file_hash, model_key, run_stage, stage_key
-from sabun.toyworld.render import BACKGROUNDS, STYLES, VIEWS, ZOOMS
-from sabun.train.config import ConfigError, check, from_dict, local_path, model_path, one_of, read_config
+from sabun.toyworld.character import HAIRSTYLES, load_character
+from sabun.toyworld.colours import HAIR_COLOURS, ciede2000, parse_colour
+from sabun.toyworld.geometry import POSES
+from sabun.toyworld.render import BACKGROUNDS, STYLES, VIEWS, ZOOMS, Shot, render
+from sabun.train import train
+from sabun.train.config import ConfigError, TrainConfig, check, from_dict, local_path, model_path, one_of, read_config
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -86,8 +95,6 @@ class ImageA:
         one_of(self.view, "view", VIEWS)
         one_of(self.zoom, "zoom", ZOOMS)
         one_of(self.background, "background", BACKGROUNDS)
-        from sabun.toyworld.geometry import POSES
-
         one_of(self.pose, "pose", POSES)
 
 
@@ -113,8 +120,6 @@ class ImageB:
                 f"must be a {', '.join(IMAGE_SUFFIXES)} file, got {self.image!r}",
             )
         if self.hairstyle is not None:
-            from sabun.toyworld.character import HAIRSTYLES
-
             one_of(self.hairstyle, "hairstyle", HAIRSTYLES)
 
 
@@ -290,10 +295,6 @@ def resolve_paths(config: CopyMachineConfig, root: Path) -> CopyMachineConfig:
 
 def render_pair(config: CopyMachineConfig) -> tuple[np.ndarray, np.ndarray | None]:
     """A's toy-world render, and B's (A's character with the changes; same shot, size and seed)."""
-    from sabun.toyworld.character import load_character
-    from sabun.toyworld.colours import HAIR_COLOURS, parse_colour
-    from sabun.toyworld.render import Shot, render
-
     a = config.a
     spec = load_character(a.character)
     shot = Shot(view=a.view, zoom=a.zoom, pose=a.pose, background=a.background)
@@ -311,8 +312,6 @@ def render_pair(config: CopyMachineConfig) -> tuple[np.ndarray, np.ndarray | Non
 
 def load_image(path: str, size: int) -> np.ndarray:
     """A user's image as the trainer sees it: RGB on white, scaled and centre-cropped to a square."""
-    from sabun.data.images import open_rgb, resize_to_bucket
-
     if not Path(path).is_file():
         raise SabunError(f"{path}: no such image file")
     try:
@@ -356,8 +355,6 @@ def train_config(
 ):
     """The `sabun train` config of one of the pipeline's LoRAs (`images`: the data set's image
     count, when it is not there to be counted yet)."""
-    from sabun.train.config import TrainConfig
-
     network = {"rank": settings.rank, "alpha": settings.alpha, "train_text_encoder": settings.train_text_encoder}
     if settings.conv_rank is not None:
         network |= {"conv_rank": settings.conv_rank, "conv_alpha": float(settings.conv_rank)}
@@ -393,8 +390,6 @@ def image_settings(section: ImageA | ImageB) -> dict:
         settings["image"] = {"sha256": file_hash(section.image)}
     character = settings.get("character")
     if isinstance(character, str) and character.endswith(".toml"):
-        from sabun.toyworld.character import load_character
-
         settings["character"] = load_character(character).to_dict()
     return settings
 
@@ -413,12 +408,6 @@ def pixel_difference(images: np.ndarray, target: np.ndarray) -> float:
 
 def run_copy_machine(config: CopyMachineConfig, log: Callable[[str], None] = print, evaluator=None) -> dict:
     """Run every stage (skipping finished ones) and return the report also written to metrics.json."""
-    from sabun.generate import Sampler, applied, generate_images
-    from sabun.lora.file import load_lora, save_lora
-    from sabun.lora.ops import Weighted, combine_concat, resize_lora
-    from sabun.models.load import load_pipeline
-    from sabun.train import train
-
     started = time.time()
     out = Path(config.output.dir)
     size = config.model.resolution
@@ -595,8 +584,6 @@ def run_copy_machine(config: CopyMachineConfig, log: Callable[[str], None] = pri
 
 def plain_copy_difference(pipe, rows, pixels_a: np.ndarray, sampler, size: int) -> float:
     """The copy check on the plain model: how far from A it draws without the copy (for scale)."""
-    from sabun.generate import generate_images
-
     return pixel_difference(
         generate_images(pipe, [p for p, _ in rows], [s for _, s in rows], sampler, size=size), pixels_a
     )
@@ -622,10 +609,6 @@ def measure_transfer(
     from weight 0, so an edit that transfers gives shift > 0 at +1 and < 0 at -1.
     Returns the report and the sample cells (prompts, 6, H, W, 3): A, B, copy merged, -1, 0, +1.
     """
-    from sabun.evaluate.toy_evaluator import ToyEvaluator
-    from sabun.generate import Sampler, applied, generate_images
-    from sabun.toyworld.colours import ciede2000
-
     evaluator = evaluator or ToyEvaluator.load()
     sampler = Sampler(steps=measure.steps, guidance=measure.guidance)
     rows = [(p, 2000 + s) for p in measure.prompts for s in range(measure.seeds)]
@@ -682,8 +665,6 @@ def measure_transfer(
 
 
 def write_samples(path: Path, cells: np.ndarray, prompts: list[str]) -> None:
-    from sabun.generate import grid_image
-
     image = grid_image(cells, prompts, ["A", "B", "copy merged", "edit x-1", "plain", "edit x+1"])
     with atomic_output(path, overwrite=True) as tmp:
         image.save(tmp, format="PNG")

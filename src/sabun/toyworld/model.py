@@ -12,13 +12,13 @@ The shipped weights live in `sabun/assets/toy_model` as a diffusers folder and a
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from sabun.models.load import shipped_toy_model
 from sabun.models.tiny import assemble_pipeline
 from sabun.models.tokenizer import build_clip_tokenizer
 from sabun.toyworld import captions
@@ -91,4 +91,4 @@ def build_toy_pipeline(seed: int = 0) -> StableDiffusionPipeline:
 
 def shipped_model_dir() -> Path:
     """The folder of the shipped, pretrained toy model (a diffusers layout)."""
-    return Path(str(resources.files("sabun") / "assets" / "toy_model"))
+    return shipped_toy_model()

@@ -37,6 +37,7 @@ from sabun.toyworld.commands import metadata
 from sabun.toyworld.geometry import POSES
 from sabun.toyworld.model import IMAGE_SIZE, build_toy_pipeline
 from sabun.toyworld.render import BACKGROUNDS, VIEWS, ZOOMS, Shot, render
+from sabun.train.config import check
 
 STAGES = ("data", "vae", "latents", "diffusion", "export")
 DATA_AND_VAE_FIELDS = ("images", "three_d_share", "seed", "vae_steps", "vae_batch", "vae_crop", "vae_lr", "kl_weight")
@@ -67,7 +68,6 @@ class PretrainConfig:
     def __post_init__(self) -> None:
         """Every field checked before anything is rendered or trained; an error names the
         `sabun toyworld pretrain` option (or, for a field the CLI does not expose, the field)."""
-        from sabun.train.config import check
 
         def number(
             value, name: str, low: float, high: float = math.inf, low_open: bool = False, high_open: bool = False

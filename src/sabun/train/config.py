@@ -31,7 +31,8 @@ from sabun.config import (  # noqa: F401
     to_toml,
 )
 from sabun.data.limits import MAX_BUCKET, MAX_REPEATS, MAX_RESOLUTION
-
+from sabun.lora.ops import MAX_MULTIPLIER
+from sabun.models.load import BUILTIN
 
 MAX_SEED = 2**32 - 1  # seeds are mixed as 32-bit values (`step_seed`), as in A1111 and sd-scripts
 MAX_NAME_BYTES = 200  # output.name: room for `.NAME.safetensors.tmp-PID-...` in a 255-byte file name
@@ -45,8 +46,6 @@ BAD_NAME_CHARS = set('/\\:*?"<>|')  # folder separators, and characters Windows 
 def check_weight(value: float, name: str, force: bool | None = False) -> None:
     """A LoRA weight: finite, and beyond +-10 (`sabun.lora.ops.MAX_MULTIPLIER`) only when `force`
     (None: never, and the message does not offer `force`)."""
-    from sabun.lora.ops import MAX_MULTIPLIER
-
     number(value, name)
     check(
         force or abs(value) <= MAX_MULTIPLIER,
@@ -416,8 +415,6 @@ def load_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] 
 
 def model_path(p: str, root: Path) -> str:
     """A config's model: a builtin name (`toy`, `tiny`) stays a name; anything else is a path."""
-    from sabun.models.load import BUILTIN
-
     return p if p in BUILTIN else local_path(p, root)
 
 

@@ -26,22 +26,27 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from diffusers import DDPMScheduler
 from torch import nn
+from tqdm.auto import tqdm
 
 import sabun
+import sabun.train.checkpoint as ckpt
 from sabun.data.cache import LatentCache, encode_pixels, load_pixels
 from sabun.data.captions import shuffle_caption, tag_frequency
-from sabun.data.provenance import merged, source_models
 from sabun.data.dataset import BatchPlan, TrainImage, assign_buckets, scan_images, split_validation
+from sabun.data.provenance import merged, source_models
 from sabun.errors import SabunError
 from sabun.io import atomic_output, check_writable
 from sabun.lora.file import check_layer, lora_state_dict, save_lora
-from sabun.lora.weights import LoRA
 from sabun.lora.network import LoRANetwork
 from sabun.lora.sdxl_names import is_sdxl_unet
 from sabun.lora.targets import pipeline_targets
+from sabun.lora.weights import LoRA
 from sabun.models.families import base_model_version, pipeline_family
-from sabun.train import checkpoint as ckpt
+from sabun.models.load import load_pipeline
 from sabun.train.config import TrainConfig, config_from_toml, to_dict, to_toml
 from sabun.train.model import (
     PlainWeights,
@@ -135,9 +140,6 @@ class Run:
 
     def load_model(self, pipe) -> None:
         """Load the model, freeze it, merge the stepping-stones in fp32, move it to the device."""
-        from diffusers import DDPMScheduler
-
-        from sabun.models.load import load_pipeline
 
         cfg = self.config
         self.owns_pipe = pipe is None
@@ -692,9 +694,6 @@ def build_accelerator(config: TrainConfig):
     `cpu=True` also makes `torchrun` / `accelerate launch --multi_gpu` on a machine without GPUs
     run as several CPU processes (gloo) instead of several independent single-process runs.
     """
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-
     training = config.training
     has_gpu = torch.cuda.is_available() or (
         getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
@@ -781,8 +780,6 @@ def step_seed(seed: int, micro_step: int, rank: int) -> int:
 
 
 def progress_bar(total: int, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True, desc="train")
 
 

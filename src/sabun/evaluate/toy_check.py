@@ -23,6 +23,7 @@ from sabun.errors import SabunError
 from sabun.evaluate.toy_evaluator import CLASSES, ToyEvaluator
 from sabun.generate import Sampler, generate_images, grid_image
 from sabun.io import atomic_output, check_writable
+from sabun.models.load import load_pipeline
 from sabun.toyworld import captions
 from sabun.toyworld.character import load_preset, random_character
 from sabun.toyworld.commands import metadata
@@ -137,8 +138,6 @@ def check_model(
 
     The options, the outputs and the model's image size are checked before anything is generated;
     the three outputs are written only once everything they hold is computed."""
-    from sabun.models.load import load_pipeline
-
     check_options(out, count, three_d_count, sampler, overwrite)
     pipe = load_pipeline(model)
     size = image_size(pipe)

@@ -24,11 +24,18 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from sabun.avatar.camera import camera_for
+from sabun.avatar.gltf import load_avatar
+from sabun.avatar.pose import pose_avatar
+from sabun.avatar.raster import STYLES as RENDER_STYLES
+from sabun.avatar.raster import Renderer, composite
 from sabun.errors import SabunError
 from sabun.evaluate.intervals import mean, rate
 from sabun.evaluate.toy_evaluator import ToyEvaluator
+from sabun.generate import grid_image
 from sabun.io import atomic_output, check_writable
 from sabun.toyworld.character import STEPPING_STONE_PRESETS, TARGET_PRESET, CharacterSpec, load_preset, random_character
+from sabun.toyworld.export import export_character
 from sabun.toyworld.render import ZOOMS, Shot, render
 
 # avatar view -> the toy world's view of the same side (the toy's `side` shows the character's right)
@@ -46,11 +53,6 @@ def characters(count: int, seed: int) -> list[CharacterSpec]:
 
 def mesh_renders(vrm: Path, style: str, size: int, supersample: int) -> list[tuple[np.ndarray, str, str]]:
     """(image, toy view, zoom) of one model file in every shot of the toy shot list."""
-    from sabun.avatar.camera import camera_for
-    from sabun.avatar.gltf import load_avatar
-    from sabun.avatar.pose import pose_avatar
-    from sabun.avatar.raster import Renderer, composite
-
     avatar = load_avatar(vrm)
     posed = pose_avatar(avatar, "arms-at-sides", frozenset())
     shots = []
@@ -87,10 +89,6 @@ def check_exported(out: Path, count: int = 24, seed: int = 0, styles: tuple[str,
 
     The options and the outputs are checked before anything is exported or rendered; both outputs
     are written only once everything they hold is computed."""
-    from sabun.avatar.raster import STYLES as RENDER_STYLES
-    from sabun.generate import grid_image
-    from sabun.toyworld.export import export_character
-
     if not (isinstance(count, int) and not isinstance(count, bool) and count >= 0):
         raise SabunError(
             f"--count {count}: give 0 (the six presets only) or more random characters (24 is the default)"
