@@ -384,22 +384,22 @@ def test_pretrain_refuses_unknown_stages_and_a_file_as_its_folder(tmp_path):
     ],
 )
 def test_toy_check_options_are_checked_before_the_model_is_loaded(tmp_path, monkeypatch, change, named):
-    import sabun.models.load
+    import sabun.evaluate.toy_check
     from sabun.evaluate.toy_check import check_model
     from sabun.generate import Sampler
 
-    monkeypatch.setattr(sabun.models.load, "load_pipeline", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(sabun.evaluate.toy_check, "load_pipeline", lambda *a, **k: pytest.fail("the model was loaded"))
     with pytest.raises(SabunError, match=named):
         check_model("tiny", tmp_path / "ck", **({"count": 1, "three_d_count": 1, "sampler": Sampler(steps=1)} | change))
     untouched(tmp_path / "ck")
 
 
 def test_toy_check_refuses_existing_outputs_before_any_work(tmp_path, monkeypatch):
-    import sabun.models.load
+    import sabun.evaluate.toy_check
     from sabun.evaluate.toy_check import check_model
     from sabun.generate import Sampler
 
-    monkeypatch.setattr(sabun.models.load, "load_pipeline", lambda *a, **k: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(sabun.evaluate.toy_check, "load_pipeline", lambda *a, **k: pytest.fail("the model was loaded"))
     (tmp_path / "ck").mkdir()
     (tmp_path / "ck" / "generations.txt").write_text("mine")
     with pytest.raises(SabunError, match="generations.txt: already exists"):
@@ -409,13 +409,13 @@ def test_toy_check_refuses_existing_outputs_before_any_work(tmp_path, monkeypatc
 
 
 def test_toy_check_refuses_a_model_that_does_not_draw_64_px_images(tmp_path, monkeypatch):
-    import sabun.models.load
+    import sabun.evaluate.toy_check
     from sabun.evaluate.toy_check import check_model
     from sabun.generate import Sampler
     from sabun.models.tiny import build_tiny_pipeline
 
     monkeypatch.setattr(
-        sabun.models.load, "load_pipeline", lambda *a, **k: build_tiny_pipeline(sample_size=16)
+        sabun.evaluate.toy_check, "load_pipeline", lambda *a, **k: build_tiny_pipeline(sample_size=16)
     )  # 32 px images
     with pytest.raises(
         SabunError, match="big.safetensors: draws 32 px images, and the toy evaluator reads the toy model's 64 px ones"

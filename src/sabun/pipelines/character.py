@@ -59,6 +59,7 @@ from sabun.pipelines.stages import (  # Stages and lora_inputs: this pipeline's 
     lora_inputs,  # noqa: F401
     model_key,
     run_stage,
+    save_resolved_config,
 )
 from sabun.toyworld.character import STEPPING_STONE_PRESETS, load_character
 from sabun.train.config import (
@@ -283,6 +284,7 @@ def run_character(config: CharacterConfig, log: Callable[[str], None] = print, e
             train_config(config, section, [Path("check")], out, "check", where=where, character=character), pipe, where
         )
     size = config.render.size or (64 if config.is_toy else 768)
+    save_resolved_config(out, "character", config)
 
     stone_data = [stages.toy_data(names.pop(0), p, stone.caption_policy) for p in stone.presets]
     stone_data += [stages.user_data(names.pop(0), f, stone.caption_policy) for f in stone.folders]

@@ -19,6 +19,7 @@ Stages, each written under OUT and skipped on a re-run when its inputs have not 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -27,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -39,13 +41,22 @@ from sabun.io import atomic_output
 from sabun.lora.file import file_sha256, load_lora, save_lora
 from sabun.lora.ops import Weighted, combine_concat, resize_lora
 from sabun.models.load import load_pipeline
-from sabun.pipelines.stages import check_finite, check_model_path, file_hash, model_key, run_stage, stage_key
+from sabun.pipelines.recipe import lora_config
+from sabun.pipelines.stages import (
+    check_finite,
+    check_model_path,
+    file_hash,
+    model_key,
+    run_stage,
+    save_resolved_config,
+    stage_key,
+)
 from sabun.toyworld.character import HAIRSTYLES, load_character
 from sabun.toyworld.colours import HAIR_COLOURS, ciede2000, parse_colour
 from sabun.toyworld.geometry import POSES
 from sabun.toyworld.render import BACKGROUNDS, STYLES, VIEWS, ZOOMS, Shot, render
 from sabun.train import train
-from sabun.train.config import ConfigError, TrainConfig, check, from_dict, local_path, model_path, one_of, read_config
+from sabun.train.config import ConfigError, TrainConfig, check, local_path, model_path, one_of, read_config
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
@@ -352,34 +363,29 @@ def train_config(
     name: str,
     base_weights: list[Path] = (),
     images: int | None = None,
-):
+) -> TrainConfig:
     """The `sabun train` config of one of the pipeline's LoRAs (`images`: the data set's image
     count, when it is not there to be counted yet)."""
     network = {"rank": settings.rank, "alpha": settings.alpha, "train_text_encoder": settings.train_text_encoder}
     if settings.conv_rank is not None:
         network |= {"conv_rank": settings.conv_rank, "conv_alpha": float(settings.conv_rank)}
     images = images if images is not None else len(list(dataset.glob("*.png")))
-    return from_dict(
-        TrainConfig,
-        {
-            "model": {
-                "path": config.model.path,
-                "base_weights": [{"path": str(p), "multiplier": 1.0} for p in base_weights],
-            },
-            "datasets": [{"path": str(dataset), "repeats": max(1, settings.batch_size // images)}],
-            "data": {
-                "resolution": config.model.resolution,
-                "buckets": False,
-                "batch_size": settings.batch_size,
-                "cache_latents": "memory",
-            },
-            "network": network,
-            "optimizer": {"learning_rate": settings.learning_rate, "text_encoder_lr": settings.learning_rate / 5},
-            "schedule": {"type": "cosine", "warmup_steps": max(1, steps // 30)},
-            "training": {"max_steps": steps, "seed": settings.seed, "noise_offset": settings.noise_offset},
-            "output": {"dir": str(out), "name": name, "tensorboard": False},
-        },
-    )
+    tables = {
+        "data": {
+            "resolution": config.model.resolution,
+            "buckets": False,
+            "batch_size": settings.batch_size,
+            "cache_latents": "memory",
+        },  # fmt: skip
+        "network": network,
+        "optimizer": {"learning_rate": settings.learning_rate, "text_encoder_lr": settings.learning_rate / 5},
+        "schedule": {"type": "cosine", "warmup_steps": max(1, steps // 30)},
+        "training": {"max_steps": steps, "seed": settings.seed, "noise_offset": settings.noise_offset},
+    }
+    # one image (A or B) repeated to fill a batch, each copy with its own noise
+    dataset_table = {"path": str(dataset), "repeats": max(1, settings.batch_size // images)}
+    weights = [(p, 1.0) for p in base_weights]
+    return lora_config(tables, {"path": config.model.path}, [dataset_table], out, name, weights)
 
 
 def image_settings(section: ImageA | ImageB) -> dict:
@@ -406,11 +412,58 @@ def pixel_difference(images: np.ndarray, target: np.ndarray) -> float:
 # --- the pipeline -------------------------------------------------------------------------------
 
 
+@dataclass
+class CopyRun:
+    """What every stage of one copy-machine run shares: the config, the loaded model, A and B."""
+
+    config: CopyMachineConfig
+    pipe: Any
+    out: Path
+    log: Callable[[str], None]
+    pixels_a: np.ndarray | None = None
+    pixels_b: np.ndarray | None = None
+
+    @property
+    def size(self) -> int:
+        return self.config.model.resolution
+
+    @property
+    def sampler(self) -> Sampler:
+        return Sampler(steps=self.config.measure.steps, guidance=self.config.measure.guidance)
+
+    @property
+    def check_rows(self) -> list[tuple[str, int]]:
+        """The copy check's (prompt, seed) pairs: prompts unlike A's caption."""
+        copy = self.config.copy
+        return [(p, 1000 + s) for p in copy.check_prompts for s in range(copy.check_seeds)]
+
+
+@dataclass
+class CopyRounds:
+    """The copy LoRA's rounds: their files, their checks, and whether the threshold was met."""
+
+    files: list[Path]
+    checks: list[dict]
+    met: bool
+
+
 def run_copy_machine(config: CopyMachineConfig, log: Callable[[str], None] = print, evaluator=None) -> dict:
     """Run every stage (skipping finished ones) and return the report also written to metrics.json."""
     started = time.time()
+    run = start(config, log)
+    copy_data, edit_data = image_stage(run)
+    rounds = copy_rounds(run, copy_data)
+    copy_lora = joined_copy(run, rounds)
+    edit_folder = edit_stage(run, edit_data, copy_lora)
+    edit_lora = final_edit(run, edit_folder, copy_lora, rounds)
+    report = measure_stage(run, rounds, copy_lora, edit_folder, edit_lora, evaluator, started)
+    report["seconds"] = time.time() - started
+    return report
+
+
+def start(config: CopyMachineConfig, log: Callable[[str], None]) -> CopyRun:
+    """The inputs checked (output folder, model, image files), the model loaded, the resolved config saved."""
     out = Path(config.output.dir)
-    size = config.model.resolution
     check(
         not out.exists() or out.is_dir(),
         "output.dir",
@@ -422,129 +475,152 @@ def run_copy_machine(config: CopyMachineConfig, log: Callable[[str], None] = pri
     log(f"loading model {config.model.path}")
     pipe = load_pipeline(config.model.path)
     pipe.set_progress_bar_config(disable=True)
-    sampler = Sampler(steps=config.measure.steps, guidance=config.measure.guidance)
+    save_resolved_config(out, "copy_machine", config)
+    return CopyRun(config, pipe, out, log)
 
-    # 1. images
+
+def image_stage(run: CopyRun) -> tuple[Path, Path]:
+    """1. A and B (rendered or read), written as the copy's and the edit's data sets."""
+    config = run.config
     rendered_a, rendered_b = render_pair(config) if config.a.image is None else (None, None)
-    pixels_a = rendered_a if rendered_a is not None else load_image(config.a.image, size)
-    pixels_b = rendered_b if rendered_b is not None else load_image(config.b.image, size)
-    image_inputs = {"a": image_settings(config.a), "b": image_settings(config.b), "resolution": size}
+    run.pixels_a = rendered_a if rendered_a is not None else load_image(config.a.image, run.size)
+    run.pixels_b = rendered_b if rendered_b is not None else load_image(config.b.image, run.size)
+    inputs = {"a": image_settings(config.a), "b": image_settings(config.b), "resolution": run.size}
+    captions = copy_captions(config)
     copy_data, _ = run_stage(
-        out / "data",
+        run.out / "data",
         "a",
-        image_inputs | {"captions": copy_captions(config)},
-        lambda p: write_dataset(p, pixels_a, copy_captions(config)),
-        log,
+        inputs | {"captions": captions},
+        lambda p: write_dataset(p, run.pixels_a, captions),
+        run.log,
     )
     edit_data, _ = run_stage(
-        out / "data", "b", image_inputs, lambda p: write_dataset(p, pixels_b, [config.a.caption]), log
+        run.out / "data", "b", inputs, lambda p: write_dataset(p, run.pixels_b, [config.a.caption]), run.log
     )
+    return copy_data, edit_data
 
-    # 2. the copy LoRA, in rounds, each trained with the earlier ones merged
-    check_rows = [(p, 1000 + s) for p in config.copy.check_prompts for s in range(config.copy.check_seeds)]
-    copy_settings = {k: v for k, v in dataclasses.asdict(config.copy).items() if k not in ("max_rounds", "threshold")}
-    rounds: list[Path] = []
-    checks: list[dict] = []
-    for r in range(1, config.copy.max_rounds + 1):
+
+def copy_rounds(run: CopyRun, copy_data: Path) -> CopyRounds:
+    """2. The copy LoRA in rounds, each trained on A with the earlier ones merged, until the merged
+    model draws A from other prompts within the threshold (or `max_rounds`)."""
+    copy = run.config.copy
+    settings = {k: v for k, v in dataclasses.asdict(copy).items() if k not in ("max_rounds", "threshold")}
+    rounds = CopyRounds([], [], False)
+    for r in range(1, copy.max_rounds + 1):
         name = f"copy_round_{r}"
-
-        def build_round(folder: Path, name=name) -> None:
-            log(f"training {name} on A with {len(rounds)} earlier round(s) merged")
-            result = train(
-                train_config(config, config.copy, copy_data, config.copy.steps_per_round, folder, name, rounds),
-                pipe=pipe,
-            )
-            with applied(pipe, [(p, 1.0) for p in [*rounds, result.lora_path]]):
-                images = generate_images(
-                    pipe, [p for p, _ in check_rows], [s for _, s in check_rows], sampler, size=size
-                )
-            check_result = {
-                "difference": pixel_difference(images, pixels_a),
-                "final_loss": float(np.mean(result.losses[-20:])),
-                "steps": result.step,
-            }
-            (folder / "check.json").write_text(json.dumps(check_result, indent=2))
-
         inputs = {
-            "settings": copy_settings,
-            "model": model_key(config.model.path),
+            "settings": settings,
+            "model": model_key(run.config.model.path),
             "data": stage_key(copy_data),
-            "earlier": [file_hash(p) for p in rounds],
+            "earlier": [file_hash(p) for p in rounds.files],
         }
-        folder, _ = run_stage(out / "copy", name, inputs, build_round, log)
-        rounds.append(folder / f"{name}.safetensors")
-        checks.append(json.loads((folder / "check.json").read_text()) | {"round": r})
-        met = checks[-1]["difference"] <= config.copy.threshold
-        log(
-            f"copy round {r}/{config.copy.max_rounds}: mean |generated - A| = {checks[-1]['difference']:.4f} over {len(check_rows)} images of other prompts "
-            f"(threshold {config.copy.threshold:g}: {'met' if met else 'not met'})"
+        build = functools.partial(train_copy_round, run, copy_data, list(rounds.files), name)
+        folder, _ = run_stage(run.out / "copy", name, inputs, build, run.log)
+        rounds.files.append(folder / f"{name}.safetensors")
+        rounds.checks.append(json.loads((folder / "check.json").read_text()) | {"round": r})
+        difference = rounds.checks[-1]["difference"]
+        rounds.met = difference <= copy.threshold
+        run.log(
+            f"copy round {r}/{copy.max_rounds}: mean |generated - A| = {difference:.4f} over "
+            f"{len(run.check_rows)} images of other prompts (threshold {copy.threshold:g}: {'met' if rounds.met else 'not met'})"
         )
-        if met:
+        if rounds.met:
             break
-    if not met:
-        log(
-            f"copy threshold {config.copy.threshold:g} NOT met after {len(rounds)} round(s); going on with the best copy there is (raise copy.max_rounds to train on: finished rounds are kept)"
+    if not rounds.met:
+        run.log(
+            f"copy threshold {copy.threshold:g} NOT met after {len(rounds.files)} round(s); going on with the best copy there is (raise copy.max_rounds to train on: finished rounds are kept)"
         )
+    return rounds
 
-    def build_copy(path: Path) -> None:
-        save_lora(combine_concat([Weighted(load_lora(p), 1.0, p.name) for p in rounds]), path)
 
-    copy_lora, _ = run_stage(
-        out / "copy", "copy.safetensors", {"rounds": [file_hash(p) for p in rounds]}, build_copy, log
+def train_copy_round(run: CopyRun, copy_data: Path, earlier: list[Path], name: str, folder: Path) -> None:
+    """One round: trained with the `earlier` rounds merged, then checked on the check prompts."""
+    copy = run.config.copy
+    run.log(f"training {name} on A with {len(earlier)} earlier round(s) merged")
+    result = train(
+        train_config(run.config, copy, copy_data, copy.steps_per_round, folder, name, earlier), pipe=run.pipe
     )
+    rows = run.check_rows
+    with applied(run.pipe, [(p, 1.0) for p in [*earlier, result.lora_path]]):
+        images = generate_images(run.pipe, [p for p, _ in rows], [s for _, s in rows], run.sampler, size=run.size)
+    check_result = {
+        "difference": pixel_difference(images, run.pixels_a),
+        "final_loss": float(np.mean(result.losses[-20:])),
+        "steps": result.step,
+    }
+    (folder / "check.json").write_text(json.dumps(check_result, indent=2))
 
-    # 3. the edit LoRA on B, the copy merged
-    def build_edit(folder: Path) -> None:
-        log("training the edit LoRA on B with the copy merged")
-        result = train(
-            train_config(config, config.edit, edit_data, config.edit.steps, folder, "edit", [copy_lora]), pipe=pipe
-        )
-        (folder / "train.json").write_text(
-            json.dumps({"final_loss": float(np.mean(result.losses[-20:])), "steps": result.step}, indent=2)
-        )
 
-    edit_settings = {k: v for k, v in dataclasses.asdict(config.edit).items() if k != "resize_rank"}
-    edit_folder, _ = run_stage(
-        out,
-        "edit_training",
-        {
-            "settings": edit_settings,
-            "model": model_key(config.model.path),
-            "data": stage_key(edit_data),
-            "copy": file_hash(copy_lora),
-        },
-        build_edit,
-        log,
-    )
-    edit_training = json.loads((edit_folder / "train.json").read_text())
+def joined_copy(run: CopyRun, rounds: CopyRounds) -> Path:
+    """The rounds joined exactly into one copy LoRA (ranks concatenated)."""
 
-    # 4. the edit LoRA for the plain model, resized if asked
-    def build_final(path: Path) -> None:
+    def build(path: Path) -> None:
+        save_lora(combine_concat([Weighted(load_lora(p), 1.0, p.name) for p in rounds.files]), path)
+
+    inputs = {"rounds": [file_hash(p) for p in rounds.files]}
+    return run_stage(run.out / "copy", "copy.safetensors", inputs, build, run.log)[0]
+
+
+def edit_stage(run: CopyRun, edit_data: Path, copy_lora: Path) -> Path:
+    """3. The edit LoRA, trained on B with the copy merged: only A -> B is left to learn."""
+    config = run.config
+
+    def build(folder: Path) -> None:
+        run.log("training the edit LoRA on B with the copy merged")
+        settings = train_config(config, config.edit, edit_data, config.edit.steps, folder, "edit", [copy_lora])
+        result = train(settings, pipe=run.pipe)
+        summary = {"final_loss": float(np.mean(result.losses[-20:])), "steps": result.step}
+        (folder / "train.json").write_text(json.dumps(summary, indent=2))
+
+    inputs = {
+        "settings": {k: v for k, v in dataclasses.asdict(config.edit).items() if k != "resize_rank"},
+        "model": model_key(config.model.path),
+        "data": stage_key(edit_data),
+        "copy": file_hash(copy_lora),
+    }
+    return run_stage(run.out, "edit_training", inputs, build, run.log)[0]
+
+
+def final_edit(run: CopyRun, edit_folder: Path, copy_lora: Path, rounds: CopyRounds) -> Path:
+    """4. The edit LoRA for the plain model as OUT/NAME.safetensors, resized if asked."""
+    config = run.config
+
+    def build(path: Path) -> None:
         lora = load_lora(edit_folder / "edit.safetensors")
         if config.edit.resize_rank is not None:
             lora, report = resize_lora(lora, rank=config.edit.resize_rank)
             lora.metadata["sabun_resize_error"] = f"{report.overall:.6f}"
-            log(f"resized the edit LoRA to rank {config.edit.resize_rank}: relative error {report.overall:.4f}")
-        lora.metadata["sabun_copy_machine"] = json.dumps(
-            {"copy_lora_sha256": file_sha256(copy_lora), "copy_rounds": len(rounds), "caption": config.a.caption}
-        )
+            run.log(f"resized the edit LoRA to rank {config.edit.resize_rank}: relative error {report.overall:.4f}")
+        provenance = {
+            "copy_lora_sha256": file_sha256(copy_lora),
+            "copy_rounds": len(rounds.files),
+            "caption": config.a.caption,
+        }
+        lora.metadata["sabun_copy_machine"] = json.dumps(provenance)
         save_lora(lora, path)
 
-    final_inputs = {"edit": file_hash(edit_folder / "edit.safetensors"), "resize_rank": config.edit.resize_rank}
-    edit_lora, _ = run_stage(out, f"{config.output.name}.safetensors", final_inputs, build_final, log)
-    resize_error = load_lora(edit_lora).metadata.get("sabun_resize_error")
+    inputs = {"edit": file_hash(edit_folder / "edit.safetensors"), "resize_rank": config.edit.resize_rank}
+    return run_stage(run.out, f"{config.output.name}.safetensors", inputs, build, run.log)[0]
 
-    # 5. measurement on the plain model
-    def build_metrics(path: Path) -> None:
+
+def measure_stage(run: CopyRun, rounds: CopyRounds, copy_lora: Path, edit_folder: Path, edit_lora: Path, evaluator, started: float) -> dict:  # fmt: skip
+    """5. The report (OUT/metrics.json): the copy's checks, the edit's training and, on the toy
+    model, the hair colour the edit gives on the plain model at -1, 0, +1 (OUT/samples.png)."""
+    config = run.config
+    resize_error = load_lora(edit_lora).metadata.get("sabun_resize_error")
+    edit_training = json.loads((edit_folder / "train.json").read_text())
+
+    def build(path: Path) -> None:
+        plain = plain_copy_difference(run.pipe, run.check_rows, run.pixels_a, run.sampler, run.size)
         report = {
             "model": config.model.path,
             "copy": {
-                "rounds": checks,
+                "rounds": rounds.checks,
                 "threshold": config.copy.threshold,
-                "met": met,
-                "plain_difference": plain_copy_difference(pipe, check_rows, pixels_a, sampler, size),
+                "met": rounds.met,
+                "plain_difference": plain,
                 "lora": str(copy_lora),
-            },
+            },  # fmt: skip
             "edit": edit_training
             | {
                 "lora": str(edit_lora),
@@ -553,32 +629,29 @@ def run_copy_machine(config: CopyMachineConfig, log: Callable[[str], None] = pri
             },
         }
         if config.measure.enabled:
-            log("measuring the edit LoRA on the plain model at weights -1, 0, +1")
+            run.log("measuring the edit LoRA on the plain model at weights -1, 0, +1")
             transfer, cells = measure_transfer(
-                pipe, edit_lora, copy_lora, pixels_a, pixels_b, config.measure, size, evaluator
+                run.pipe, edit_lora, copy_lora, run.pixels_a, run.pixels_b, config.measure, run.size, evaluator
             )
             report["transfer"] = transfer
-            write_samples(out / "samples.png", cells, config.measure.prompts)
+            write_samples(run.out / "samples.png", cells, config.measure.prompts)
         report["run_seconds"] = time.time() - started  # of the run that wrote this file, all its stages
         with atomic_output(path, overwrite=True) as tmp:
             tmp.write_text(json.dumps(report, indent=2))
 
-    metrics_inputs = {
+    inputs = {
         "edit": file_hash(edit_lora),
         "copy": file_hash(copy_lora),
-        "a": hash_pixels(pixels_a),
-        "b": hash_pixels(pixels_b),
+        "a": hash_pixels(run.pixels_a),
+        "b": hash_pixels(run.pixels_b),
         "measure": dataclasses.asdict(config.measure),
-        "checks": checks,
+        "checks": rounds.checks,
         "threshold": config.copy.threshold,
     }
-    metrics_path, _ = run_stage(out, "metrics.json", metrics_inputs, build_metrics, log)
+    metrics_path, _ = run_stage(run.out, "metrics.json", inputs, build, run.log)
     report = json.loads(metrics_path.read_text())
-    report["copy"]["lora"], report["edit"]["lora"] = (
-        str(copy_lora),
-        str(edit_lora),
-    )  # this run's files (metrics.json may come from a copied run folder)
-    report["seconds"] = time.time() - started
+    # this run's files (metrics.json may come from a copied run folder)
+    report["copy"]["lora"], report["edit"]["lora"] = str(copy_lora), str(edit_lora)
     return report
 
 

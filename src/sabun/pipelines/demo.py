@@ -39,7 +39,7 @@ from sabun.io import atomic_output
 from sabun.models.load import load_pipeline
 from sabun.pipelines.data import ModelSource, RenderConfig
 from sabun.pipelines.recipe import TOY_CHARACTER_TRAIN, TOY_TRAIN, deep_merge, lora_config, toy_recipe
-from sabun.pipelines.stages import Stages, check_finite, check_model_path, run_stage
+from sabun.pipelines.stages import Stages, check_finite, check_model_path, run_stage, save_resolved_config
 from sabun.toyworld.character import STEPPING_STONE_PRESETS, load_character
 from sabun.toyworld.export import export_character
 from sabun.toyworld.render import ZOOMS
@@ -197,6 +197,7 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), log=print, evaluator:
             f"--character-min-timestep: {config.character_min_timestep} is past this model's {timesteps} training timesteps; give 0 to {timesteps - 1}"
         )
     evaluator = evaluator or ToyEvaluator.load()
+    save_resolved_config(out, "demo", config)
     shared = Stages(out, log)
 
     def data(stages: Stages, name: str, character: str, policy: str, extra_tag: str | None = None) -> Path:

@@ -27,9 +27,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from sabun import __version__
 from sabun.avatar.captions import tags_beside
 from sabun.avatar.commands import METADATA_FORMAT
-from sabun.config import ConfigError, to_dict
+from sabun.config import ConfigError, to_dict, to_toml
 from sabun.errors import SabunError
 from sabun.io import atomic_output, remove_stale_temporaries
 from sabun.lora.file import file_sha256
@@ -166,6 +167,16 @@ def check_timesteps(config, pipe, where: str) -> None:
             f"{where}.training.max_timestep",
             f"{training.max_timestep} is past this model's {steps} training timesteps; give at most {steps}",
         )
+
+
+def save_resolved_config(out: Path, name: str, config) -> Path:
+    """The run's config with every default filled in and every path resolved, as OUT/NAME.resolved.toml
+    (what this run used; rewritten by each run into the same folder, as metrics.json is)."""
+    path = out / f"{name}.resolved.toml"
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path, overwrite=True) as tmp:
+        tmp.write_text(f"# the resolved config of the run in this folder (sabun {__version__})\n" + to_toml(config))
+    return path
 
 
 def output_key(path: Path) -> str:
