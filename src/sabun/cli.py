@@ -294,13 +294,17 @@ def toyworld_pretrain_cmd(
     batch: Annotated[int, typer.Option(help="Diffusion batch size.")] = 32,
     three_d_share: Annotated[float, typer.Option(help="Share of 3d-style renders, tagged `3d`.")] = 0.08,
     seed: Annotated[int, typer.Option(help="Seed for data, initial weights and training order.")] = 0,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Any other setting: FIELD=VALUE, e.g. lr=3e-4 (see docs/commands.md); repeatable."),
+    ] = None,
 ) -> None:
     """Pretrain the toy model from scratch on rendered toy-world images (see docs/toy_model.md)."""
+    from sabun.config import settings
     from sabun.toyworld.pretrain import PretrainConfig, pretrain
 
-    config = PretrainConfig(
-        images=images, vae_steps=vae_steps, steps=steps, batch=batch, three_d_share=three_d_share, seed=seed
-    )
+    flags = {"images": images, "vae_steps": vae_steps, "steps": steps, "batch": batch}
+    config = settings(PretrainConfig, flags | {"three_d_share": three_d_share, "seed": seed}, overrides or ())
     model_dir = pretrain(out, config)
     typer.echo(f"toy model written to {model_dir}")
 
@@ -392,15 +396,19 @@ def toyworld_train_evaluator_cmd(
     images: Annotated[int, typer.Option(help="Training renders.")] = 12000,
     steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 4000,
     batch: Annotated[int, typer.Option(help="Batch size.")] = 32,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Any other setting: FIELD=VALUE, e.g. width=64 (see docs/commands.md); repeatable."),
+    ] = None,
 ) -> None:
     """Train the toy evaluator on renders of both styles and their VAE round-trips."""
     import json
 
+    from sabun.config import settings
     from sabun.evaluate.toy_evaluator import EvaluatorConfig, load_vae, train_evaluator
 
-    report = train_evaluator(
-        out, load_vae(vae) if vae else None, EvaluatorConfig(images=images, steps=steps, batch=batch)
-    )
+    config = settings(EvaluatorConfig, {"images": images, "steps": steps, "batch": batch}, overrides or ())
+    report = train_evaluator(out, load_vae(vae) if vae else None, config)
     typer.echo(json.dumps(report, indent=2))
 
 
@@ -539,19 +547,19 @@ def demo_cmd(
             help="Export the characters to VRM and train on their `sabun render model` renders (lit style) instead of the toy renderer's.",
         ),
     ] = False,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Any other setting: FIELD=VALUE, e.g. rank=16 (see docs/commands.md); repeatable."),
+    ] = None,
 ) -> None:
     """The seed's experiment on the toy model: no plan vs a `3d` tag vs the stepping-stone, measured."""
+    from sabun.config import settings
     from sabun.pipelines.demo import DemoConfig, run_demo
 
     console = Console()
-    config = DemoConfig(
-        characters=tuple(character or ("target",)),
-        steps=steps,
-        character_min_timestep=character_min_timestep,
-        seeds=seeds,
-        full=full,
-        from_vrm=from_vrm,
-    )
+    flags = {"steps": steps, "character_min_timestep": character_min_timestep, "seeds": seeds, "full": full}
+    flags |= {"characters": tuple(character or ("target",)), "from_vrm": from_vrm}
+    config = settings(DemoConfig, flags, overrides or ())
     out = out or Path("sabun-demo-vrm" if from_vrm else "sabun-demo")
     summary = run_demo(out, config, log=lambda m: console.print(f"[dim]{m}[/dim]"))
     for name, report in summary["targets"].items():

@@ -129,6 +129,11 @@ def convert(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(where, f"must be a list, got {value!r}")
         (item,) = typing.get_args(tp)
         return [convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:  # tuple[X, ...]: a TOML list, held as a tuple (frozen configs)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(where, f"must be a list, got {value!r}")
+        item = typing.get_args(tp)[0]
+        return tuple(convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     if tp is dict:  # a free-form table, checked by its owner
@@ -149,6 +154,10 @@ def convert(tp: Any, value: Any, where: str) -> Any:
         if not math.isfinite(value):  # TOML has nan and inf; no setting of any section means either
             raise ConfigError(where, f"must be a finite number, got {value}")
         return float(value)
+    if tp is Path:
+        if not isinstance(value, (str, Path)):
+            raise ConfigError(where, f"must be a path, got {value!r}")
+        return Path(value)
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(where, f"must be a string, got {value!r}")
@@ -262,6 +271,21 @@ def local_path(p: str | None, root: Path) -> str | None:
     return p if p is None or Path(p).is_absolute() else str((root / p).resolve())
 
 
+def settings(cls: type, flags: dict, overrides: list[str] | tuple[str, ...] = ()) -> Any:
+    """Dataclass `cls` from a command's flags (`{field: value}`) and its `--set FIELD=VALUE`
+    overrides (which reach every field, flagged or not), checked as a config file is; a bad value
+    is a SabunError naming the flag or the `--set` key."""
+    raw = {
+        name: list(value) if isinstance(value, tuple) else value for name, value in flags.items() if value is not None
+    }
+    for assignment in overrides:
+        try:
+            apply_override(raw, assignment, root=cls)
+        except ConfigError as e:
+            raise SabunError(f"--set {e}") from None
+    return from_dict(cls, raw)  # a ConfigError (a SabunError) names the field, or the flag where it has one
+
+
 # --- writing ------------------------------------------------------------------------------------
 
 
@@ -284,17 +308,21 @@ def to_toml(config: Any) -> str:
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """The one-line comment after each field of dataclass `cls` (`rank: int = 16  # rank of ...`),
-    by field name; inherited fields included. A field without a comment maps to ""."""
+    """Each field's one-line doc in dataclass `cls`: the comment after it (`rank: int = 16  # rank of
+    ...`) or the string on the line below it; inherited fields included, "" where there is none."""
     docs: dict[str, str] = {}
     for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
         source = textwrap.dedent(inspect.getsource(klass))
         lines = source.splitlines()
-        for node in ast.parse(source).body[0].body:
-            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-                text = "\n".join(lines[node.lineno - 1 : node.end_lineno])
-                comment = text.rsplit("  # ", 1)[1].strip() if "  # " in text else ""
-                if comment.startswith("fmt:"):
-                    comment = ""
-                docs[node.target.id] = comment or docs.get(node.target.id, "")
+        body = ast.parse(source).body[0].body
+        for node, after in zip(body, [*body[1:], None]):
+            if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+                continue
+            text = "\n".join(lines[node.lineno - 1 : node.end_lineno])
+            comment = text.rsplit("  # ", 1)[1].strip() if "  # " in text else ""
+            if comment.startswith("fmt:"):
+                comment = ""
+            if not comment and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+                comment = " ".join(str(after.value.value).split())
+            docs[node.target.id] = comment or docs.get(node.target.id, "")
     return docs

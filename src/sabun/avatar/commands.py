@@ -45,33 +45,23 @@ class RenderModelConfig:
     """What `sabun render model` renders."""
 
     models: tuple[Path, ...]
-    """.vrm, .glb or .gltf files; each model's tags are read from NAME.toml beside it."""
-    out: Path
-    """Folder that receives NAME.png, NAME.json and NAME.txt per shot."""
+    """.vrm, .glb or .gltf files; each model's tags come from NAME.toml beside it (tags = "red hair, long hair")."""
+    out: Path  # output folder: NAME.png, NAME.json (metadata), NAME.txt (caption)
     views: tuple[str, ...] = METHOD_VIEWS
-    """Views (the method's: front and behind)."""
-    zooms: tuple[str, ...] = ZOOMS
-    """Zoom levels (the method's: all four)."""
+    """Front, left, right, behind, front-left, front-right, back-left, back-right or all; repeat or comma-separate. Default: front,behind."""
+    zooms: tuple[str, ...] = ZOOMS  # portrait, upper-body, cowboy-shot, full-body or all. Default: all
     poses: tuple[str, ...] = ("arms-at-sides",)
-    """Poses (the method's: arms at sides)."""
-    style: str = "toon"
-    """toon (MToon shading and outlines), lit (smooth shading, a "3D render") or unlit."""
-    size: int = 768
-    """Image side in pixels."""
-    background: str = "white"
-    """white, grey, black, transparent (an RGBA PNG) or #RRGGBB."""
-    supersample: int = 2
-    """Drawn at this many times the size (and 4x MSAA), then averaged down."""
-    hide: tuple[str, ...] = ()
-    """Mesh or node names left out (clothes, props)."""
-    tags: str | None = None
-    """The character's tags for a single model, instead of its tag file."""
+    """Arms-at-sides, rest, a-pose, arms-up, hands-on-hips or all. Default: arms-at-sides."""
+    style: str = "toon"  # toon (MToon shading and outlines), lit (smooth shading: a 3D-render look) or unlit
+    size: int = 768  # image side in pixels (512, 768 or 1024 for SD)
+    background: str = "white"  # white, grey, black, transparent or #RRGGBB
+    supersample: int = 2  # drawn at this many times the size (plus 4x MSAA), then averaged down
+    hide: tuple[str, ...] = ()  # leave out a mesh or node by name (clothes, props); see --list. Repeatable
+    tags: str | None = None  # the character's booru tags, for one model, instead of NAME.toml
     policy: str = "full"
     """Caption policy of the .txt files: full, stepping-stone or character."""
-    author: bool = False
-    """The user states they are the model's author (needed for a model licensed to its author only)."""
-    overwrite: bool = False
-    """Replace existing files instead of refusing."""
+    author: bool = False  # state that you are the model's author (needed when its VRM meta allows only its author)
+    overwrite: bool = False  # replace an existing output
 
     def __post_init__(self) -> None:
         if not self.models:

@@ -219,16 +219,18 @@ def shipped_evaluator_path() -> Path:
 
 @dataclass(frozen=True)
 class EvaluatorConfig:
-    images: int = 12000  # training renders (and as many held out for validation: `holdout`)
-    holdout: int = 2000
+    """`sabun toyworld train-evaluator`'s settings: its training renders and its training."""
+
+    images: int = 12000  # training renders
+    holdout: int = 2000  # held-out renders (other seeds) for the validation figures
     roundtrip_share: float = 0.5  # share passed through the toy VAE
     ribbon_share: float = 0.4  # share of characters with the signature ribbon
-    three_d_share: float = 0.5
-    steps: int = 4000
-    batch: int = 32
-    lr: float = 2e-3
-    width: int = 48
-    seed: int = 1234
+    three_d_share: float = 0.5  # share of renders in the `3d` style
+    steps: int = 4000  # optimiser steps
+    batch: int = 32  # batch size
+    lr: float = 2e-3  # learning rate (AdamW, warm-up + cosine)
+    width: int = 48  # channels of the middle conv layers (doubled at 16 px)
+    seed: int = 1234  # seed of the renders, initial weights and training order
 
 
 def evaluator_dataset(

@@ -138,7 +138,7 @@ class EvaluationConfig:
     weights: list[float] = field(default_factory=lambda: [0.5, 1.0])  # LoRA weights compared with the plain model (0)
     seeds: int = 16  # images per prompt
     sample_steps: int = 20  # sampling steps
-    guidance: float = 5.0
+    guidance: float = 5.0  # classifier-free guidance scale
     character: str | None = None  # toy character the evaluator compares with; default: the target preset
     prompts: list[str] = field(
         default_factory=lambda: ["1girl", "1girl, outdoors, sky, grass", "1girl, cowboy shot, arms up"]
@@ -270,43 +270,15 @@ def run_character(config: CharacterConfig, log: Callable[[str], None] = print, e
         log(
             "note: toy-world presets are rendered in the toy world's 64 px style; on a real model use folders of your own renders"
         )
-
     names = stage_names(config)
     tagged = preflight(config)  # every input checked before the first stage runs; the tagger, if any, loaded once
-    pipe = load_pipeline(
-        config.model.path, allow_pickle=config.model.allow_pickle, prediction_type=config.model.prediction_type
-    )
-    for where, section, character in (
-        ("stepping_stone.train", stone.train, False),
-        ("character.train", target.train, True),
-    ):
-        check_timesteps(
-            train_config(config, section, [Path("check")], out, "check", where=where, character=character), pipe, where
-        )
-    size = config.render.size or (64 if config.is_toy else 768)
+    pipe = load_model(config)
     save_resolved_config(out, "character", config)
 
-    stone_data = [stages.toy_data(names.pop(0), p, stone.caption_policy) for p in stone.presets]
-    stone_data += [stages.user_data(names.pop(0), f, stone.caption_policy) for f in stone.folders]
-    stone_models = [stages.model_data(names.pop(0), m, stone.caption_policy, config.render, size) for m in stone.models]
-    stone_data += stone_models
-    if target.preset:
-        character_data = stages.toy_data("character", target.preset, target.caption_policy)
-    elif target.folder:
-        character_data = stages.user_data("character", target.folder, target.caption_policy)
-    else:
-        character_data = stages.model_data(
-            "character", ModelSource(target.model, target.tags), target.caption_policy, config.render, size
-        )
-    coverage = None
-    if target.model and stone.models:
-        coverage = check_coverage(config, character_data, stone_models, out, log)
-
-    stepping_stone = stages.lora(
-        "stepping_stone",
-        train_config(config, stone.train, stone_data, out, "stepping_stone", where="stepping_stone.train"),
-        pipe,
-    )
+    stone_data, stone_models, character_data = data_stages(config, stages, names)
+    coverage = check_coverage(config, character_data, stone_models, out, log) if target.model and stone.models else None
+    stone_config = train_config(config, stone.train, stone_data, out, "stepping_stone", where="stepping_stone.train")
+    stepping_stone = stages.lora("stepping_stone", stone_config, pipe)
     if config.save_merged:
         merged_inputs = {
             "model": to_dict(config.model) | {"path": model_key(config.model.path)},
@@ -314,20 +286,8 @@ def run_character(config: CharacterConfig, log: Callable[[str], None] = print, e
             "multiplier": stone.multiplier,
         }
         run_stage(out, "merged.safetensors", merged_inputs, lambda p: save_merged(config, stepping_stone, p), log)
-    character = stages.lora(
-        "character",
-        train_config(
-            config,
-            target.train,
-            [character_data],
-            out,
-            "character",
-            [stepping_stone],
-            where="character.train",
-            character=True,
-        ),
-        pipe,
-    )
+    character_config = train_config(config, target.train, [character_data], out, "character", [stepping_stone], where="character.train", character=True)  # fmt: skip
+    character = stages.lora("character", character_config, pipe)
 
     report = evaluate_character(config, pipe, character, out, log, evaluator, tagged)
     if coverage is not None:
@@ -337,6 +297,36 @@ def run_character(config: CharacterConfig, log: Callable[[str], None] = print, e
     with atomic_output(out / "metrics.json", overwrite=True) as tmp:
         tmp.write_text(json.dumps(report, indent=2))
     return report
+
+
+def load_model(config: CharacterConfig):
+    """The model, and both LoRAs' timestep ranges checked against its training timesteps."""
+    model = config.model
+    pipe = load_pipeline(model.path, allow_pickle=model.allow_pickle, prediction_type=model.prediction_type)
+    sections = (("stepping_stone.train", config.stepping_stone.train, False), ("character.train", config.character.train, True))  # fmt: skip
+    for where, section, character in sections:
+        check = train_config(config, section, [Path("check")], Path(config.out), "check", where=where, character=character)  # fmt: skip
+        check_timesteps(check, pipe, where)
+    return pipe
+
+
+def data_stages(config: CharacterConfig, stages: Stages, names: list[str]) -> tuple[list[Path], list[Path], Path]:
+    """Every data set: the stepping-stone characters' (presets, folders, then 3D models: all of them,
+    and the models' alone) and the target's."""
+    stone, target = config.stepping_stone, config.character
+    size = config.render.size or (64 if config.is_toy else 768)
+    names = list(names)
+    stone_data = [stages.toy_data(names.pop(0), p, stone.caption_policy) for p in stone.presets]
+    stone_data += [stages.user_data(names.pop(0), f, stone.caption_policy) for f in stone.folders]
+    stone_models = [stages.model_data(names.pop(0), m, stone.caption_policy, config.render, size) for m in stone.models]
+    if target.preset:
+        character_data = stages.toy_data("character", target.preset, target.caption_policy)
+    elif target.folder:
+        character_data = stages.user_data("character", target.folder, target.caption_policy)
+    else:
+        source = ModelSource(target.model, target.tags)
+        character_data = stages.model_data("character", source, target.caption_policy, config.render, size)
+    return stone_data + stone_models, stone_models, character_data
 
 
 def check_numbers(config: CharacterConfig) -> None:
@@ -385,44 +375,16 @@ def preflight(config: CharacterConfig) -> tuple | None:
         f"{out}: is a file, and the pipeline writes a folder there; choose another out",
     )
     check_model_path(config.model.path, "model.path", config.model.allow_pickle)
-
-    def character_spec(spec: str, where: str) -> None:
-        try:
-            load_character(spec)
-        except SabunError as e:
-            raise ConfigError(where, str(e)) from None
-
     for i, preset in enumerate(stone.presets):
-        character_spec(preset, f"stepping_stone.presets[{i}]")
+        check_character_spec(preset, f"stepping_stone.presets[{i}]")
     if target.preset:
-        character_spec(target.preset, "character.preset")
+        check_character_spec(target.preset, "character.preset")
     if evaluation.character:
-        character_spec(evaluation.character, "evaluation.character")
-
-    def user_folder(folder: str, where: str, section: dict, character: bool) -> None:
-        """A folder of the user's, its images and captions read as the trainer will read them."""
-        path = Path(folder)
-        check(
-            path.is_dir(),
-            where,
-            f"{path}: {'is a file' if path.exists() else 'no such folder'}; give a folder of images with .txt captions",
-        )
-        train = train_config(
-            config, section, [path], out, "check", where=where.split(".")[0] + ".train", character=character
-        )
-        try:
-            scan_images(train.datasets, train.data)
-        except SabunError as e:
-            message = str(e).removeprefix("datasets[0].path: ").removeprefix(f"{path}: ")
-            message = message.replace(
-                "set data.skip_bad_images", f"set {where.split('.')[0]}.train.data.skip_bad_images"
-            )
-            raise ConfigError(where, message if str(path) in message else f"{path}: {message}") from None
-
+        check_character_spec(evaluation.character, "evaluation.character")
     for i, folder in enumerate(stone.folders):
-        user_folder(folder, f"stepping_stone.folders[{i}]", stone.train, False)
+        check_user_folder(config, folder, f"stepping_stone.folders[{i}]", stone.train, False)
     if target.folder:
-        user_folder(target.folder, "character.folder", target.train, True)
+        check_user_folder(config, target.folder, "character.folder", target.train, True)
     for i, source in enumerate(stone.models):
         check_model_file(source.path, f"stepping_stone.models[{i}].path")
         if stone.caption_policy == "stepping-stone" and not model_tags(source).strip():
@@ -432,26 +394,55 @@ def preflight(config: CharacterConfig) -> tuple | None:
             )
     if target.model:
         check_model_file(target.model, "character.model")
+    return check_evaluation(config)
 
+
+def check_character_spec(spec: str, where: str) -> None:
+    try:
+        load_character(spec)
+    except SabunError as e:
+        raise ConfigError(where, str(e)) from None
+
+
+def check_user_folder(config: CharacterConfig, folder: str, where: str, section: dict, character: bool) -> None:
+    """A folder of the user's, its images and captions read as the trainer will read them."""
+    path = Path(folder)
+    check(
+        path.is_dir(),
+        where,
+        f"{path}: {'is a file' if path.exists() else 'no such folder'}; give a folder of images with .txt captions",
+    )
+    table = where.split(".")[0] + ".train"
+    train = train_config(config, section, [path], Path(config.out), "check", where=table, character=character)
+    try:
+        scan_images(train.datasets, train.data)
+    except SabunError as e:
+        message = str(e).removeprefix("datasets[0].path: ").removeprefix(f"{path}: ")
+        message = message.replace("set data.skip_bad_images", f"set {table}.data.skip_bad_images")
+        raise ConfigError(where, message if str(path) in message else f"{path}: {message}") from None
+
+
+def check_evaluation(config: CharacterConfig) -> tuple | None:
+    """The evaluation's files: its prompt file, and its tagger with its tags (loaded once, kept for
+    the evaluation stage) or, without a tagger, the files given for one."""
+    evaluation = config.evaluation
     custom = None
     if evaluation.protocol_prompts:
         try:
             custom = read_prompts(evaluation.protocol_prompts)
         except SabunError as e:
             raise ConfigError("evaluation.protocol_prompts", str(e)) from None
-    tagged = None
-    if evaluation.tagger:  # the tagger, its tags and the identity tags; kept for the evaluation stage
-        tagged = tagger_and_identity(config, Protocol(custom=custom))
-    else:
-        for name in ("tag_map", "identity"):
-            value = getattr(evaluation, name)
-            if value and (name == "tag_map" or value.endswith(".toml")):
-                check(
-                    Path(value).is_file(),
-                    f"evaluation.{name}",
-                    f"{value}: no such file; give a .toml file (it is used with evaluation.tagger)",
-                )
-    return tagged
+    if evaluation.tagger:
+        return tagger_and_identity(config, Protocol(custom=custom))
+    for name in ("tag_map", "identity"):
+        value = getattr(evaluation, name)
+        if value and (name == "tag_map" or value.endswith(".toml")):
+            check(
+                Path(value).is_file(),
+                f"evaluation.{name}",
+                f"{value}: no such file; give a .toml file (it is used with evaluation.tagger)",
+            )
+    return None
 
 
 def stage_names(config: CharacterConfig) -> list[str]:

@@ -73,6 +73,8 @@ CAPTION_TAGS = (
 
 @dataclass
 class ModelSection:
+    """[model]: the model the LoRAs are trained on and measured with."""
+
     path: str = "toy"  # `toy`, `tiny`, a diffusers folder or a single-file checkpoint
     resolution: int = 64  # side in pixels of the training images and of every generated image
 
@@ -181,6 +183,7 @@ class CopySection(LoRASettings):
         6  # A is also trained with "" and this many random tag captions, so the copy ignores the prompt
     )
     check_prompts: list[str] = field(default_factory=lambda: ["1girl, outdoors, blue sky, grass", "1girl, from behind", "1girl, red hair, ponytail, indoors", "1girl, full body, arms up"])  # fmt: skip
+    """Prompts unlike A's caption, drawn after each round to check the copy."""
     check_seeds: int = 2  # images per check prompt
     conv_rank: int | None = 16  # the copy must redraw every pixel: 3x3 convs too
 
@@ -218,6 +221,7 @@ class MeasureSection:
 
     enabled: bool = True  # measure the hair colour at weights -1, 0, +1
     prompts: list[str] = field(default_factory=lambda: ["1girl, outdoors, blue sky, grass", "1girl, indoors, wooden floor", "1girl, cowboy shot, arms up", "1girl, full body, from behind", "1girl, portrait, pink background", "1girl, upper body, hands on hips, blue background"])  # fmt: skip
+    """Prompts other than A's caption, drawn at each weight."""
     seeds: int = 8  # images per prompt and weight
     steps: int = 20  # DDIM steps
     guidance: float = 5.0  # classifier-free guidance scale
@@ -235,6 +239,8 @@ class MeasureSection:
 
 @dataclass
 class OutputSection:
+    """[output]: where the pipeline's stages and the edit LoRA go."""
+
     dir: str = "copy-machine"  # folder for every stage's output
     name: str = "edit"  # the edit LoRA is written as DIR/NAME.safetensors
 
@@ -692,22 +698,13 @@ def measure_transfer(
         raise SabunError(
             "A and B have the same hair colour as the toy evaluator reads them; the measurement needs a hair-colour edit (set measure.enabled = false)"
         )
-    direction = (lab_b - lab_a) / span
     name_a, name_b = read_ab.hair_colour_name
     by_weight, generated = {}, {}
     with applied(pipe, [(edit_lora, 0.0)]) as (network,):
         for weight in WEIGHTS:
             network.multiplier = weight
             images = generate_images(pipe, [p for p, _ in rows], [s for _, s in rows], sampler, size=size)
-            read = evaluator.predict(images)
-            names = read.hair_colour_name
-            by_weight[f"{weight:+g}"] = {
-                "mean_lab": [round(float(v), 3) for v in read.hair_lab.mean(axis=0)],
-                "position": float(((read.hair_lab - lab_a) @ direction).mean() / span),
-                "ciede2000_to_b": float(np.median(ciede2000(read.hair_lab, lab_b[None]))),
-                "ciede2000_to_a": float(np.median(ciede2000(read.hair_lab, lab_a[None]))),
-                f"named_{name_b}": float(np.mean([n == name_b for n in names])),
-            }
+            by_weight[f"{weight:+g}"] = colour_reading(evaluator.predict(images), lab_a, lab_b, name_b)
             generated[weight] = images.reshape(len(measure.prompts), measure.seeds, *images.shape[1:])[:, 0]
     for values in by_weight.values():
         values["shift"] = values["position"] - by_weight["+0"]["position"]
@@ -715,15 +712,8 @@ def measure_transfer(
     with applied(pipe, [(copy_lora, 1.0)]):
         copied = generate_images(pipe, list(measure.prompts), [2000] * len(measure.prompts), sampler, size=size)
     count = len(measure.prompts)
-    cells = np.stack(
-        [
-            np.repeat(pixels_a[None], count, 0),
-            np.repeat(pixels_b[None], count, 0),
-            copied,
-            *(generated[w] for w in WEIGHTS),
-        ],
-        axis=1,
-    )
+    columns = [np.repeat(pixels_a[None], count, 0), np.repeat(pixels_b[None], count, 0), copied]
+    cells = np.stack([*columns, *(generated[w] for w in WEIGHTS)], axis=1)
     report = {
         "prompts": list(measure.prompts),
         "images_per_weight": len(rows),
@@ -735,6 +725,20 @@ def measure_transfer(
         "weights": by_weight,
     }
     return report, cells
+
+
+def colour_reading(read, lab_a: np.ndarray, lab_b: np.ndarray, name_b: str) -> dict:
+    """One weight's images as read: mean hair colour, mean position on the line A -> B (0 at A, 1
+    at B), median CIEDE2000 to each, and the share named as B's colour."""
+    span = float(np.linalg.norm(lab_b - lab_a))
+    direction = (lab_b - lab_a) / span
+    return {
+        "mean_lab": [round(float(v), 3) for v in read.hair_lab.mean(axis=0)],
+        "position": float(((read.hair_lab - lab_a) @ direction).mean() / span),
+        "ciede2000_to_b": float(np.median(ciede2000(read.hair_lab, lab_b[None]))),
+        "ciede2000_to_a": float(np.median(ciede2000(read.hair_lab, lab_a[None]))),
+        f"named_{name_b}": float(np.mean([n == name_b for n in read.hair_colour_name])),
+    }
 
 
 def write_samples(path: Path, cells: np.ndarray, prompts: list[str]) -> None:

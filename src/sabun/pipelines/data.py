@@ -45,7 +45,7 @@ class RenderConfig:
 
     views: list[str] = field(default_factory=lambda: list(METHOD_VIEWS))  # the method's: front and behind
     zooms: list[str] = field(default_factory=lambda: list(AVATAR_ZOOMS))  # portrait, upper-body, cowboy-shot, full-body
-    poses: list[str] = field(default_factory=lambda: ["arms-at-sides"])
+    poses: list[str] = field(default_factory=lambda: ["arms-at-sides"])  # the method's: arms at sides
     style: str = "toon"  # toon (MToon, as VRoid Studio shows the model), lit (a plain "3D render") or unlit
     size: int | None = None  # image side in pixels; default: 64 on the toy model, else 768
     supersample: int = 2  # drawn at this many times the size, then averaged down

@@ -25,8 +25,10 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sabun import __version__
 from sabun.errors import SabunError
@@ -48,21 +50,26 @@ from sabun.train.config import ConfigError, TrainConfig, check
 
 @dataclass(frozen=True)
 class DemoConfig:
-    characters: tuple[str, ...] = ("target",)  # targets: preset names or character TOMLs
+    """`sabun demo`'s settings: the targets, the model, the LoRAs' training and the evaluation."""
+
+    characters: tuple[str, ...] = ("target",)
+    """Target: a preset name or a character .toml; repeat for several targets (the stepping-stone is shared)."""
     model: str = "toy"  # the model every LoRA is trained on and used with
     # the LoRAs' settings; defaults: the toy recipe (`sabun.pipelines.recipe`)
     steps: int = TOY_TRAIN["training"]["max_steps"]  # optimiser steps of each LoRA
     # character LoRAs train on timesteps >= this (stepping-stones on all)
     character_min_timestep: int = TOY_CHARACTER_TRAIN["training"]["min_timestep"]
-    rank: int = TOY_TRAIN["network"]["rank"]
-    alpha: float = TOY_TRAIN["network"]["alpha"]
+    """Character LoRAs train on timesteps >= this (0: all); the stepping-stones always on all."""
+    rank: int = TOY_TRAIN["network"]["rank"]  # rank of every LoRA
+    alpha: float = TOY_TRAIN["network"]["alpha"]  # alpha of every LoRA (scale = alpha / rank)
     learning_rate: float = TOY_TRAIN["optimizer"]["learning_rate"]  # the text encoder's: a fifth of it
-    batch_size: int = TOY_TRAIN["data"]["batch_size"]
+    batch_size: int = TOY_TRAIN["data"]["batch_size"]  # images per optimiser step
     seeds: int = 16  # images per evaluation prompt
     sample_steps: int = 20  # sampling steps of the evaluation images
     seed: int = TOY_TRAIN["training"]["seed"]  # seeds every LoRA's training
-    full: bool = False  # add the ablations: a 1-character and an uncaptioned stepping-stone, regularisation images
-    from_vrm: bool = False  # the characters exported to VRM and rendered by `sabun render model` (lit style) instead of the toy renderer
+    full: bool = False  # add the ablations: 1-character stone, uncaptioned stone, regularisation images
+    from_vrm: bool = False
+    """Export the characters to VRM and train on their `sabun render model` renders (lit style) instead of the toy renderer's."""
 
     def __post_init__(self) -> None:
         """Every setting checked before anything is rendered or trained; an error names the
@@ -164,21 +171,62 @@ CONDITIONS = ("plain model", "no plan x1", "no plan x0.5", "3d tag x1", "steppin
 ABLATIONS = ("1-character stone x1", "uncaptioned stone x1", "stone + reg. images x1")
 
 
+@dataclass
+class DemoRun:
+    """What every stage of one demo run shares: its settings, the model, OUT's stage runner."""
+
+    config: DemoConfig
+    pipe: Any
+    shared: Stages  # OUT's own stages (the stepping-stones, shared by every target)
+    log: Callable[[str], None]
+
+    def data(self, stages: Stages, name: str, character: str, policy: str, extra_tag: str | None = None) -> Path:
+        """A character's `3d` data set: toy-world renders, or (`from_vrm`) its exported VRM's `lit` renders."""
+        if not self.config.from_vrm:
+            return stages.toy_data(name, character, policy, extra_tag)
+        source = ModelSource(str(exported(self.shared, character)))
+        return stages.model_data(name, source, policy, VRM_RENDER, 64, extra_tag)
+
+    def lora(self, stages: Stages, name: str, datasets: list[Path], base: list[Path] = (), repeats=None, character: bool = True) -> Path:  # fmt: skip
+        return stages.lora(name, train_config(datasets, name, self.config, base, repeats, character), self.pipe)
+
+
 def run_demo(out: Path, config: DemoConfig = DemoConfig(), log=print, evaluator: ToyEvaluator | None = None) -> dict:
     """The experiment for each target; the stepping-stone LoRA (which does not depend on the target)
     is trained once and shared. Writes OUT/TARGET/{metrics.json,report.html} and OUT/metrics.json."""
     started = time.time()
-    # every input checked before the first stage: the targets' specs, the model, the evaluator
+    targets = check_targets(config, out)  # every input checked before the first stage
+    check_model_path(config.model, "model")
+    pipe = load_pipeline(config.model)
+    timesteps = pipe.scheduler.config.get("num_train_timesteps", 1000)
+    if config.character_min_timestep >= timesteps:
+        raise SabunError(
+            f"--character-min-timestep: {config.character_min_timestep} is past this model's {timesteps} training timesteps; give 0 to {timesteps - 1}"
+        )
+    evaluator = evaluator or ToyEvaluator.load()
+    save_resolved_config(out, "demo", config)
+    run = DemoRun(config, pipe, Stages(out, log), log)
+    stones = stepping_stones(run)
+    reports, plain_images = {}, {}  # the plain model's images do not depend on the target: made once
+    for character, target in zip(config.characters, targets):
+        log(f"target: {target.name}")
+        loras = target_loras(run, Stages(out / target.name, log), character, stones)
+        reports[target.name] = evaluate_target(pipe, evaluator, target, loras, config, out / target.name, log, plain_images)  # fmt: skip
+    summary = {"settings": dict(config.__dict__), "targets": reports, "seconds": time.time() - started}
+    with atomic_output(out / "metrics.json", overwrite=True) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def check_targets(config: DemoConfig, out: Path) -> list:
+    """The targets' character specs, read and checked (distinct names, none of OUT's own entries)."""
     targets = []
     for character in config.characters:
         try:
             targets.append(load_character(character))
         except SabunError as e:
-            raise SabunError(
-                f"--character {character}: {e}".replace(
-                    f"--character {character}: {character}: ", f"--character {character}: "
-                )
-            ) from None
+            message = str(e).removeprefix(f"{character}: ")
+            raise SabunError(f"--character {character}: {message}") from None
     names = [t.name for t in targets]
     if len(set(names)) != len(names):
         raise SabunError(f"two targets share a name ({', '.join(names)}); give each character spec its own `name`")
@@ -189,87 +237,44 @@ def run_demo(out: Path, config: DemoConfig = DemoConfig(), log=print, evaluator:
             )
     if out.exists() and not out.is_dir():
         raise SabunError(f"{out}: is a file, and the demo writes a folder there; choose another --out")
-    check_model_path(config.model, "model")
-    pipe = load_pipeline(config.model)
-    timesteps = pipe.scheduler.config.get("num_train_timesteps", 1000)
-    if config.character_min_timestep >= timesteps:
-        raise SabunError(
-            f"--character-min-timestep: {config.character_min_timestep} is past this model's {timesteps} training timesteps; give 0 to {timesteps - 1}"
-        )
-    evaluator = evaluator or ToyEvaluator.load()
-    save_resolved_config(out, "demo", config)
-    shared = Stages(out, log)
+    return targets
 
-    def data(stages: Stages, name: str, character: str, policy: str, extra_tag: str | None = None) -> Path:
-        if not config.from_vrm:
-            return stages.toy_data(name, character, policy, extra_tag)
-        return stages.model_data(name, ModelSource(str(exported(shared, character))), policy, VRM_RENDER, 64, extra_tag)
 
-    stone_data = [data(shared, f"stepping_stone_{c}", c, "stepping-stone") for c in STEPPING_STONE_PRESETS]
-    stepping_stone = shared.lora(
-        "stepping_stone", train_config(stone_data, "stepping_stone", config, character=False), pipe
-    )
-    if config.full:  # the ablations' stepping-stones: one character only; five without captions
-        one_stone = shared.lora(
-            "stepping_stone_1_character",
-            train_config(stone_data[:1], "stepping_stone_1_character", config, character=False),
-            pipe,
-        )
-        bare_data = [data(shared, f"stepping_stone_{c}_uncaptioned", c, "none") for c in STEPPING_STONE_PRESETS]
-        bare_stone = shared.lora(
-            "stepping_stone_uncaptioned",
-            train_config(bare_data, "stepping_stone_uncaptioned", config, character=False),
-            pipe,
-        )
+def stepping_stones(run: DemoRun) -> dict:
+    """The stepping-stone LoRA on the five characters (and, with `full`, the ablations' two: one
+    character only; five without captions), with the five's data sets, shared by every target."""
+    shared = run.shared
+    stone_data = [run.data(shared, f"stepping_stone_{c}", c, "stepping-stone") for c in STEPPING_STONE_PRESETS]
+    stones = {"data": stone_data, "stepping_stone": run.lora(shared, "stepping_stone", stone_data, character=False)}
+    if run.config.full:
+        stones["1_character"] = run.lora(shared, "stepping_stone_1_character", stone_data[:1], character=False)
+        bare = [run.data(shared, f"stepping_stone_{c}_uncaptioned", c, "none") for c in STEPPING_STONE_PRESETS]
+        stones["uncaptioned"] = run.lora(shared, "stepping_stone_uncaptioned", bare, character=False)
+    return stones
 
-    reports, plain_images = {}, {}  # the plain model's images do not depend on the target: made once
-    for character, target in zip(config.characters, targets):
-        log(f"target: {target.name}")
-        stages = Stages(out / target.name, log)
-        character_data = data(stages, "character", character, "character")
-        character_3d_tag = data(stages, "character_3d_tag", character, "character", extra_tag="3d")
-        loras = {
-            "no_plan": stages.lora("no_plan", train_config([character_data], "no_plan", config), pipe),
-            "3d_tag": stages.lora("3d_tag", train_config([character_3d_tag], "3d_tag", config), pipe),
-            "stepping_stone": stepping_stone,
-            "character_on_stepping_stone": stages.lora(
-                "character_on_stepping_stone",
-                train_config([character_data], "character_on_stepping_stone", config, [stepping_stone]),
-                pipe,
-            ),
-        }
-        if config.full:
-            loras["character_on_1_character_stone"] = stages.lora(
-                "character_on_1_character_stone",
-                train_config([character_data], "character_on_1_character_stone", config, [one_stone]),
-                pipe,
-            )
-            loras["character_on_uncaptioned_stone"] = stages.lora(
-                "character_on_uncaptioned_stone",
-                train_config([character_data], "character_on_uncaptioned_stone", config, [bare_stone]),
-                pipe,
-            )
-            # v1's regularisation: the stepping-stone images mixed into the character's training set,
-            # the character's images repeated so both sides weigh the same (as sd-scripts balances them)
-            balance = {character_data: len(stone_data)}
-            loras["character_with_regularisation"] = stages.lora(
-                "character_with_regularisation",
-                train_config(
-                    [character_data, *stone_data], "character_with_regularisation", config, [stepping_stone], balance
-                ),
-                pipe,
-            )
-        reports[target.name] = evaluate_target(
-            pipe, evaluator, target, loras, config, out / target.name, log, plain_images
-        )
-    summary = {
-        "settings": {k: v for k, v in config.__dict__.items()},
-        "targets": reports,
-        "seconds": time.time() - started,
+
+def target_loras(run: DemoRun, stages: Stages, character: str, stones: dict) -> dict[str, Path]:
+    """One target's character LoRAs under each plan (and, with `full`, each ablation)."""
+    character_data = run.data(stages, "character", character, "character")
+    tagged_data = run.data(stages, "character_3d_tag", character, "character", extra_tag="3d")
+    stepping_stone = stones["stepping_stone"]
+    loras = {
+        "no_plan": run.lora(stages, "no_plan", [character_data]),
+        "3d_tag": run.lora(stages, "3d_tag", [tagged_data]),
+        "stepping_stone": stepping_stone,
+        "character_on_stepping_stone": run.lora(
+            stages, "character_on_stepping_stone", [character_data], [stepping_stone]
+        ),  # fmt: skip
     }
-    with atomic_output(out / "metrics.json", overwrite=True) as tmp:
-        tmp.write_text(json.dumps(summary, indent=2))
-    return summary
+    if run.config.full:
+        loras["character_on_1_character_stone"] = run.lora(stages, "character_on_1_character_stone", [character_data], [stones["1_character"]])  # fmt: skip
+        loras["character_on_uncaptioned_stone"] = run.lora(stages, "character_on_uncaptioned_stone", [character_data], [stones["uncaptioned"]])  # fmt: skip
+        # the original article's first plan: the stepping-stone images mixed into the character's
+        # training set as regularisation, the character's images repeated so both sides weigh the
+        # same (as sd-scripts balances them)
+        balance = {character_data: len(stones["data"])}
+        loras["character_with_regularisation"] = run.lora(stages, "character_with_regularisation", [character_data, *stones["data"]], [stepping_stone], balance)  # fmt: skip
+    return loras
 
 
 def evaluate_target(

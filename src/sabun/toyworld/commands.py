@@ -47,32 +47,25 @@ def expand_choices(values: list[str], valid: tuple[str, ...], what: str) -> tupl
 class RenderToyConfig:
     """What `sabun render toy` renders."""
 
-    out: Path
-    """Folder that receives NAME.png, NAME.json and NAME.txt per image."""
-    style: str
-    """One of STYLES."""
+    out: Path  # output folder: NAME.png, NAME.json (metadata), NAME.txt (full caption)
+    style: str = "anime"  # anime or 3d
     character: str | None = None
-    """Preset name or TOML path; None with `random`."""
-    random: bool = False
-    """Each image gets a new random character (pretraining data); needs `count`."""
+    """A preset (target, red_long, green_medium, blue_short, white_ponytail, black_twintails) or a character .toml."""
+    random: bool = False  # a new random character per image (never with the signature ribbon); needs --count
     exclude: tuple[str, ...] | None = None
-    """With `random`: presets or TOML paths whose look (hair colour, hairstyle, eyes) never appears; None: the target."""
-    count: int | None = None
-    """Number of images, each with a shot drawn from the lists; None renders every combination once."""
+    """With --random: never draw this character's look (hair colour, hairstyle, eyes). Default: target."""
+    count: int | None = None  # number of images, shots drawn from the lists below; default: every combination once
     views: tuple[str, ...] = ("front", "behind")
-    """Views to use (the seed's stepping-stone renders: front and behind)."""
-    zooms: tuple[str, ...] = ZOOMS
-    """Zoom levels to use."""
+    """Front, side, behind or all; repeat or comma-separate. Default: front,behind."""
+    zooms: tuple[str, ...] = ZOOMS  # portrait, upper-body, cowboy-shot, full-body or all. Default: all
     poses: tuple[str, ...] = ("arms-at-sides",)
-    """Poses to use."""
+    """Arms-at-sides, arms-up, hands-on-hips, arms-behind-back or all. Default: arms-at-sides."""
     backgrounds: tuple[str, ...] = ("white",)
-    """Backgrounds to use."""
-    seed: int = 0
-    """Seed of everything random; the same config always writes the same files."""
+    """White, grey, blue, pink, yellow, green, outdoor, indoor or all. Default: white."""
+    seed: int = 0  # seed: the same options always write the same files
     size: int = 64
     """Image side in pixels."""
-    overwrite: bool = False
-    """Replace existing files instead of refusing."""
+    overwrite: bool = False  # replace existing files
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:

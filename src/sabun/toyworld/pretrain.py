@@ -48,22 +48,22 @@ class PretrainConfig:
     """Everything that determines the pretrained toy model."""
 
     images: int = 16000  # rendered training images
-    three_d_share: float = 0.08  # share of `3d`-style renders (tagged `3d`)
-    seed: int = 0  # one seed for data, initial weights and training order
+    three_d_share: float = 0.08  # share of 3d-style renders, tagged `3d`
+    seed: int = 0  # seed for data, initial weights and training order
     vae_steps: int = 1500  # VAE optimiser steps
-    vae_batch: int = 32
+    vae_batch: int = 32  # vAE crops per optimiser step
     vae_crop: int = 32  # the VAE trains on random crops (it is convolutional; 4x cheaper than 64 px)
-    vae_lr: float = 2e-3
+    vae_lr: float = 2e-3  # vAE learning rate (AdamW, warm-up + cosine)
     kl_weight: float = 1e-6  # small: the latent must keep colour exactly, not be a good prior
     steps: int = 2000  # U-Net + text encoder optimiser steps
-    batch: int = 32
+    batch: int = 32  # diffusion batch size
     lr: float = 5e-4  # peak learning rate, cosine decay after warm-up
-    warmup: int = 200
-    min_snr_gamma: float = 5.0
+    warmup: int = 200  # diffusion warm-up steps
+    min_snr_gamma: float = 5.0  # min-SNR loss weighting's gamma
     tag_dropout: float = 0.15  # each tag but `1girl`/`solo`/`3d` is dropped with this probability
     caption_dropout: float = 0.1  # empty caption, for classifier-free guidance
-    ema_decay: float = 0.999
-    checkpoint_every: int = 250
+    ema_decay: float = 0.999  # decay of the weights' exponential moving average (exported)
+    checkpoint_every: int = 250  # diffusion steps between checkpoints
 
     def __post_init__(self) -> None:
         """Every field checked before anything is rendered or trained; an error names the

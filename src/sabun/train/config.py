@@ -112,6 +112,8 @@ class BaseWeight:
 
 @dataclass
 class ModelConfig:
+    """[model]: the model the LoRA is trained on, with LoRAs merged into it first."""
+
     path: str = "tiny"  # `tiny`, `toy`, a diffusers folder or a single-file checkpoint
     base_weights: list[BaseWeight] = field(default_factory=list)  # stepping-stone LoRAs merged first
     clip_skip: int = 1  # use the text encoder's n-th layer from the end (2 for most anime SD 1.x models; SDXL counts from its penultimate)
@@ -220,6 +222,8 @@ class NetworkConfig:
 
 @dataclass
 class OptimizerConfig:
+    """[optimizer]: the optimiser and its learning rates."""
+
     type: str = "adamw"  # `adamw`, `adafactor` (torch.optim.Adafactor) or `sgd` (with momentum)
     learning_rate: float = 1e-4  # U-Net LoRA learning rate (and the text encoder's unless set)
     text_encoder_lr: float | None = None  # text-encoder LoRA learning rate; default: learning_rate
@@ -256,6 +260,8 @@ class ScheduleConfig:
 
 @dataclass
 class TrainingConfig:
+    """[training]: how long, on which timesteps, with which loss and precision."""
+
     max_steps: int | None = None  # optimiser steps; default: as many as `epochs` take
     epochs: int = 1  # passes over the data (with repeats), when max_steps is not set
     gradient_accumulation: int = 1  # batches per optimiser step
@@ -349,6 +355,8 @@ class ValidationConfig:
 
 @dataclass
 class CheckpointConfig:
+    """[checkpoint]: resumable checkpoints (`sabun train --resume`)."""
+
     every_n_steps: int = 0  # write a resumable checkpoint every N steps; 0 = only on Ctrl-C
     keep_last: int = 2  # keep this many newest checkpoints; 0 = keep all
 
@@ -359,6 +367,8 @@ class CheckpointConfig:
 
 @dataclass
 class OutputConfig:
+    """[output]: where the LoRA and its files go, and how the file is written."""
+
     dir: str = "output"  # folder for the LoRA, its config, checkpoints, samples and logs
     name: str = "lora"  # the LoRA is written as DIR/NAME.safetensors, its config as DIR/NAME.toml
     dtype: str = "fp32"  # precision of the saved LoRA: `fp32`, `fp16` or `bf16` (checkpoints are always fp32)
