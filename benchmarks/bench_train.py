@@ -1,6 +1,6 @@
 """Seconds per step and peak memory of `sabun train` for one fixed config.
 
-The config is the one the issue compares against kohya-ss/sd-scripts: batch 4, LoRA rank 16 /
+The config is the one compared against kohya-ss/sd-scripts (docs/benchmarks.md): batch 4, LoRA rank 16 /
 alpha 8 on the U-Net and the text encoder, AdamW, fp32, 256 px, with and without latent caching.
 Models: the tiny test model (at its own 64 px), and the real SD 1.5 architecture with random weights (timing and
 memory do not depend on the weights' values). Each configuration runs in its own process, so each

@@ -95,7 +95,7 @@ def render_toy_cmd(
     from sabun.toyworld.geometry import POSES
     from sabun.toyworld.render import BACKGROUNDS, VIEWS, ZOOMS
 
-    # lists left out keep RenderToyConfig's defaults (the seed's stepping-stone shots)
+    # lists left out keep RenderToyConfig's defaults (the method's stepping-stone shots)
     lists = {
         "views": (views, VIEWS),
         "zooms": (zooms, ZOOMS),
@@ -259,7 +259,7 @@ def caption_cmd(
     ] = None,
     tag_map: Annotated[
         Path | None,
-        typer.Option("--tag-map", help="With --tagger: a TOML [tags] table extending the concept -> tag map."),
+        typer.Option("--tag-map", help="With --tagger: a TOML \\[tags] table extending the concept -> tag map."),
     ] = None,
     threshold: Annotated[float, typer.Option(help="With --tagger: keep tags at this probability or above.")] = 0.35,
     overwrite: Annotated[
@@ -552,7 +552,7 @@ def demo_cmd(
         typer.Option("--set", help="Any other setting: FIELD=VALUE, e.g. rank=16 (see docs/commands.md); repeatable."),
     ] = None,
 ) -> None:
-    """The seed's experiment on the toy model: no plan vs a `3d` tag vs the stepping-stone, measured."""
+    """The original article's experiment on the toy model: no plan vs a `3d` tag vs the stepping-stone, measured."""
     from sabun.config import settings
     from sabun.pipelines.demo import DemoConfig, run_demo
 
@@ -579,7 +579,7 @@ def character_cmd(
         typer.Option("--set", help="KEY=VALUE overriding the config, e.g. character.preset=red_long; repeatable."),
     ] = None,
 ) -> None:
-    """Use 1 in one command: stepping-stone LoRA -> merge -> character LoRA -> evaluation on the plain model."""
+    """The stepping-stone method in one command: stepping-stone LoRA -> merge -> character LoRA -> evaluation on the plain model."""
     from sabun.pipelines.character import load_character_config, run_character
 
     console = Console()
@@ -661,7 +661,7 @@ def evaluate_cmd(
         Path | None,
         typer.Option(
             "--prompts",
-            help="Prompt file, one per line; [bare], [background:NAME], [pose:NAME] labels say what a line tests (see docs/evaluation.md).",
+            help="Prompt file, one per line; \\[bare], \\[background:NAME], \\[pose:NAME] labels say what a line tests (see docs/evaluation.md).",
         ),
     ] = None,
     tagger: Annotated[
@@ -672,7 +672,7 @@ def evaluate_cmd(
     ] = None,
     tag_map: Annotated[
         Path | None,
-        typer.Option("--tag-map", help="With --tagger: a TOML [tags] table extending the concept -> tag map."),
+        typer.Option("--tag-map", help="With --tagger: a TOML \\[tags] table extending the concept -> tag map."),
     ] = None,
     threshold: Annotated[float, typer.Option(help="With --tagger: a tag is seen at this probability or above.")] = 0.35,
     overwrite: Overwrite = False,
@@ -701,7 +701,7 @@ def copy_machine_cmd(
         typer.Option("--set", help="Override a config value: KEY=VALUE, e.g. copy.max_rounds=4; repeatable."),
     ] = None,
 ) -> None:
-    """Use 2, the copy machine: a copy LoRA on image A, then an edit LoRA on B (the edited A) on top; the edit works on the plain model."""
+    """The copy machine: a copy LoRA on image A, then an edit LoRA on B (the edited A) on top; the edit works on the plain model."""
     from sabun.pipelines.copy_machine import load_copy_machine_config, run_copy_machine, summary
 
     console = Console()

@@ -1,4 +1,4 @@
-"""`sabun character CONFIG.toml`: Use 1 of the method in one command.
+"""`sabun character CONFIG.toml`: the stepping-stone method in one command.
 
 Stages, each written under OUT and skipped on a re-run when its inputs have not changed
 (`sabun.pipelines.stages`):

@@ -1,4 +1,4 @@
-"""`sabun copy-machine CONFIG.toml`: Use 2 of the method (docs/method.md), the copy machine, in one command.
+"""`sabun copy-machine CONFIG.toml`: the copy machine (docs/method.md) in one command.
 
 Stages, each written under OUT and skipped on a re-run when its inputs have not changed
 (`sabun.pipelines.stages`):

@@ -1,4 +1,4 @@
-"""`sabun demo`: the seed's experiment on the toy world, measured.
+"""`sabun demo`: the original article's experiment on the toy world, measured.
 
 For each target character (default: the `target` preset) on the shipped toy model:
 1. data: the target's `3d` renders with character captions; the five stepping-stone characters'
@@ -7,7 +7,7 @@ For each target character (default: the `target` preset) on the shipped toy mode
    `3d` tag added to every caption to absorb the look), and the **stepping-stone** plan (a LoRA on
    the five characters, merged; the character LoRA trained on top);
    `--full` adds the ablations: a stepping-stone of one character, one of five uncaptioned
-   characters, and the seed's plan with the stepping-stone images as regularisation images;
+   characters, and the original article's plan with the stepping-stone images as regularisation images;
 3. evaluation of each character LoRA on the *plain* model (no plan also at 0.5), beside the plain
    model's own figures, by the toy evaluator (`sabun.evaluate.metrics`);
 4. per target `TARGET/metrics.json` and `TARGET/report.html` (metrics and image grids); all targets'
@@ -62,7 +62,7 @@ class DemoConfig:
     """Character LoRAs train on timesteps >= this (0: all); the stepping-stones always on all."""
     rank: int = TOY_TRAIN["network"]["rank"]  # rank of every LoRA
     alpha: float = TOY_TRAIN["network"]["alpha"]  # alpha of every LoRA (scale = alpha / rank)
-    learning_rate: float = TOY_TRAIN["optimizer"]["learning_rate"]  # the text encoder's: a fifth of it
+    learning_rate: float = TOY_TRAIN["optimizer"]["learning_rate"]  # of every LoRA (the text encoder: a fifth)
     batch_size: int = TOY_TRAIN["data"]["batch_size"]  # images per optimiser step
     seeds: int = 16  # images per evaluation prompt
     sample_steps: int = 20  # sampling steps of the evaluation images
