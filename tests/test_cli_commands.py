@@ -370,3 +370,17 @@ def test_evaluate(tmp_path, capsys):
         assert condition in printed
     page = (out_dir / "report.html").read_text()
     assert "<table>" in page and page.count("data:image/png;base64,") >= 3 and "Weight change" in page
+
+
+def test_toyworld_train_evaluator_checks_its_options_and_keeps_an_earlier_evaluator(tmp_path, capsys):
+    """A bad option is a one-line error before any rendering; an earlier evaluator is kept unless --overwrite."""
+    for args, named in ((["--steps", "0"], "--steps"), (["--images", "0"], "--images"), (["--set", "lr=-1"], "lr")):
+        code, _, err = run_cli(capsys, "toyworld", "train-evaluator", "--out", tmp_path / "bad", *args)
+        assert code == 2 and f"error: {named}:" in err and "Traceback" not in err
+        assert not (tmp_path / "bad").exists()
+    folder = tmp_path / "ev"
+    folder.mkdir()
+    (folder / "evaluator.safetensors").write_bytes(b"mine")
+    code, _, err = run_cli(capsys, "toyworld", "train-evaluator", "--out", folder, "--images", "4", "--steps", "1")
+    assert code == 2 and "evaluator.safetensors: already exists; pass --overwrite" in err
+    assert (folder / "evaluator.safetensors").read_bytes() == b"mine"

@@ -25,7 +25,7 @@ from sabun.train.config import TrainConfig
 FLAG_COMMANDS = {
     "demo": (DemoConfig, {"character": "characters"}, {"out", "overrides"}),
     "toyworld pretrain": (PretrainConfig, {}, {"out", "overrides"}),
-    "toyworld train-evaluator": (EvaluatorConfig, {}, {"out", "vae", "overrides"}),
+    "toyworld train-evaluator": (EvaluatorConfig, {}, {"out", "vae", "overrides", "overwrite"}),
     "render toy": (RenderToyConfig, {}, set()),
     "render model": (RenderModelConfig, {}, {"list_only", "sheet"}),
 }

@@ -400,6 +400,7 @@ def toyworld_train_evaluator_cmd(
         list[str] | None,
         typer.Option("--set", help="Any other setting: FIELD=VALUE, e.g. width=64 (see docs/commands.md); repeatable."),
     ] = None,
+    overwrite: Overwrite = False,
 ) -> None:
     """Train the toy evaluator on renders of both styles and their VAE round-trips."""
     import json
@@ -408,7 +409,7 @@ def toyworld_train_evaluator_cmd(
     from sabun.evaluate.toy_evaluator import EvaluatorConfig, load_vae, train_evaluator
 
     config = settings(EvaluatorConfig, {"images": images, "steps": steps, "batch": batch}, overrides or ())
-    report = train_evaluator(out, load_vae(vae) if vae else None, config)
+    report = train_evaluator(out, load_vae(vae) if vae else None, config, overwrite=overwrite)
     typer.echo(json.dumps(report, indent=2))
 
 

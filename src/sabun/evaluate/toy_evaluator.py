@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
+from sabun.config import check, number
 from sabun.errors import SabunError
 from sabun.evaluate.readings import Attribute, Readings
 from sabun.io import atomic_output
@@ -228,9 +229,18 @@ class EvaluatorConfig:
     three_d_share: float = 0.5  # share of renders in the `3d` style
     steps: int = 4000  # optimiser steps
     batch: int = 32  # batch size
-    lr: float = 2e-3  # learning rate (AdamW, warm-up + cosine)
+    lr: float = 2e-3  # peak learning rate (AdamW, one cycle: warm-up, then cosine)
     width: int = 48  # channels of the middle conv layers (doubled at 16 px)
     seed: int = 1234  # seed of the renders, initial weights and training order
+
+    def __post_init__(self) -> None:
+        """Every setting checked before anything is rendered; an error names the option (or the field)."""
+        for name, value in (("--images", self.images), ("holdout", self.holdout), ("--steps", self.steps), ("--batch", self.batch), ("width", self.width)):  # fmt: skip
+            check(isinstance(value, int) and not isinstance(value, bool) and value >= 1, name, f"must be a whole number >= 1, got {value!r}")  # fmt: skip
+        for name, value in (("roundtrip_share", self.roundtrip_share), ("ribbon_share", self.ribbon_share), ("three_d_share", self.three_d_share)):  # fmt: skip
+            number(value, name, 0.0, 1.0)
+        number(self.lr, "lr", 0.0, above=True)
+        number(self.seed, "seed", 0, 2**32 - 1)
 
 
 def evaluator_dataset(
@@ -295,8 +305,19 @@ def accuracy_report(pred: Predictions, label_arrays: dict[str, np.ndarray], hair
     return report
 
 
-def train_evaluator(out: Path, vae=None, config: EvaluatorConfig = EvaluatorConfig()) -> dict:
-    """Render data, train the evaluator, validate on held-out renders (clean and VAE round-trips)."""
+OUTPUTS = ("evaluator.safetensors", "evaluator_config.json", "evaluator_validation.json")
+
+
+def train_evaluator(out: Path, vae=None, config: EvaluatorConfig = EvaluatorConfig(), overwrite: bool = False) -> dict:
+    """Render data, train the evaluator, validate on held-out renders (clean and VAE round-trips).
+    An earlier evaluator in `out` is refused before any work unless `overwrite`."""
+    if out.exists() and not out.is_dir():
+        raise SabunError(f"{out}: is a file, and the evaluator is written into a folder; choose another --out")
+    existing = [name for name in OUTPUTS if (out / name).exists()]
+    if existing and not overwrite:
+        raise SabunError(
+            f"{out / existing[0]}: already exists; pass --overwrite to replace it, or choose another --out"
+        )
     start = time.time()
     torch.manual_seed(config.seed)
     images, label_arrays, hair = evaluator_dataset(config.images, config, config.seed)
@@ -332,8 +353,9 @@ def train_evaluator(out: Path, vae=None, config: EvaluatorConfig = EvaluatorConf
     out.mkdir(parents=True, exist_ok=True)
     with atomic_output(out / "evaluator.safetensors", overwrite=True) as tmp:
         save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp))
-    (out / "evaluator_config.json").write_text(json.dumps(asdict(config), indent=2))
-    (out / "evaluator_validation.json").write_text(json.dumps(report, indent=2))
+    for name, record in (("evaluator_config.json", asdict(config)), ("evaluator_validation.json", report)):
+        with atomic_output(out / name, overwrite=True) as tmp:
+            tmp.write_text(json.dumps(record, indent=2))
     return report
 
 

@@ -20,9 +20,11 @@ import sabun
 from sabun.errors import SabunError
 from sabun.io import load_tensors, save_tensors
 from sabun.lora.weights import LoRA, LoRAWeight
+from sabun.models.families import base_model_version, family_of_version
 
 SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".alpha")
-BASE_MODEL_VERSIONS = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
+# a cross-attention key projection's input width gives a LoRA's family when nothing states it
+CONTEXT_WIDTHS = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 
 
 def split_key(key: str) -> tuple[str, str] | None:
@@ -195,12 +197,13 @@ def file_sha256(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def standard_metadata(lora: LoRA, family: str = "sd1", model_name: str = "") -> dict[str, str]:
+def standard_metadata(lora: LoRA, family: str | None = None, model_name: str = "") -> dict[str, str]:
     """The `ss_*` keys other tools read, derived from the weights themselves.
 
     `ss_network_dim` / `ss_network_alpha` are the common rank and alpha, or `Dynamic` when layers
     differ (as sd-scripts' resize writes); conv ranks go into `ss_network_args`.
     """
+    family = family or lora_family(lora)
     linear = [w for w in lora.weights.values() if not w.conv3x3]
     conv = [w for w in lora.weights.values() if w.conv3x3]
 
@@ -215,7 +218,7 @@ def standard_metadata(lora: LoRA, family: str = "sd1", model_name: str = "") -> 
         "ss_network_module": "networks.lora",
         "ss_network_dim": common(w.rank for w in linear) if linear else "0",
         "ss_network_alpha": common(number(w.alpha) for w in linear) if linear else "0",
-        "ss_base_model_version": BASE_MODEL_VERSIONS.get(family, family),
+        "ss_base_model_version": base_model_version(family),
         "ss_v2": str(family == "sd2"),
         "ss_sd_model_name": model_name,
         "sabun_version": sabun.__version__,
@@ -227,6 +230,18 @@ def standard_metadata(lora: LoRA, family: str = "sd1", model_name: str = "") -> 
     if not any(n.startswith("lora_te") for n in lora.weights):
         meta["ss_network_train_unet_only"] = "True"
     return meta
+
+
+def lora_family(lora: LoRA) -> str:
+    """The family a LoRA's layers belong to, from their names and widths: two text encoders
+    (`lora_te1_`, `lora_te2_`) or 2048-wide cross-attention are SDXL, 1024-wide SD 2.x, 768-wide
+    SD 1.x; a LoRA with no cross-attention key layer and one text encoder is taken as SD 1.x."""
+    if any(name.startswith(("lora_te1_", "lora_te2_")) for name in lora.weights):
+        return "sdxl"
+    for name, weight in lora.weights.items():
+        if name.startswith("lora_unet_") and name.endswith("attn2_to_k"):
+            return CONTEXT_WIDTHS.get(weight.down.shape[1], "sd1")
+    return "sd1"
 
 
 def save_lora(
@@ -244,9 +259,7 @@ def save_lora(
     path = Path(path)
     if path.suffix != ".safetensors":
         raise SabunError(f"{path}: LoRA files are written as .safetensors; use a name ending in .safetensors")
-    family = family or {v: k for k, v in BASE_MODEL_VERSIONS.items()}.get(
-        lora.metadata.get("ss_base_model_version", ""), "sd1"
-    )
+    family = family or family_of_version(lora.metadata.get("ss_base_model_version", "")) or lora_family(lora)
     tensors = lora_state_dict(lora, dtype)
     metadata = standard_metadata(lora, family) | {k: str(v) for k, v in lora.metadata.items()}
     metadata["sabun_tensors_sha256"] = tensors_hash(tensors)

@@ -27,7 +27,7 @@ class LoRAModule(nn.Module):
     def __init__(self, base: nn.Linear | nn.Conv2d, rank: int, alpha: float):
         super().__init__()
         if rank < 1:
-            raise ValueError(f"rank must be >= 1, got {rank}")
+            raise SabunError(f"network.rank: must be >= 1, got {rank}")
         if isinstance(base, nn.Linear):
             self.lora_down = nn.Linear(base.in_features, rank, bias=False)
             self.lora_up = nn.Linear(rank, base.out_features, bias=False)

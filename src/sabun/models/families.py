@@ -104,6 +104,18 @@ def base_model_version(family: str, prediction_type: str = "epsilon") -> str:
     return version + ("_v" if prediction_type == "v_prediction" else "")
 
 
+def family_of_version(version: str) -> str | None:
+    """The family an `ss_base_model_version` names (sd_v1 -> sd1, sd_v2_v -> sd2, sdxl_* -> sdxl), else None."""
+    version = version.strip().lower()
+    if version.startswith("sdxl"):
+        return "sdxl"
+    if version.startswith("sd_v2"):
+        return "sd2"
+    if version.startswith("sd_v1"):
+        return "sd1"
+    return None
+
+
 def stated_prediction_type(keys, metadata: Mapping[str, str]) -> str | None:
     """The prediction type a file states (a `v_pred` key, or `modelspec.prediction_type`), else None."""
     if "v_pred" in keys:
