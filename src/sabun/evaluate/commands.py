@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sabun.errors import SabunError
-from sabun.evaluate.metrics import Protocol, measure_conditions, read_prompts, weight_change_norms
-from sabun.evaluate.report import write_evaluation
+from sabun.evaluate.metrics import Protocol, read_prompts, weight_change_norms
+from sabun.evaluate.report import evaluate_at_weights
 from sabun.evaluate.tagged_character import load_tagged_character
 from sabun.evaluate.tagger import Tagger, TaggerReader, load_tag_map
 from sabun.evaluate.toy_evaluator import ToyEvaluator
@@ -73,13 +73,12 @@ def evaluate_loras(
     reader, target = reader_and_target(character, tagger, tag_map, threshold, evaluator, protocol)
     pipe = load_pipeline(model)
     conditions = {"plain model": []} | {f"LoRA x{w:g}": [(p, w * m) for p, m in loras] for w in weights}
-    results, grids = measure_conditions(pipe, reader, target, protocol, conditions)
     report = {
         "character": target.to_dict(),
         "model": model,
         "loras": [{"path": str(p), "multiplier": m} for p, m in loras],
-        "conditions": results,
         "weight_change_norms": {str(p): weight_change_norms(Path(p)) for p, _ in loras},
-        "seconds": time.time() - started,
     }
-    return write_evaluation(out, report, grids, protocol, reader, target, overwrite=overwrite)
+    return evaluate_at_weights(
+        out, pipe, reader, target, protocol, conditions, report, overwrite=overwrite, started=started
+    )

@@ -6,12 +6,14 @@ import base64
 import html
 import io
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from sabun.evaluate.metrics import Protocol, metric_rows
+from sabun.evaluate.claims import claims
+from sabun.evaluate.metrics import Protocol, measure_conditions, metric_rows
 from sabun.generate import grid_image
 from sabun.io import atomic_output
 
@@ -74,6 +76,36 @@ def bar_chart(title: str, labels: list[str], values: list[float], better: str, i
     return (
         f"<svg xmlns='http://www.w3.org/2000/svg' width='{width}' height='{height}' style='margin:6px'>"
         f"<text x='0' y='14' font-size='12' font-weight='bold'>{html.escape(title)} ({better} is better)</text>{''.join(bars)}</svg>"
+    )
+
+
+def evaluate_at_weights(
+    out: Path,
+    pipe,
+    reader,
+    target,
+    protocol: Protocol,
+    conditions: dict[str, list[tuple[str | Path, float]]],
+    report: dict,
+    log=print,
+    plain: dict | None = None,
+    overwrite: bool = True,
+    metrics_json: bool = True,
+    with_claims: bool = False,
+    started: float | None = None,
+) -> dict:
+    """The one measurement of `sabun evaluate`, `sabun demo` and `sabun character`: each condition
+    (LoRA files at their multipliers; none: the plain model) measured by `reader` under `protocol`,
+    put into `report` (with the claim lines if `with_claims`, and the seconds since `started`) and
+    written by `write_evaluation`."""
+    report["conditions"], grids = measure_conditions(pipe, reader, target, protocol, conditions, log, plain)
+    report.setdefault("character", target.to_dict())
+    if with_claims:
+        report["claims"] = claims(report["conditions"])
+    if started is not None:
+        report["seconds"] = time.time() - started
+    return write_evaluation(
+        out, report, grids, protocol, reader, target, overwrite=overwrite, metrics_json=metrics_json
     )
 
 

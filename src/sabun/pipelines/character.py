@@ -38,8 +38,8 @@ from sabun.avatar.captions import read_tag_file, tags_beside
 from sabun.avatar.coverage import Entry, coverage, hair_colour
 from sabun.data.dataset import scan_images
 from sabun.errors import SabunError
-from sabun.evaluate.metrics import Protocol, measure_conditions, read_prompts, weight_change_norms
-from sabun.evaluate.report import write_evaluation
+from sabun.evaluate.metrics import Protocol, read_prompts, weight_change_norms
+from sabun.evaluate.report import evaluate_at_weights
 from sabun.evaluate.tagged_character import TaggedCharacter, load_tagged_character, parse_tags
 from sabun.evaluate.tagger import Tagger, TaggerReader, load_tag_map
 from sabun.evaluate.toy_evaluator import ToyEvaluator
@@ -568,10 +568,8 @@ def evaluate_character(config: CharacterConfig, pipe, lora: Path, out: Path, log
     conditions = {
         ("plain model" if w == 0.0 else f"character LoRA x{w:g}"): ([(lora, w)] if w else []) for w in weights
     }
-    report["conditions"], grids = measure_conditions(pipe, reader, target, protocol, conditions, log)
     report["character"] = target.to_dict()
-    write_evaluation(
-        out, report, grids, protocol, reader, target, metrics_json=False
-    )  # run_character writes the whole report
+    # metrics.json is written by run_character, with the whole report
+    evaluate_at_weights(out, pipe, reader, target, protocol, conditions, report, log, metrics_json=False)
     report["report"] = str(out / "report.html")
     return report

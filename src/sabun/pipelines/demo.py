@@ -32,9 +32,8 @@ from typing import Any
 
 from sabun import __version__
 from sabun.errors import SabunError
-from sabun.evaluate.claims import claims
-from sabun.evaluate.metrics import Protocol, measure_conditions, weight_change_norms
-from sabun.evaluate.report import write_evaluation
+from sabun.evaluate.metrics import Protocol, weight_change_norms
+from sabun.evaluate.report import evaluate_at_weights
 from sabun.evaluate.toy_evaluator import ToyEvaluator
 from sabun.generate import Sampler
 from sabun.io import atomic_output
@@ -311,17 +310,13 @@ def evaluate_target(
             )
         )
     conditions = {label: [(lora, weight)] if lora else [] for label, (lora, weight) in weights.items()}
-    results, grids = measure_conditions(pipe, evaluator, target, protocol, conditions, log, plain_images)
     report = {
         "character": target.to_dict(),
-        "settings": {k: v for k, v in config.__dict__.items()},
-        "conditions": results,
+        "settings": dict(config.__dict__),
         "loras": {k: str(v) for k, v in loras.items()},
         "weight_change_norms": {
             k: weight_change_norms(v) for k, v in loras.items() if not k.startswith("stepping_stone")
-        },
-        "seconds": time.time() - started,
+        },  # fmt: skip
     }
-    report["claims"] = claims(results)
-    write_evaluation(out, report, grids, protocol, evaluator, target)
+    report = evaluate_at_weights(out, pipe, evaluator, target, protocol, conditions, report, log, plain_images, with_claims=True, started=started)  # fmt: skip
     return report
