@@ -31,6 +31,7 @@ LAYERS = {
     "captions_tagger": 3,
     "pipelines": 4,
     "cli": 5,
+    "ui": 5,
     "__main__": 5,
 }
 

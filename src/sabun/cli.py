@@ -926,6 +926,43 @@ def info_cmd(
 # --- end LoRA core commands ---
 
 
+# --- web app (sabun ui) ---
+
+
+@app.command("ui")
+def ui_cmd(
+    host: Annotated[
+        str, typer.Option("--host", help="Address to serve on; any but this machine's (127.0.0.1) needs --auth.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to serve on.")] = 7860,
+    root: Annotated[
+        Path,
+        typer.Option(
+            "--root", help="The only folder the web app reads, writes and serves files in; runs go to ROOT/runs/ui."
+        ),
+    ] = Path("."),
+    auth: Annotated[str | None, typer.Option("--auth", help="USER:PASS: a login for the page.")] = None,
+    auth_file: Annotated[
+        Path | None,
+        typer.Option("--auth-file", help="A file whose first line is USER:PASS (kept off the command line)."),
+    ] = None,
+) -> None:
+    """A local web app (Gradio) over the same functions: a character run, watching runs, results, LoRA tools."""
+    from sabun.ui.safety import serve_options
+
+    options = serve_options(host, port, root, auth, auth_file)  # checked before Gradio loads
+    try:
+        from sabun.ui.app import serve
+    except ModuleNotFoundError as e:
+        if e.name not in ("gradio", "pandas"):
+            raise
+        raise SabunError(f'sabun ui needs {e.name}: pip install -e ".[ui]"') from None
+    serve(options)
+
+
+# --- end web app ---
+
+
 def bare_resume(argv: list[str]) -> list[str]:
     """`sabun train CFG --resume` (no value, as the interrupted run prints it) means `--resume latest`;
     typer's options take a value, so the bare flag is completed here."""

@@ -45,6 +45,7 @@ from sabun.pipelines.recipe import lora_config
 from sabun.pipelines.stages import (
     check_finite,
     check_model_path,
+    check_trained,
     file_hash,
     model_key,
     run_stage,
@@ -546,6 +547,7 @@ def train_copy_round(run: CopyRun, copy_data: Path, earlier: list[Path], name: s
     result = train(
         train_config(run.config, copy, copy_data, copy.steps_per_round, folder, name, earlier), pipe=run.pipe
     )
+    check_trained(result, name)
     rows = run.check_rows
     with applied(run.pipe, [(p, 1.0) for p in [*earlier, result.lora_path]]):
         images = generate_images(run.pipe, [p for p, _ in rows], [s for _, s in rows], run.sampler, size=run.size)
@@ -575,6 +577,7 @@ def edit_stage(run: CopyRun, edit_data: Path, copy_lora: Path) -> Path:
         run.log("training the edit LoRA on B with the copy merged")
         settings = train_config(config, config.edit, edit_data, config.edit.steps, folder, "edit", [copy_lora])
         result = train(settings, pipe=run.pipe)
+        check_trained(result, "edit_training")
         summary = {"final_loss": float(np.mean(result.losses[-20:])), "steps": result.step}
         (folder / "train.json").write_text(json.dumps(summary, indent=2))
 

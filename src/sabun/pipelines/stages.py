@@ -169,6 +169,13 @@ def check_timesteps(config, pipe, where: str) -> None:
         )
 
 
+def check_trained(result, name: str) -> None:
+    """A stage's training that stopped early (Ctrl-C, SIGTERM) fails the stage, so that it is never
+    marked done without its LoRA; the next run of the same command trains it again."""
+    if result.interrupted or result.lora_path is None:
+        raise SabunError(f"stage {name}: training was interrupted; run the same command again to train it")
+
+
 def save_resolved_config(out: Path, name: str, config) -> Path:
     """The run's config with every default filled in and every path resolved, as OUT/NAME.resolved.toml
     (what this run used; rewritten by each run into the same folder, as metrics.json is)."""
@@ -287,10 +294,11 @@ class Stages:
 
         def build(folder: Path) -> None:
             self.log(f"training {name}")
-            train(
+            result = train(
                 dataclasses.replace(config, output=dataclasses.replace(config.output, dir=str(folder), name=name)),
                 pipe=pipe,
             )
+            check_trained(result, name)
 
         folder, _ = run_stage(self.out / "loras", name, inputs, build, self.log)
         return folder / f"{name}.safetensors"
