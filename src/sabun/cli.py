@@ -851,20 +851,13 @@ def extract_cmd(
     prediction_type: PredictionType = None,
 ) -> None:
     """Extract a LoRA from the difference of two models (tuned - original) by per-layer SVD."""
-    from sabun.lora.commands import extract
+    from sabun.lora.commands import extract, extract_notes
 
     show_model_log()
     report = extract(original, tuned, out, rank, conv_rank, unet_only, method, overwrite, allow_pickle, prediction_type)
     print_approximation(report, "extract: per-layer error")
-    for component, norm in report.component_norms.items():
-        left = " (left out: --unet-only)" if component in report.left_out_components else ""
-        console.print(f"difference norm, {component}: {norm:.4e}{left}")
-    if report.identical_layers:
-        console.print(f"{report.identical_layers} layers identical in both models (nothing to extract there)")
-    if report.skipped_conv_layers:
-        console.print(
-            f"{report.skipped_conv_layers} 3x3 conv layers differ (norm {report.skipped_conv_norm:.3e}) but were left out; pass --conv-rank to include them"
-        )
+    for line in extract_notes(report):
+        console.print(line)
     console.print(f"wrote {out}")
 
 

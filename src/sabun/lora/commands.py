@@ -185,3 +185,19 @@ def info(
     if model is not None:
         fit = check_fit(lora, pipeline_targets(load_pipeline(model, allow_pickle=allow_pickle), conv=True))
     return summarize(lora), lora.metadata, fit
+
+
+def extract_notes(report) -> list[str]:
+    """What `sabun lora extract` says beside its error table: each model part's difference norm, the
+    layers with nothing to extract, the 3x3 convs left out (the CLI and `sabun ui` print the same lines)."""
+    lines = []
+    for component, norm in report.component_norms.items():
+        left = " (left out: --unet-only)" if component in report.left_out_components else ""
+        lines.append(f"difference norm, {component}: {norm:.4e}{left}")
+    if report.identical_layers:
+        lines.append(f"{report.identical_layers} layers identical in both models (nothing to extract there)")
+    if report.skipped_conv_layers:
+        lines.append(
+            f"{report.skipped_conv_layers} 3x3 conv layers differ (norm {report.skipped_conv_norm:.3e}) but were left out; pass --conv-rank to include them"
+        )
+    return lines

@@ -206,16 +206,7 @@ def extract(
         False,
         prediction_type or None,
     )
-    lines = [approximation(report, "extract: per-layer error")]
-    for component, norm in report.component_norms.items():
-        left = " (left out: --unet-only)" if component in report.left_out_components else ""
-        lines.append(f"difference norm, {component}: {norm:.4e}{left}")
-    if report.identical_layers:
-        lines.append(f"{report.identical_layers} layers identical in both models (nothing to extract there)")
-    if report.skipped_conv_layers:
-        lines.append(
-            f"{report.skipped_conv_layers} 3x3 conv layers differ (norm {report.skipped_conv_norm:.3e}) but were left out; pass --conv-rank to include them"
-        )
+    lines = [approximation(report, "extract: per-layer error"), *commands.extract_notes(report)]
     lines.append(f"wrote {root.relative(target)}")
     return "\n".join(lines)
 
