@@ -549,7 +549,13 @@ def test_runs_queue_one_at_a_time_cancel_and_resume(page, ui, tmp_path):
     page.click("#start-run")
     select_run(page, "long")
     # the sample grids as the trainer writes them, the progress within the LoRA, its loss
-    expect(page.locator("#sample-gallery")).to_contain_text("stepping_stone-step000003", timeout=RUN_TIMEOUT_MS)
+    long_run = ui.root / "runs" / "ui" / "long"
+    deadline = time.time() + RUN_TIMEOUT_MS / 1000
+    while not any(name == "stepping_stone-step000003" for _, name in runs.samples(long_run)):
+        assert time.time() < deadline, "the trainer wrote no sample grid at step 3"
+        time.sleep(0.5)
+    # the gallery shows the grids (its captions are drawn only when an image is opened)
+    expect(page.locator("#sample-gallery img").first).to_be_visible(timeout=60_000)
     assert stage_rows(page)["LoRA: stepping_stone"] == "running"
     expect(output(page, "run-progress")).to_contain_text("running: LoRA: stepping_stone, step")
     screenshot(page, "runs", tmp_path, "#run-state")
@@ -562,7 +568,6 @@ def test_runs_queue_one_at_a_time_cancel_and_resume(page, ui, tmp_path):
     run_state(page, "long", "cancelled", timeout=30_000)
     stages = stage_rows(page)
     assert stages["LoRA: stepping_stone"] == "cancelled" and stages["data set: character"] == "done", stages
-    long_run = ui.root / "runs" / "ui" / "long"
     assert not (long_run / "loras" / "stepping_stone.stage.json").exists()  # a killed stage leaves no marker
     run_state(page, "quick", "done")
     page.click("#rerun")
