@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import functools
 import inspect
 import math
 import os
@@ -310,6 +311,11 @@ def to_toml(config: Any) -> str:
 def field_docs(cls: type) -> dict[str, str]:
     """Each field's one-line doc in dataclass `cls`: the comment after it (`rank: int = 16  # rank of
     ...`) or the string on the line below it; inherited fields included, "" where there is none."""
+    return dict(_field_docs(cls))
+
+
+@functools.cache  # a class's source does not change while it runs: read and parsed once
+def _field_docs(cls: type) -> dict[str, str]:
     docs: dict[str, str] = {}
     for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
         source = textwrap.dedent(inspect.getsource(klass))

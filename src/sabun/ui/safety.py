@@ -8,11 +8,11 @@ written. The same root is the only folder Gradio may serve files from (`allowed_
 from __future__ import annotations
 
 import ipaddress
-import json
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
+
+from safetensors import SafetensorError, safe_open
 
 from sabun.errors import SabunError
 from sabun.models.load import BUILTIN
@@ -23,7 +23,6 @@ MODEL_SUFFIXES = (".vrm", ".glb", ".gltf")
 SKIPPED_FOLDERS = ("__pycache__", "node_modules")
 MAX_LISTED = 400  # entries of a file list offered in a picker
 MAX_DEPTH = 6  # folders deep below the root that the pickers look
-MAX_HEADER = 64 * 2**20  # a .safetensors header read to tell a LoRA from a checkpoint
 
 
 class Root:
@@ -129,16 +128,13 @@ class Root:
 
 
 def is_lora(path: Path) -> bool | None:
-    """Whether a .safetensors file holds kohya LoRA keys, read from its header alone (None: unreadable)."""
+    """Whether a .safetensors file holds kohya LoRA keys, read from its header alone by safetensors
+    (None: unreadable)."""
     try:
-        with open(path, "rb") as file:
-            size = struct.unpack("<Q", file.read(8))[0]
-            if size > MAX_HEADER:
-                return None
-            keys = json.loads(file.read(size))
-    except (OSError, ValueError, struct.error):
+        with safe_open(str(path), framework="pt", device="cpu") as file:
+            return any(key.startswith("lora_") for key in file.keys())
+    except (OSError, SafetensorError, ValueError):
         return None
-    return any(key.startswith("lora_") for key in keys) if isinstance(keys, dict) else None
 
 
 # --- binding ------------------------------------------------------------------------------------
