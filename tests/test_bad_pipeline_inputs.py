@@ -350,6 +350,10 @@ def test_copy_machine_inputs_are_checked_before_the_first_stage(tmp_path, change
         ({"ema_decay": 1.0}, r"ema_decay: must be a finite number in \[0, 1\)"),
         ({"checkpoint_every": 0}, "checkpoint_every: must be a whole number >= 1"),
         ({"tag_dropout": -0.1}, r"tag_dropout: must be a finite number in \[0, 1\]"),
+        ({"prediction_type": "sample"}, "prediction_type: must be one of epsilon, v_prediction, got 'sample'"),
+        ({"zero_terminal_snr": True}, "zero_terminal_snr: needs prediction_type=v_prediction"),
+        ({"cross_attention_16": "yes"}, "cross_attention_16: must be true or false"),
+        ({"snapshot_every": -1}, "snapshot_every: must be a whole number >= 0"),
     ],
 )
 def test_pretrain_options_are_checked_before_anything_is_written(tmp_path, change, named):
@@ -357,6 +361,15 @@ def test_pretrain_options_are_checked_before_anything_is_written(tmp_path, chang
 
     with pytest.raises(SabunError, match=named):
         PretrainConfig(**({"images": 16, "vae_steps": 1, "steps": 1, "batch": 2} | change))
+
+
+def test_pretrain_vae_from_names_a_folder_without_a_vae(tmp_path):
+    from sabun.toyworld.pretrain import PretrainConfig, pretrain
+
+    config = PretrainConfig(images=4, vae_steps=1, steps=1, batch=2, vae_from=str(tmp_path / "nothing"))
+    with pytest.raises(SabunError, match="nothing: no vae/config.json; vae_from takes `toy` or a toy model folder"):
+        pretrain(tmp_path / "p", config, stages=("data", "vae"))
+    assert not (tmp_path / "p" / "vae.pt").exists()
 
 
 def test_pretrain_refuses_unknown_stages_and_a_file_as_its_folder(tmp_path):

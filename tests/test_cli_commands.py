@@ -46,6 +46,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from sabun.lora.file import load_lora, save_lora
+from sabun.models.load import load_pipeline, shipped_toy_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small models run faster on one thread
 
@@ -179,11 +180,40 @@ def test_toyworld_pretrain_writes_a_model_that_check_reads_and_a_rerun_resumes(t
     assert written["prompts"]["count"] == 1 and written["prompts_with_3d"]["count"] == 1
 
 
+def test_toyworld_pretrain_v_prediction_zero_snr_with_the_shipped_vae(tmp_path, capsys):
+    """The v2 levers: v-prediction on zero-terminal-SNR betas, cross-attention at 16x16, the VAE
+    taken from the shipped model, and snapshots of EMA and raw weights during training."""
+    run = tmp_path / "pretrain"
+    sets = ["prediction_type=v_prediction", "zero_terminal_snr=true", "cross_attention_16=true", "vae_from=toy",
+            "snapshot_every=1"]  # fmt: skip
+    sabun(capsys, "toyworld", "pretrain", "--out", run, *PRETRAIN, "--steps", "2",
+          *[arg for s in sets for arg in ("--set", s)])  # fmt: skip
+    # the VAE is the shipped one, bit for bit
+    shipped = load_file(shipped_toy_model() / "vae" / "diffusion_pytorch_model.safetensors")
+    written = load_file(run / "model" / "vae" / "diffusion_pytorch_model.safetensors")
+    assert shipped.keys() == written.keys() and all(torch.equal(shipped[k], written[k]) for k in shipped)
+    pipe = load_pipeline(str(run / "model"))
+    config = pipe.scheduler.config
+    assert (config.prediction_type, config.rescale_betas_zero_snr, config.timestep_spacing) == (
+        "v_prediction", True, "trailing"
+    )  # fmt: skip
+    assert float(pipe.scheduler.alphas_cumprod[-1]) == 0.0  # the last timestep is pure noise
+    assert pipe.unet.config.down_block_types[0] == "CrossAttnDownBlock2D"
+    # one snapshot (step 1 of 2), as EMA and raw weights, which differ
+    assert sorted(p.name for p in (run / "snapshots").iterdir()) == ["step-000001", "step-000001-raw"]
+    ema, raw = (load_file(run / "snapshots" / n / "unet" / "diffusion_pytorch_model.safetensors")
+                for n in ("step-000001", "step-000001-raw"))  # fmt: skip
+    assert any(not torch.equal(ema[k], raw[k]) for k in ema)
+    assert "snapshot" in pretrain_stages(run)
+
+
 def test_toyworld_check_on_the_shipped_toy_model(tmp_path, capsys):
     check = tmp_path / "check"
     out, _ = sabun(capsys, "toyworld", "check", "--out", check, "--count", "2", "--three-d-count", "1",
                    "--steps", "2", "--guidance", "4")  # fmt: skip
-    assert sorted(p.name for p in check.iterdir()) == ["check.json", "generations.png", "generations.txt"]
+    assert sorted(p.name for p in check.iterdir()) == [
+        "check.json", "generations.png", "generations.txt", "generations_3d.png", "generations_3d.txt"
+    ]  # fmt: skip
     results = json.loads((check / "check.json").read_text())
     assert json.loads(out) == results
     assert results["model"] == "toy" and results["sampler"] == {"steps": 2, "guidance": 4.0}
@@ -196,6 +226,9 @@ def test_toyworld_check_on_the_shipped_toy_model(tmp_path, capsys):
     assert_png(check / "generations.png", (2 * 64, 64))  # the 2 generations, side by side
     sheet_text = (check / "generations.txt").read_text()
     assert sheet_text.startswith("prompted -> read") and sheet_text.count("1girl") == 2
+    assert sheet_text.count("P(3d) 0.") + sheet_text.count("P(3d) 1.") == 2
+    assert_png(check / "generations_3d.png", (64, 64))  # the one `3d` generation
+    assert ", 3d" in (check / "generations_3d.txt").read_text()
 
 
 def test_toyworld_check_vrm(tmp_path, capsys):
@@ -348,7 +381,7 @@ def test_character_on_the_example_config(tmp_path, capsys):
     assert assert_png(out_dir / "samples.png", (2 * 64, 64))  # the prompt at weight 0 and 1
     page = (out_dir / "report.html").read_text()
     assert "<table>" in page and "data:image/png;base64," in page
-    assert not (example.parent.parent / "runs").exists()  # --out replaced the config's `out`
+    assert not (example.parent.parent / "runs" / "character").exists()  # --out replaced the config's `out`
 
 
 def test_evaluate(tmp_path, capsys):

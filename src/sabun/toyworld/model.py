@@ -4,8 +4,11 @@ Same classes as SD 1.x (AutoencoderKL, CLIPTextModel, UNet2DConditionModel with 
 blocks, a CLIP tokenizer, SD's noise schedule), so every code path sabun runs on it is the one
 it runs on a real checkpoint. Sizes:
 - images 64x64; the VAE downsamples 4x to 4x16x16 latents (SD: 8x to 4x64x64 at 512 px);
-- U-Net: 16x16 -> 8x8 -> 4x4, cross-attention at 8x8 and 4x4, context width 64;
-- text encoder: CLIP, 4 layers of width 64, over the toy world's booru tags.
+- U-Net: 16x16 -> 8x8 -> 4x4, cross-attention at 8x8 and 4x4 (optionally also 16x16), context
+  width 64;
+- text encoder: CLIP, 4 layers of width 64, over the toy world's booru tags;
+- scheduler: SD's (epsilon), or SD's betas rescaled to zero terminal SNR with v-prediction and
+  trailing timesteps (Lin et al. 2023), as SD 2.x-v and NoobAI-v models are.
 The shipped weights live in `sabun/assets/toy_model` as a diffusers folder and are made by
 `sabun toyworld pretrain` (see `pretrain.py`).
 """
@@ -15,11 +18,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from sabun.models.load import shipped_toy_model
-from sabun.models.tiny import assemble_pipeline
+from sabun.models.tiny import assemble_pipeline, sd15_scheduler_config
 from sabun.models.tokenizer import build_clip_tokenizer
 from sabun.toyworld import captions
 from sabun.toyworld.colours import EYE_COLOURS, HAIR_COLOURS, THING_COLOURS
@@ -71,12 +74,32 @@ def vocabulary() -> list[str]:
     return words
 
 
-def build_toy_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+def unet_config(cross_attention_16: bool = False) -> dict:
+    """The U-Net's config; `cross_attention_16` adds cross-attention at the 16x16 level too."""
+    if not cross_attention_16:
+        return dict(UNET_CONFIG)
+    return UNET_CONFIG | dict(
+        down_block_types=("CrossAttnDownBlock2D",) * 3, up_block_types=("CrossAttnUpBlock2D",) * 3
+    )
+
+
+def scheduler_config(prediction_type: str = "epsilon", zero_terminal_snr: bool = False) -> dict:
+    """SD's DDIM schedule; with `zero_terminal_snr` its betas are rescaled so that the last
+    timestep is pure noise, and sampling starts there (trailing spacing)."""
+    config = sd15_scheduler_config() | dict(prediction_type=prediction_type)
+    if zero_terminal_snr:
+        config |= dict(rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    return config
+
+
+def build_toy_pipeline(
+    seed: int = 0, cross_attention_16: bool = False, prediction_type: str = "epsilon", zero_terminal_snr: bool = False
+) -> StableDiffusionPipeline:
     """The toy pipeline with random weights drawn under `seed` (the start of pretraining)."""
     tokenizer = build_clip_tokenizer(vocabulary())
     torch.manual_seed(seed)
     vae = AutoencoderKL(**VAE_CONFIG)
-    unet = UNet2DConditionModel(**UNET_CONFIG)
+    unet = UNet2DConditionModel(**unet_config(cross_attention_16))
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(tokenizer),
@@ -86,7 +109,9 @@ def build_toy_pipeline(seed: int = 0) -> StableDiffusionPipeline:
             **TEXT_CONFIG,
         )
     )
-    return assemble_pipeline(vae, text_encoder, tokenizer, unet)
+    pipe = assemble_pipeline(vae, text_encoder, tokenizer, unet)
+    pipe.scheduler = DDIMScheduler(**scheduler_config(prediction_type, zero_terminal_snr))
+    return pipe
 
 
 def shipped_model_dir() -> Path:

@@ -6,10 +6,11 @@ Stages, each writing its result into OUT and skipped when that result exists:
 1. `data`: render random characters (never the signature ribbon, never the target's look) in
    random shots; `three_d_share` of them in the `3d` style, tagged `3d`, as real anime models see a
    few 3D renders. Full booru captions.
-2. `vae`: train the AutoencoderKL on the images (L1 + a small KL term).
+2. `vae`: train the AutoencoderKL on the images (L1 + a small KL term), or take a toy model's VAE
+   (`vae_from`).
 3. `latents`: encode every image once; set the VAE's scaling factor to 1 / std(latents).
-4. `diffusion`: train U-Net and text encoder together on the latents (epsilon objective, SD's
-   noise schedule, min-SNR weighting, tag dropout and shuffling, 10% empty captions for
+4. `diffusion`: train U-Net and text encoder together on the latents (epsilon or v objective,
+   SD's noise schedule or its zero-terminal-SNR rescaling, min-SNR weighting, tag dropout and shuffling, 10% empty captions for
    classifier-free guidance), keeping an EMA of the weights; checkpoints every few hundred steps,
    resumed automatically.
 5. `export`: write the pipeline (EMA weights) as a diffusers folder, OUT/model.
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import AutoencoderKL
 from tqdm import tqdm
 
 from sabun.errors import SabunError
@@ -35,12 +37,15 @@ from sabun.toyworld import captions
 from sabun.toyworld.character import load_preset, random_character
 from sabun.toyworld.commands import metadata
 from sabun.toyworld.geometry import POSES
-from sabun.toyworld.model import IMAGE_SIZE, build_toy_pipeline
+from sabun.toyworld.model import IMAGE_SIZE, VAE_CONFIG, build_toy_pipeline, shipped_model_dir
 from sabun.toyworld.render import BACKGROUNDS, VIEWS, ZOOMS, Shot, render
 from sabun.train.config import check
 
 STAGES = ("data", "vae", "latents", "diffusion", "export")
-DATA_AND_VAE_FIELDS = ("images", "three_d_share", "seed", "vae_steps", "vae_batch", "vae_crop", "vae_lr", "kl_weight")
+DATA_AND_VAE_FIELDS = (
+    "images", "three_d_share", "seed", "vae_from", "vae_steps", "vae_batch", "vae_crop", "vae_lr", "kl_weight",
+)  # fmt: skip
+PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
 @dataclass(frozen=True)
@@ -50,11 +55,15 @@ class PretrainConfig:
     images: int = 16000  # rendered training images
     three_d_share: float = 0.08  # share of 3d-style renders, tagged `3d`
     seed: int = 0  # seed for data, initial weights and training order
+    vae_from: str = ""  # take the VAE from this model (`toy` or a diffusers folder) instead of training one
     vae_steps: int = 1500  # VAE optimiser steps
     vae_batch: int = 32  # vAE crops per optimiser step
     vae_crop: int = 32  # the VAE trains on random crops (it is convolutional; 4x cheaper than 64 px)
     vae_lr: float = 2e-3  # vAE learning rate (AdamW, warm-up + cosine)
     kl_weight: float = 1e-6  # small: the latent must keep colour exactly, not be a good prior
+    prediction_type: str = "epsilon"  # what the U-Net predicts: epsilon (SD 1.x) or v_prediction
+    zero_terminal_snr: bool = False  # rescale SD's betas so the last timestep is pure noise (needs v_prediction)
+    cross_attention_16: bool = False  # cross-attention also at the U-Net's 16x16 level
     steps: int = 2000  # U-Net + text encoder optimiser steps
     batch: int = 32  # diffusion batch size
     lr: float = 5e-4  # peak learning rate, cosine decay after warm-up
@@ -64,6 +73,7 @@ class PretrainConfig:
     caption_dropout: float = 0.1  # empty caption, for classifier-free guidance
     ema_decay: float = 0.999  # decay of the weights' exponential moving average (exported)
     checkpoint_every: int = 250  # diffusion steps between checkpoints
+    snapshot_every: int = 2000  # steps between exported snapshots (EMA and raw weights) in OUT/snapshots; 0: none
 
     def __post_init__(self) -> None:
         """Every field checked before anything is rendered or trained; an error names the
@@ -100,6 +110,7 @@ class PretrainConfig:
             "--seed",
             f"must be a whole number from 0 to 4294967295 (2**32 - 1), got {self.seed!r}",
         )
+        check(isinstance(self.vae_from, str), "vae_from", f"must be a model folder or `toy`, got {self.vae_from!r}")
         count(self.vae_steps, "--vae-steps")
         count(self.vae_batch, "vae_batch")
         count(self.vae_crop, "vae_crop", 8, IMAGE_SIZE)
@@ -108,6 +119,18 @@ class PretrainConfig:
         )
         number(self.vae_lr, "vae_lr", 0.0, low_open=True)
         number(self.kl_weight, "kl_weight", 0.0)
+        check(
+            self.prediction_type in PREDICTION_TYPES,
+            "prediction_type",
+            f"must be one of {', '.join(PREDICTION_TYPES)}, got {self.prediction_type!r}",
+        )
+        for name in ("zero_terminal_snr", "cross_attention_16"):
+            check(isinstance(getattr(self, name), bool), name, f"must be true or false, got {getattr(self, name)!r}")
+        check(
+            not (self.zero_terminal_snr and self.prediction_type == "epsilon"),
+            "zero_terminal_snr",
+            "needs prediction_type=v_prediction: at zero SNR the noise is the input and epsilon predicts nothing",
+        )
         count(self.steps, "--steps")
         count(self.batch, "--batch")
         check(
@@ -122,6 +145,7 @@ class PretrainConfig:
         number(self.caption_dropout, "caption_dropout", 0.0, 1.0)
         number(self.ema_decay, "ema_decay", 0.0, 1.0, high_open=True)
         count(self.checkpoint_every, "checkpoint_every")
+        count(self.snapshot_every, "snapshot_every", 0)
 
 
 # --- stage 1: data ------------------------------------------------------------------------------
@@ -200,6 +224,27 @@ def train_vae(vae, images: np.ndarray, config: PretrainConfig) -> list[float]:
     return losses
 
 
+def vae_of(model: str) -> dict:
+    """The VAE weights of a toy model folder (`toy`: the shipped one), checked to be this VAE."""
+    folder = shipped_model_dir() if model == "toy" else Path(model)
+    vae_dir = folder / "vae"
+    if not (vae_dir / "config.json").is_file():
+        raise SabunError(
+            f"{folder}: no vae/config.json; vae_from takes `toy` or a toy model folder (a run's OUT/model)"
+        )
+    vae = AutoencoderKL.from_pretrained(vae_dir)
+    differ = [k for k, v in VAE_CONFIG.items() if k != "sample_size" and _as_list(vae.config[k]) != _as_list(v)]
+    if differ:
+        raise SabunError(
+            f"{vae_dir}: its VAE has another {', '.join(differ)} than the toy model's; vae_from needs the same VAE"
+        )
+    return vae.state_dict()
+
+
+def _as_list(value):
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
 @torch.no_grad()
 def encode_latents(vae, images: np.ndarray, batch: int = 256) -> torch.Tensor:
     """Posterior means of every image, unscaled, (N, 4, 16, 16)."""
@@ -213,9 +258,19 @@ def encode_latents(vae, images: np.ndarray, batch: int = 256) -> torch.Tensor:
 # --- stage 4: diffusion -------------------------------------------------------------------------
 
 
-def min_snr_weights(timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, gamma: float) -> torch.Tensor:
-    """min(SNR, gamma) / SNR per sample, for the epsilon objective (Hang et al. 2023)."""
+def min_snr_weights(
+    timesteps: torch.Tensor, alphas_cumprod: torch.Tensor, gamma: float, prediction_type: str = "epsilon"
+) -> torch.Tensor:
+    """Per-sample loss weights.
+
+    epsilon: min(SNR, gamma) / SNR, Min-SNR-gamma (Hang et al. 2023).
+    v_prediction: (min(SNR, gamma) + 1) / (SNR + 1), the plain v loss with steps above SNR gamma
+    down-weighted as Min-SNR does. Min-SNR's own v weight, min(SNR, gamma) / (SNR + 1), is 0 at
+    zero SNR, and that step is the one where the model learns what the prompt's image looks like
+    from the prompt alone (its background and colours); here it keeps full weight."""
     snr = alphas_cumprod[timesteps] / (1 - alphas_cumprod[timesteps])
+    if prediction_type == "v_prediction":
+        return (torch.clamp(snr, max=gamma) + 1) / (snr + 1)
     return torch.clamp(snr, max=gamma) / snr
 
 
@@ -271,8 +326,13 @@ class DiffusionTrainer:
         timesteps = torch.randint(0, len(self.alphas_cumprod), (config.batch,), generator=self.generator)
         noisy = self.pipe.scheduler.add_noise(latents, noise, timesteps)
         prediction = self.pipe.unet(noisy, timesteps, self.encode_prompts(prompts)).sample
-        per_sample = F.mse_loss(prediction, noise, reduction="none").mean(dim=(1, 2, 3))
-        loss = (per_sample * min_snr_weights(timesteps, self.alphas_cumprod, config.min_snr_gamma)).mean()
+        if config.prediction_type == "v_prediction":
+            target = self.pipe.scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        per_sample = F.mse_loss(prediction, target, reduction="none").mean(dim=(1, 2, 3))
+        weights = min_snr_weights(timesteps, self.alphas_cumprod, config.min_snr_gamma, config.prediction_type)
+        loss = (per_sample * weights).mean()
         for group in self.optimiser.param_groups:
             group["lr"] = config.lr * warmup_cosine(self.step, config.steps, config.warmup)
         self.optimiser.zero_grad(set_to_none=True)
@@ -291,6 +351,18 @@ class DiffusionTrainer:
         with torch.no_grad():
             for e, p in zip(self.ema, self.params):
                 p.copy_(e)
+
+    def export(self, folder: Path, ema: bool = True) -> None:
+        """Write the pipeline with the EMA (or the raw) weights as a diffusers folder; training
+        state is left as it was."""
+        raw = [p.detach().clone() for p in self.params]
+        if ema:
+            self.copy_ema_to_model()
+        with atomic_output(folder, overwrite=True, directory=True) as tmp:
+            self.pipe.save_pretrained(tmp, safe_serialization=True)
+        with torch.no_grad():
+            for r, p in zip(raw, self.params):
+                p.copy_(r)
 
 
 # --- driver -------------------------------------------------------------------------------------
@@ -326,7 +398,7 @@ def pretrain(out: Path, config: PretrainConfig = PretrainConfig(), stages: tuple
     with atomic_output(config_path, overwrite=True) as tmp:
         tmp.write_text(json.dumps(asdict(config), indent=2))
     torch.manual_seed(config.seed)
-    pipe = build_toy_pipeline(seed=config.seed)
+    pipe = build_toy_pipeline(config.seed, config.cross_attention_16, config.prediction_type, config.zero_terminal_snr)
     log = open(out / "pretrain_log.jsonl", "a")
 
     def record(**fields) -> None:
@@ -347,9 +419,13 @@ def pretrain(out: Path, config: PretrainConfig = PretrainConfig(), stages: tuple
     vae_path = out / "vae.pt"
     if "vae" in stages and not vae_path.exists():
         start = time.time()
-        losses = train_vae(pipe.vae, images, config)
-        save_torch(pipe.vae.state_dict(), vae_path)
-        record(stage="vae", seconds=time.time() - start, final_loss=float(np.mean(losses[-100:])))
+        if config.vae_from:
+            save_torch(vae_of(config.vae_from), vae_path)
+            record(stage="vae", seconds=time.time() - start, source=config.vae_from)
+        else:
+            losses = train_vae(pipe.vae, images, config)
+            save_torch(pipe.vae.state_dict(), vae_path)
+            record(stage="vae", seconds=time.time() - start, final_loss=float(np.mean(losses[-100:])))
     pipe.vae.load_state_dict(torch.load(vae_path, weights_only=True))
     pipe.vae.eval()
 
@@ -374,6 +450,10 @@ def pretrain(out: Path, config: PretrainConfig = PretrainConfig(), stages: tuple
             trainer.train_step()
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(trainer.losses[-100:]):.4f}")
+            if config.snapshot_every and trainer.step % config.snapshot_every == 0 and trainer.step < config.steps:
+                for ema, suffix in ((True, ""), (False, "-raw")):
+                    trainer.export(out / "snapshots" / f"step-{trainer.step:06d}{suffix}", ema=ema)
+                record(stage="snapshot", step=trainer.step, path=str(out / "snapshots"))
             if trainer.step % config.checkpoint_every == 0 or trainer.step == config.steps:
                 save_torch(trainer.state(), checkpoint)
                 record(
@@ -386,11 +466,9 @@ def pretrain(out: Path, config: PretrainConfig = PretrainConfig(), stages: tuple
 
     model_dir = out / "model"
     if "export" in stages and trainer.step >= config.steps:
-        trainer.copy_ema_to_model()
         pipe.unet.eval()
         pipe.text_encoder.eval()
-        with atomic_output(model_dir, overwrite=True, directory=True) as tmp:
-            pipe.save_pretrained(tmp, safe_serialization=True)
+        trainer.export(model_dir)
         record(stage="export", path=str(model_dir))
     log.close()
     return model_dir
