@@ -4,12 +4,12 @@
 
 Each variant is `sabun toyworld pretrain`'s own diffusion step (`DiffusionTrainer.train_step`:
 caption dropout and shuffling, text encoder, U-Net, loss, AdamW, EMA) on random latents:
-- `fp32`: the default;
+- `fp32`: the first toy model's step (epsilon objective on SD's betas);
 - `bf16`: the same step under `torch.autocast("cpu", torch.bfloat16)` (these CPUs have avx512_bf16);
 - `channels_last`: the U-Net's weights and inputs in channels-last memory order;
-- `v-zsnr`: v-prediction on zero-terminal-SNR betas (the objective; its cost should be the same);
+- `v-zsnr`: v-prediction on zero-terminal-SNR betas (today's default objective; its cost should be the same);
 - `attn16`: cross-attention also at the 16x16 level.
-The variants run in turn (A B C ... A B C ...) for `--rounds`, `--steps` timed steps each after one
+Every variant but `v-zsnr` uses the first model's objective. The variants run in turn (A B C ... A B C ...) for `--rounds`, `--steps` timed steps each after one
 untimed step, so a machine whose speed drifts affects them alike. Prints each variant's median
 s/step and its ratio to `fp32`'s, with the spread over rounds.
 """
@@ -29,10 +29,11 @@ def make_trainer(variant: str, batch: int):
     from sabun.toyworld.model import LATENT_SIZE, build_toy_pipeline
     from sabun.toyworld.pretrain import DiffusionTrainer, PretrainConfig, render_dataset
 
+    first = dict(prediction_type="epsilon", zero_terminal_snr=False)  # the first toy model's objective
     levers = {
         "v-zsnr": dict(prediction_type="v_prediction", zero_terminal_snr=True),
-        "attn16": dict(cross_attention_16=True),
-    }.get(variant, {})
+        "attn16": first | dict(cross_attention_16=True),
+    }.get(variant, first)
     config = PretrainConfig(images=max(64, batch), batch=batch, steps=1000, **levers)
     pipe = build_toy_pipeline(config.seed, config.cross_attention_16, config.prediction_type, config.zero_terminal_snr)
     _, metas = render_dataset(config)

@@ -351,9 +351,10 @@ def test_copy_machine_inputs_are_checked_before_the_first_stage(tmp_path, change
         ({"checkpoint_every": 0}, "checkpoint_every: must be a whole number >= 1"),
         ({"tag_dropout": -0.1}, r"tag_dropout: must be a finite number in \[0, 1\]"),
         ({"prediction_type": "sample"}, "prediction_type: must be one of epsilon, v_prediction, got 'sample'"),
-        ({"zero_terminal_snr": True}, "zero_terminal_snr: needs prediction_type=v_prediction"),
+        ({"prediction_type": "epsilon"}, "zero_terminal_snr: needs prediction_type=v_prediction"),
         ({"cross_attention_16": "yes"}, "cross_attention_16: must be true or false"),
         ({"snapshot_every": -1}, "snapshot_every: must be a whole number >= 0"),
+        ({"export_weights": "best"}, "export_weights: must be `ema` or `raw`, got 'best'"),
     ],
 )
 def test_pretrain_options_are_checked_before_anything_is_written(tmp_path, change, named):

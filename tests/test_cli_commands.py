@@ -156,6 +156,11 @@ def test_toyworld_pretrain_writes_a_model_that_check_reads_and_a_rerun_resumes(t
         "images": 4, "vae_steps": 1, "steps": 1, "batch": 2, "seed": 3
     }  # fmt: skip
     assert pretrain_stages(run) == ["data", "vae", "latents", "diffusion", "export"]
+    # by default: v-prediction on betas rescaled to zero terminal SNR, sampled from the last timestep
+    scheduler = json.loads((run / "model" / "scheduler" / "scheduler_config.json").read_text())
+    assert (scheduler["prediction_type"], scheduler["rescale_betas_zero_snr"], scheduler["timestep_spacing"]) == (
+        "v_prediction", True, "trailing"
+    )  # fmt: skip
     # a diffusers folder of the toy model's layout, with finite weights
     index = json.loads((model / "model_index.json").read_text())
     assert {"unet", "vae", "text_encoder", "tokenizer", "scheduler"} <= set(index)
@@ -170,6 +175,15 @@ def test_toyworld_pretrain_writes_a_model_that_check_reads_and_a_rerun_resumes(t
     assert {name: (run / name).stat().st_mtime_ns for name in stamps} == stamps
     assert pretrain_stages(run)[5:] == ["export"]
 
+    # the export may change after training: the raw weights instead of their moving average
+    unet = model / "unet" / "diffusion_pytorch_model.safetensors"
+    ema = load_file(unet)
+    sabun(capsys, "toyworld", "pretrain", "--out", run, *PRETRAIN, "--set", "export_weights=raw")
+    assert pretrain_stages(run)[5:] == ["export", "export"]
+    assert json.loads((run / "pretrain_log.jsonl").read_text().splitlines()[-1])["weights"] == "raw"
+    raw = load_file(unet)
+    assert any(not torch.equal(ema[k], raw[k]) for k in ema)
+
     # the pretrained model folder is what `sabun toyworld check --model` takes
     check = tmp_path / "check"
     out, _ = sabun(capsys, "toyworld", "check", "--model", model, "--out", check,
@@ -180,11 +194,11 @@ def test_toyworld_pretrain_writes_a_model_that_check_reads_and_a_rerun_resumes(t
     assert written["prompts"]["count"] == 1 and written["prompts_with_3d"]["count"] == 1
 
 
-def test_toyworld_pretrain_v_prediction_zero_snr_with_the_shipped_vae(tmp_path, capsys):
-    """The v2 levers: v-prediction on zero-terminal-SNR betas, cross-attention at 16x16, the VAE
-    taken from the shipped model, and snapshots of EMA and raw weights during training."""
+def test_toyworld_pretrain_the_first_recipe_with_the_shipped_vae(tmp_path, capsys):
+    """The levers off and on: the first model's epsilon objective on SD's own betas, cross-attention
+    at 16x16, the VAE taken from the shipped model, and snapshots of EMA and raw weights."""
     run = tmp_path / "pretrain"
-    sets = ["prediction_type=v_prediction", "zero_terminal_snr=true", "cross_attention_16=true", "vae_from=toy",
+    sets = ["prediction_type=epsilon", "zero_terminal_snr=false", "cross_attention_16=true", "vae_from=toy",
             "snapshot_every=1"]  # fmt: skip
     sabun(capsys, "toyworld", "pretrain", "--out", run, *PRETRAIN, "--steps", "2",
           *[arg for s in sets for arg in ("--set", s)])  # fmt: skip
@@ -195,9 +209,9 @@ def test_toyworld_pretrain_v_prediction_zero_snr_with_the_shipped_vae(tmp_path, 
     pipe = load_pipeline(str(run / "model"))
     config = pipe.scheduler.config
     assert (config.prediction_type, config.rescale_betas_zero_snr, config.timestep_spacing) == (
-        "v_prediction", True, "trailing"
+        "epsilon", False, "leading"
     )  # fmt: skip
-    assert float(pipe.scheduler.alphas_cumprod[-1]) == 0.0  # the last timestep is pure noise
+    assert float(pipe.scheduler.alphas_cumprod[-1]) > 0.004  # SD's last timestep keeps some signal
     assert pipe.unet.config.down_block_types[0] == "CrossAttnDownBlock2D"
     # one snapshot (step 1 of 2), as EMA and raw weights, which differ
     assert sorted(p.name for p in (run / "snapshots").iterdir()) == ["step-000001", "step-000001-raw"]

@@ -9,11 +9,13 @@ Stages, each writing its result into OUT and skipped when that result exists:
 2. `vae`: train the AutoencoderKL on the images (L1 + a small KL term), or take a toy model's VAE
    (`vae_from`).
 3. `latents`: encode every image once; set the VAE's scaling factor to 1 / std(latents).
-4. `diffusion`: train U-Net and text encoder together on the latents (epsilon or v objective,
-   SD's noise schedule or its zero-terminal-SNR rescaling, min-SNR weighting, tag dropout and shuffling, 10% empty captions for
-   classifier-free guidance), keeping an EMA of the weights; checkpoints every few hundred steps,
-   resumed automatically.
-5. `export`: write the pipeline (EMA weights) as a diffusers folder, OUT/model.
+4. `diffusion`: train U-Net and text encoder together on the latents (v or epsilon objective,
+   SD's noise schedule rescaled to zero terminal SNR or as it is, min-SNR weighting, tag dropout
+   and shuffling, 10% empty captions for classifier-free guidance), keeping an EMA of the weights;
+   checkpoints every few hundred steps, resumed automatically; snapshots of both weights every
+   `snapshot_every` steps in OUT/snapshots.
+5. `export`: write the pipeline (the EMA or the raw weights, `export_weights`) as a diffusers
+   folder, OUT/model; redone on every run, so the choice of weights may change after training.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ STAGES = ("data", "vae", "latents", "diffusion", "export")
 DATA_AND_VAE_FIELDS = (
     "images", "three_d_share", "seed", "vae_from", "vae_steps", "vae_batch", "vae_crop", "vae_lr", "kl_weight",
 )  # fmt: skip
+EXPORT_FIELDS = ("export_weights",)
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
@@ -61,19 +64,20 @@ class PretrainConfig:
     vae_crop: int = 32  # the VAE trains on random crops (it is convolutional; 4x cheaper than 64 px)
     vae_lr: float = 2e-3  # vAE learning rate (AdamW, warm-up + cosine)
     kl_weight: float = 1e-6  # small: the latent must keep colour exactly, not be a good prior
-    prediction_type: str = "epsilon"  # what the U-Net predicts: epsilon (SD 1.x) or v_prediction
-    zero_terminal_snr: bool = False  # rescale SD's betas so the last timestep is pure noise (needs v_prediction)
+    prediction_type: str = "v_prediction"  # what the U-Net predicts: v_prediction (SD 2.x 768) or epsilon (SD 1.x)
+    zero_terminal_snr: bool = True  # rescale SD's betas so the last timestep is pure noise (needs v_prediction)
     cross_attention_16: bool = False  # cross-attention also at the U-Net's 16x16 level
-    steps: int = 2000  # U-Net + text encoder optimiser steps
+    steps: int = 10000  # U-Net + text encoder optimiser steps
     batch: int = 32  # diffusion batch size
     lr: float = 5e-4  # peak learning rate, cosine decay after warm-up
     warmup: int = 200  # diffusion warm-up steps
     min_snr_gamma: float = 5.0  # min-SNR loss weighting's gamma
     tag_dropout: float = 0.15  # each tag but `1girl`/`solo`/`3d` is dropped with this probability
     caption_dropout: float = 0.1  # empty caption, for classifier-free guidance
-    ema_decay: float = 0.999  # decay of the weights' exponential moving average (exported)
+    ema_decay: float = 0.999  # decay of the weights' exponential moving average
+    export_weights: str = "ema"  # which weights the model folder gets: `ema` (the moving average) or `raw`
     checkpoint_every: int = 250  # diffusion steps between checkpoints
-    snapshot_every: int = 2000  # steps between exported snapshots (EMA and raw weights) in OUT/snapshots; 0: none
+    snapshot_every: int = 1000  # steps between exported snapshots (EMA and raw weights) in OUT/snapshots; 0: none
 
     def __post_init__(self) -> None:
         """Every field checked before anything is rendered or trained; an error names the
@@ -129,7 +133,7 @@ class PretrainConfig:
         check(
             not (self.zero_terminal_snr and self.prediction_type == "epsilon"),
             "zero_terminal_snr",
-            "needs prediction_type=v_prediction: at zero SNR the noise is the input and epsilon predicts nothing",
+            "needs prediction_type=v_prediction (at zero SNR the noise is the input and epsilon predicts nothing); with epsilon set zero_terminal_snr=false",
         )
         count(self.steps, "--steps")
         count(self.batch, "--batch")
@@ -144,6 +148,11 @@ class PretrainConfig:
         number(self.tag_dropout, "tag_dropout", 0.0, 1.0)
         number(self.caption_dropout, "caption_dropout", 0.0, 1.0)
         number(self.ema_decay, "ema_decay", 0.0, 1.0, high_open=True)
+        check(
+            self.export_weights in ("ema", "raw"),
+            "export_weights",
+            f"must be `ema` or `raw`, got {self.export_weights!r}",
+        )
         count(self.checkpoint_every, "checkpoint_every")
         count(self.snapshot_every, "snapshot_every", 0)
 
@@ -389,7 +398,10 @@ def pretrain(out: Path, config: PretrainConfig = PretrainConfig(), stages: tuple
         saved = json.loads(config_path.read_text())
         # Finished stages must have been made with the same settings; diffusion settings may
         # change until the diffusion stage has its first checkpoint.
-        fixed = DATA_AND_VAE_FIELDS if not (out / "diffusion_checkpoint.pt").exists() else tuple(asdict(config))
+        # What is exported may always change (the export is redone on every run).
+        fixed = DATA_AND_VAE_FIELDS
+        if (out / "diffusion_checkpoint.pt").exists():
+            fixed = tuple(k for k in asdict(config) if k not in EXPORT_FIELDS)
         changed = [k for k in fixed if saved.get(k) != asdict(config)[k]]
         if changed:
             raise SabunError(
@@ -468,7 +480,7 @@ def pretrain(out: Path, config: PretrainConfig = PretrainConfig(), stages: tuple
     if "export" in stages and trainer.step >= config.steps:
         pipe.unet.eval()
         pipe.text_encoder.eval()
-        trainer.export(model_dir)
-        record(stage="export", path=str(model_dir))
+        trainer.export(model_dir, ema=config.export_weights == "ema")
+        record(stage="export", path=str(model_dir), weights=config.export_weights)
     log.close()
     return model_dir
