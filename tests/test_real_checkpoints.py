@@ -393,6 +393,29 @@ def test_merge_writes_a_single_file_that_loads_back(checkpoints, family, tmp_pat
     assert all(written[k].dtype == tensors[k].dtype for k in written)
 
 
+def test_a_zero_terminal_snr_v_model_keeps_its_schedule_through_a_single_file(checkpoints, tmp_path):
+    """Written with the `v_pred` and `ztsnr` marker keys, read back with the same betas, starting
+    its sampling at the last (pure-noise) timestep."""
+    pipe = copy.deepcopy(checkpoints("sd1").pipe)
+    pipe.scheduler = type(pipe.scheduler).from_config(
+        pipe.scheduler.config, prediction_type="v_prediction", rescale_betas_zero_snr=True, timestep_spacing="trailing"
+    )
+    out = save_pipeline(pipe, tmp_path / "vpred_ztsnr.safetensors")
+    assert {"v_pred", "ztsnr"} <= load_file(out).keys()
+    loaded = load_pipeline(out)
+    config = loaded.scheduler.config
+    assert (config.prediction_type, config.rescale_betas_zero_snr, config.timestep_spacing) == (
+        "v_prediction", True, "trailing"
+    )  # fmt: skip
+    assert torch.equal(loaded.scheduler.alphas_cumprod, pipe.scheduler.alphas_cumprod)
+    assert float(loaded.scheduler.alphas_cumprod[-1]) == 0.0
+    # and an epsilon model written from it loses both markers
+    loaded.scheduler = type(loaded.scheduler).from_config(
+        loaded.scheduler.config, prediction_type="epsilon", rescale_betas_zero_snr=False
+    )
+    assert not {"v_pred", "ztsnr"} & load_file(save_pipeline(loaded, tmp_path / "eps.safetensors")).keys()
+
+
 def test_sd2_written_from_diffusers_has_its_24th_text_layer_as_identity(checkpoints, tmp_path):
     """A diffusers SD 2.x model lacks OpenCLIP's last layer; the file gets it as an exact identity."""
     pipe = copy.deepcopy(checkpoints("sd2").pipe)

@@ -303,14 +303,15 @@ def skip_text_init():
 
 
 def scheduler_for(family: str, prediction_type: str = "epsilon", zero_terminal_snr: bool = False):
-    """The family's noise schedule (see `architectures`), predicting `prediction_type`."""
+    """The family's noise schedule (see `architectures`), predicting `prediction_type`; with
+    `zero_terminal_snr` its betas rescaled so the last timestep is pure noise, and sampling starts
+    there (trailing timestep spacing)."""
+    schedule = dict(prediction_type=prediction_type, rescale_betas_zero_snr=zero_terminal_snr)
+    if zero_terminal_snr:
+        schedule["timestep_spacing"] = "trailing"
     if family == "sdxl":
-        return EulerDiscreteScheduler(
-            **dict(arch.SDXL_SCHEDULER, prediction_type=prediction_type, rescale_betas_zero_snr=zero_terminal_snr)
-        )
-    return DDIMScheduler(
-        **dict(arch.SD_SCHEDULER, prediction_type=prediction_type, rescale_betas_zero_snr=zero_terminal_snr)
-    )
+        return EulerDiscreteScheduler(**(arch.SDXL_SCHEDULER | schedule))
+    return DDIMScheduler(**(arch.SD_SCHEDULER | schedule))
 
 
 def assemble_pipeline(family: str, components: dict[str, torch.nn.Module], scheduler):
@@ -409,7 +410,8 @@ def save_single_file(pipe, out: str | os.PathLike, overwrite: bool = False) -> P
 
     Tensors take the dtypes of the file the pipeline was loaded from (fp16 stays fp16; the model
     itself is fp32, so merges are done in fp32 and cast here), or the model's dtype if it was not
-    loaded from a single file. A v-prediction model gets the `v_pred` marker key, and every file
+    loaded from a single file. A v-prediction model gets the `v_pred` marker key, a zero-terminal-SNR
+    one the `ztsnr` key, and every file
     states its prediction type in `modelspec.prediction_type`, so it loads back without guessing.
     """
     out = Path(out)
@@ -434,10 +436,15 @@ def save_single_file(pipe, out: str | os.PathLike, overwrite: bool = False) -> P
     if family == "sd2":
         extras = sd2_unused_text_layer(pipe.text_encoder) | extras
     prediction = pipe.scheduler.config.prediction_type
-    if prediction == "v_prediction":
-        extras.setdefault("v_pred", torch.zeros(0))
-    else:
-        extras.pop("v_pred", None)
+    markers = {
+        "v_pred": prediction == "v_prediction",
+        "ztsnr": bool(pipe.scheduler.config.get("rescale_betas_zero_snr")),
+    }
+    for key, present in markers.items():  # the keys A1111, Forge and ComfyUI read a model's schedule from
+        if present:
+            extras.setdefault(key, torch.zeros(0))
+        else:
+            extras.pop(key, None)
     for key, tensor in sorted(extras.items()):
         if key not in written:
             items.append((key, tuple(tensor.shape), tensor.dtype, lambda t=tensor: t))
