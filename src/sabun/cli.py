@@ -290,7 +290,7 @@ def toyworld_pretrain_cmd(
     ],
     images: Annotated[int, typer.Option(help="Rendered training images.")] = 16000,
     vae_steps: Annotated[int, typer.Option(help="VAE optimiser steps.")] = 1500,
-    steps: Annotated[int, typer.Option(help="U-Net + text encoder optimiser steps.")] = 10000,
+    steps: Annotated[int, typer.Option(help="U-Net + text encoder optimiser steps.")] = 7000,
     batch: Annotated[int, typer.Option(help="Diffusion batch size.")] = 32,
     three_d_share: Annotated[float, typer.Option(help="Share of 3d-style renders, tagged `3d`.")] = 0.08,
     seed: Annotated[int, typer.Option(help="Seed for data, initial weights and training order.")] = 0,

@@ -67,7 +67,7 @@ class PretrainConfig:
     prediction_type: str = "v_prediction"  # what the U-Net predicts: v_prediction (SD 2.x 768) or epsilon (SD 1.x)
     zero_terminal_snr: bool = True  # rescale SD's betas so the last timestep is pure noise (needs v_prediction)
     cross_attention_16: bool = False  # cross-attention also at the U-Net's 16x16 level
-    steps: int = 10000  # U-Net + text encoder optimiser steps
+    steps: int = 7000  # U-Net + text encoder optimiser steps
     batch: int = 32  # diffusion batch size
     lr: float = 5e-4  # peak learning rate, cosine decay after warm-up
     warmup: int = 200  # diffusion warm-up steps
