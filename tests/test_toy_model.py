@@ -43,15 +43,21 @@ def test_generation_is_deterministic_for_a_seed(toy):
     assert np.abs(a.astype(int) - c.astype(int)).mean() > 2.0
 
 
-def test_the_3d_tag_gives_the_3d_look(toy):
-    # what pretraining taught most firmly: `3d` is a style tag, as in real anime models
+def test_prompted_hair_colour_hairstyle_and_white_background_are_drawn(toy):
+    # what pretraining on zero-terminal-SNR betas taught firmly (`sabun toyworld check`: hair-colour
+    # name 88 %, background 99.6 %, white backgrounds 36 of 36); the first model never drew white
     sampler = Sampler(steps=12, guidance=5.0)
     evaluator = ToyEvaluator.load()
-    plain = evaluator.predict(generate_images(toy, ["1girl, solo, long hair, full body"] * 4, list(range(4)), sampler))
-    three_d = evaluator.predict(
-        generate_images(toy, ["1girl, solo, long hair, full body, 3d"] * 4, list(range(4)), sampler)
-    )
-    assert plain.p_3d.mean() < 0.3 < 0.7 < three_d.p_3d.mean()
+    asked = [
+        ("1girl, solo, red hair, long hair, upper body, white background", "red", "long", "white"),
+        ("1girl, solo, blue hair, twintails, full body, outdoors", "blue", "twintails", "outdoor"),
+    ]
+    for prompt, hair, style, background in asked:
+        read = evaluator.predict(generate_images(toy, [prompt] * 4, list(range(4)), sampler))
+        assert read.hair_colour_name.count(hair) >= 3, read.hair_colour_name
+        assert read.label("hairstyle").count(style) >= 3, read.label("hairstyle")
+        assert read.label("background").count(background) >= 3, read.label("background")
+        assert read.p_3d.mean() < 0.3  # without the `3d` tag, the anime style
 
 
 def test_evaluator_reads_fresh_renders():
