@@ -42,6 +42,10 @@ class LoRAModule(nn.Module):
         else:
             raise SabunError(f"{type(base).__name__} cannot take a LoRA; supported: Linear, Conv2d")
         self.register_buffer("alpha", torch.tensor(float(alpha)))
+        # the buffer's value as a Python float, kept in step with it: reading the tensor in every
+        # forward (`float(self.alpha)`) costs a sync per layer and breaks torch.compile's graph
+        self._alpha = float(alpha)
+        self.register_load_state_dict_post_hook(lambda module, _keys: module.sync_alpha())
         self.multiplier = 1.0
         # The standard LoRA start: random down, zero up, so training starts from the model itself.
         nn.init.kaiming_uniform_(self.lora_down.weight, a=math.sqrt(5))
@@ -53,7 +57,11 @@ class LoRAModule(nn.Module):
 
     @property
     def scale(self) -> float:
-        return self.multiplier * float(self.alpha) / self.rank
+        return self.multiplier * self._alpha / self.lora_down.weight.shape[0]
+
+    def sync_alpha(self) -> None:
+        """Re-read the `alpha` buffer after it was written in place (state-dict loads do this)."""
+        self._alpha = float(self.alpha)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """This LoRA's contribution to the layer's output for input `x`."""
@@ -90,6 +98,7 @@ class LoRAModule(nn.Module):
             self.lora_down.weight.copy_(weight.down.reshape(self.lora_down.weight.shape))
             self.lora_up.weight.copy_(weight.up.reshape(self.lora_up.weight.shape))
             self.alpha.fill_(weight.alpha)
+        self.sync_alpha()
 
 
 class LoRANetwork(nn.Module):

@@ -21,12 +21,24 @@ def parameter_groups(network: LoRANetwork, unet_lr: float, text_encoder_lr: floa
 def build_optimizer(config, groups: list[dict]) -> torch.optim.Optimizer:
     """The optimiser named by `config.type` (an `OptimizerConfig`) over `groups`."""
     if config.type == "adamw":
-        return torch.optim.AdamW(groups, betas=tuple(config.betas), eps=config.eps, weight_decay=config.weight_decay)
+        # fused: one kernel over all the LoRA's tensors; on the CPU 16 ms a step against 58 for the
+        # per-tensor loop (SD 1.5's 528 LoRA tensors, docs/benchmarks.md). Same update, other rounding.
+        return torch.optim.AdamW(
+            groups, betas=tuple(config.betas), eps=config.eps, weight_decay=config.weight_decay, fused=fusable(groups)
+        )
     if config.type == "adafactor":
         return torch.optim.Adafactor(groups, weight_decay=config.weight_decay)
     if config.type == "sgd":
         return torch.optim.SGD(groups, momentum=config.momentum, weight_decay=config.weight_decay)
     raise ValueError(f"unknown optimizer {config.type}")
+
+
+def fusable(groups: list[dict]) -> bool | None:
+    """Whether torch's fused AdamW takes these parameters (fp32 on the CPU or a GPU); None: torch picks."""
+    params = [p for g in groups for p in g["params"]]
+    return (
+        True if params and all(p.dtype == torch.float32 and p.device.type in ("cpu", "cuda") for p in params) else None
+    )
 
 
 class ScheduleFactor:

@@ -47,6 +47,8 @@ from sabun.lora.targets import pipeline_targets
 from sabun.lora.weights import LoRA
 from sabun.models.families import base_model_version, pipeline_family
 from sabun.models.load import load_pipeline
+from sabun.train import small_convs
+from sabun.train.compiling import CompiledOrEager
 from sabun.train.config import TrainConfig, config_from_toml, to_dict, to_toml
 from sabun.train.model import (
     PlainWeights,
@@ -118,6 +120,7 @@ class Run:
     def __init__(self, config: TrainConfig, accelerator):
         self.config, self.accelerator = config, accelerator
         self.device = accelerator.device
+        self.gemm_convs: list[nn.Conv2d] = []  # the U-Net's layers small_convs changed
         self.main = accelerator.is_main_process
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         self.started_at = time.time()
@@ -181,6 +184,8 @@ class Run:
             if self.weight_dtype != torch.float32:  # torch's own `to`: diffusers' warns on every dtype cast
                 nn.Module.to(module, dtype=self.weight_dtype)
         self.plain.to(self.device, self.weight_dtype)
+        if cfg.training.small_conv_gemm and self.device.type == "cpu":
+            self.gemm_convs = small_convs.install(self.unet)  # undone in close()
         if cfg.training.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
             if self.train_text_encoder:
@@ -297,6 +302,7 @@ class Run:
             self.noise_scheduler,
             self.pipe.vae_scale_factor,
             cfg.training.min_snr_gamma,
+            cfg.training.compile,
         )
         optimizer = build_optimizer(cfg.optimizer, groups)
         self.schedule = build_schedule(optimizer, cfg.schedule, self.total_steps)
@@ -628,6 +634,8 @@ class Run:
             self.writer.close()
         if self.network is not None:
             self.network.detach()
+        small_convs.uninstall(self.gemm_convs)
+        self.gemm_convs = []
         if self.plain:
             self.plain.swap()
         self.plain = None
@@ -652,10 +660,12 @@ class DiffusionObjective(nn.Module):
         scheduler,
         vae_scale_factor: int,
         min_snr_gamma: float | None,
+        compile_unet: bool = False,
     ):
         super().__init__()
         self.network = network
-        self.frozen = (unet, text)  # a tuple is not registered as submodules
+        # a tuple is not registered as submodules; the U-Net is called through torch.compile when asked
+        self.frozen = (CompiledOrEager(unet) if compile_unet else unet, text)
         self.scheduler, self.vae_scale_factor, self.min_snr_gamma = scheduler, vae_scale_factor, min_snr_gamma
         self.sdxl = is_sdxl_unet(unet)
         self.alphas_cumprod = scheduler.alphas_cumprod
@@ -701,11 +711,23 @@ def build_accelerator(config: TrainConfig):
     cpu = training.device == "cpu" or not has_gpu
     if cpu and training.mixed_precision == "fp16":
         raise SabunError("training.mixed_precision: fp16 needs a GPU; use `no` (fp32) or `bf16` on the CPU")
+    if cpu and training.mixed_precision == "bf16" and not cpu_has_bf16():
+        warnings.warn(
+            "training.mixed_precision = bf16: this CPU has no bf16 arithmetic (AVX512_BF16 or AMX), so bf16 runs "
+            "emulated, tens of times slower than fp32 (docs/benchmarks.md); use `no` on this machine",
+            stacklevel=2,
+        )
     # accelerate keeps one precision per process and refuses a second; one process may train
     # several LoRAs (`sabun character`: stepping-stone, then character), so forget the last run's
     # settings. The distributed state (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
     return Accelerator(cpu=cpu, mixed_precision=training.mixed_precision)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU does bf16 arithmetic in hardware (oneDNN's fast bf16 kernels need it)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: True)() for name in checks)
 
 
 def prepare_output(config: TrainConfig, resume, overwrite: bool, accelerator) -> tuple[Path | None, list[Path]]:
