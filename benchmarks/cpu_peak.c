@@ -10,6 +10,7 @@
  */
 #include <immintrin.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -39,69 +40,47 @@ static double clock_ghz(double seconds) {
     return done * 16.0 / elapsed / 1e9 + (x == 0);  /* x is never 0: keeps the chain live */
 }
 
-/* 12 independent accumulators: enough to cover a 4-cycle FMA latency on 3 units */
-#define CHAINS(OP) OP(0) OP(1) OP(2) OP(3) OP(4) OP(5) OP(6) OP(7) OP(8) OP(9) OP(10) OP(11)
+/* Instructions per ns of STEP(acc) run on 12 independent accumulators (enough to cover a 4-cycle
+ * FMA latency on 3 units) of VEC until `seconds` pass. SET1, ADD
+ * and SUM0 make the accumulators and fold them into one float, which the result depends on, so the
+ * compiler cannot drop the loop. */
+#define THROUGHPUT(VEC, SET1, ADD, SUM0, STEP)                                    \
+    VEC c0 = SET1(0.f), c1 = SET1(1.f), c2 = SET1(2.f), c3 = SET1(3.f);           \
+    VEC c4 = SET1(4.f), c5 = SET1(5.f), c6 = SET1(6.f), c7 = SET1(7.f);           \
+    VEC c8 = SET1(8.f), c9 = SET1(9.f), c10 = SET1(10.f), c11 = SET1(11.f);       \
+    long iterations = 1 << 16, done = 0;                                          \
+    double start = now(), elapsed;                                                \
+    do {                                                                          \
+        for (long i = 0; i < iterations; i++) {                                   \
+            STEP(c0) STEP(c1) STEP(c2) STEP(c3) STEP(c4) STEP(c5)                 \
+            STEP(c6) STEP(c7) STEP(c8) STEP(c9) STEP(c10) STEP(c11)               \
+        }                                                                         \
+        done += iterations;                                                       \
+        elapsed = now() - start;                                                  \
+    } while (elapsed < seconds);                                                  \
+    VEC acc = ADD(ADD(ADD(c0, c1), ADD(c2, c3)), ADD(ADD(c4, c5), ADD(c6, c7)));  \
+    acc = ADD(acc, ADD(ADD(c8, c9), ADD(c10, c11)));                              \
+    return done * 12.0 / elapsed / 1e9 + (SUM0(acc) == 12345.f);
+
+static float first256(__m256 v) __attribute__((target("avx2")));
+static float first256(__m256 v) { return _mm256_cvtss_f32(v); }
 
 __attribute__((target("avx2,fma"))) static double fma256(double seconds) {
     __m256 a = _mm256_set1_ps(0.999f), b = _mm256_set1_ps(0.001f);
-#define DECL(i) __m256 c##i = _mm256_set1_ps((float)i);
-    CHAINS(DECL)
-#define STEP(i) c##i = _mm256_fmadd_ps(a, c##i, b);
-    long iterations = 1 << 16, done = 0;
-    double start = now(), elapsed;
-    do {
-        for (long i = 0; i < iterations; i++) { CHAINS(STEP) }
-        done += iterations;
-        elapsed = now() - start;
-    } while (elapsed < seconds);
-#define SUM(i) acc = _mm256_add_ps(acc, c##i);
-    __m256 acc = _mm256_setzero_ps();
-    CHAINS(SUM)
-    float out[8];
-    _mm256_storeu_ps(out, acc);
-    return done * 12.0 / elapsed / 1e9 + (out[0] == 12345.f);
-#undef DECL
-#undef STEP
-#undef SUM
+#define STEP256(c) c = _mm256_fmadd_ps(a, c, b);
+    THROUGHPUT(__m256, _mm256_set1_ps, _mm256_add_ps, first256, STEP256)
 }
 
 __attribute__((target("avx512f"))) static double fma512(double seconds) {
     __m512 a = _mm512_set1_ps(0.999f), b = _mm512_set1_ps(0.001f);
-#define DECL(i) __m512 c##i = _mm512_set1_ps((float)i);
-    CHAINS(DECL)
-#define STEP(i) c##i = _mm512_fmadd_ps(a, c##i, b);
-    long iterations = 1 << 16, done = 0;
-    double start = now(), elapsed;
-    do {
-        for (long i = 0; i < iterations; i++) { CHAINS(STEP) }
-        done += iterations;
-        elapsed = now() - start;
-    } while (elapsed < seconds);
-#define SUM(i) acc = _mm512_add_ps(acc, c##i);
-    __m512 acc = _mm512_setzero_ps();
-    CHAINS(SUM)
-    return done * 12.0 / elapsed / 1e9 + (_mm512_reduce_add_ps(acc) == 12345.f);
-#undef DECL
-#undef STEP
-#undef SUM
+#define STEP512(c) c = _mm512_fmadd_ps(a, c, b);
+    THROUGHPUT(__m512, _mm512_set1_ps, _mm512_add_ps, _mm512_reduce_add_ps, STEP512)
 }
 
 __attribute__((target("avx512f,avx512bf16"))) static double dpbf16(double seconds) {
     __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80), b = (__m512bh)_mm512_set1_epi16(0x3a83);
-#define DECL(i) __m512 c##i = _mm512_set1_ps((float)i);
-    CHAINS(DECL)
-#define STEP(i) c##i = _mm512_dpbf16_ps(c##i, a, b);
-    long iterations = 1 << 16, done = 0;
-    double start = now(), elapsed;
-    do {
-        for (long i = 0; i < iterations; i++) { CHAINS(STEP) }
-        done += iterations;
-        elapsed = now() - start;
-    } while (elapsed < seconds);
-#define SUM(i) acc = _mm512_add_ps(acc, c##i);
-    __m512 acc = _mm512_setzero_ps();
-    CHAINS(SUM)
-    return done * 12.0 / elapsed / 1e9 + (_mm512_reduce_add_ps(acc) == 12345.f);
+#define STEPBF16(c) c = _mm512_dpbf16_ps(c, a, b);
+    THROUGHPUT(__m512, _mm512_set1_ps, _mm512_add_ps, _mm512_reduce_add_ps, STEPBF16)
 }
 
 int main(int argc, char **argv) {

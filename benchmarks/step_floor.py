@@ -135,17 +135,19 @@ def load_step(model: str):
     return pipe, text, network, inputs
 
 
-def step_flops(pipe, text, inputs) -> dict[str, float]:
-    """GFLOP of one training step's parts, counted by torch's FlopCounterMode."""
+def count(run) -> float:
+    """GFLOP that `run()` does, by torch's FlopCounterMode."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
-    def count(run) -> float:
-        counter = FlopCounterMode(display=False)
-        with counter, sdpa_kernel(SDPBackend.MATH):  # the math path's matmuls are what the counter sees
-            run()
-        return counter.get_total_flops() / 1e9
+    counter = FlopCounterMode(display=False)
+    with counter, sdpa_kernel(SDPBackend.MATH):  # the math path's matmuls are what the counter sees
+        run()
+    return counter.get_total_flops() / 1e9
 
+
+def step_flops(pipe, text, inputs) -> dict[str, float]:
+    """GFLOP of one training step's parts."""
     latents, timesteps, ids = inputs["latents"], inputs["timesteps"], inputs["ids"]
     parts = {}
     parts["text encoder fwd+bwd"] = count(lambda: text.encode(ids)[0].pow(2).mean().backward())
@@ -204,8 +206,6 @@ def step_ops(pipe, text, network, inputs) -> collections.Counter:
 
 def op_rate(key: tuple, repeats: int) -> tuple[float, float]:
     """(GFLOP, seconds) of one op's forward and backward at its shape, timed alone."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     generator = torch.Generator().manual_seed(0)
     kind = key[0]
     if kind == "attention":
@@ -231,12 +231,7 @@ def op_rate(key: tuple, repeats: int) -> tuple[float, float]:
             def run():
                 F.linear(x, w, bias).sum().backward()
 
-    counter = FlopCounterMode(display=False)
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    with counter, sdpa_kernel(SDPBackend.MATH):
-        run()
-    return counter.get_total_flops() / 1e9, timed(run, repeats)
+    return count(run), timed(run, repeats)
 
 
 def describe(key: tuple) -> str:
@@ -317,7 +312,7 @@ def main() -> None:
     print(f"\n{'the step, latents cached':58s} {'s/step':>7s}  step's efficiency")
     for label, seconds in rows:
         print(f"  {label:56s} {seconds:7.2f}  {seconds / measured:6.0%}")
-    if "avx512_bf16" in cpu_flags() or "amx_bf16" in cpu_flags():
+    if cpu_flags() & {"avx512_bf16", "amx_bf16"}:
         bf16_rate, bf16_where = peak_rate(torch.bfloat16)
         print(
             f"\nbf16 (autocast): best kernel rate {bf16_rate:.0f} GFLOP/s ({bf16_where}): {cached / bf16_rate:.2f} s/step of arithmetic"

@@ -10,21 +10,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_train import config, workdir  # noqa: F401  (the fixture)
+from test_train import config, one_thread, workdir  # noqa: F401  (the fixtures; one_thread is autouse)
 from torch import nn
 
 from sabun.lora.network import LoRAModule
 from sabun.lora.weights import LoRAWeight
 from sabun.train import small_convs, train
 from sabun.train.compiling import CompiledOrEager
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_the_lora_scale_follows_alpha_however_it_is_written():

@@ -57,7 +57,7 @@ class LoRAModule(nn.Module):
 
     @property
     def scale(self) -> float:
-        return self.multiplier * self._alpha / self.lora_down.weight.shape[0]
+        return self.multiplier * self._alpha / self.rank
 
     def sync_alpha(self) -> None:
         """Re-read the `alpha` buffer after it was written in place (state-dict loads do this)."""
