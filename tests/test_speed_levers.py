@@ -1,7 +1,8 @@
 """The trainer's speed levers change no result beyond float rounding.
 
-`training.small_conv_gemm`: small frozen 3x3 convolutions as one GEMM equal the direct convolution,
-forward and backward, and the model is handed back untouched. `training.compile`: the U-Net through
+`training.winograd_convs` and `training.small_conv_gemm`: frozen 3x3 convolutions by Winograd's
+algorithm and small ones as one GEMM equal the direct convolution, forward and backward, training
+through them gives the same LoRA up to rounding, and the model is handed back untouched. `training.compile`: the U-Net through
 torch.compile gives the eager LoRA up to rounding, and a compile failure falls back to eager
 without losing the run. The LoRA scale (which compiled graphs read as a constant) stays in step
 with the `alpha` buffer."""
@@ -13,9 +14,10 @@ import torch
 from test_train import config, one_thread, workdir  # noqa: F401  (the fixtures; one_thread is autouse)
 from torch import nn
 
+from sabun.lora.file import load_lora
 from sabun.lora.network import LoRAModule
 from sabun.lora.weights import LoRAWeight
-from sabun.train import small_convs, train
+from sabun.train import small_convs, train, winograd
 from sabun.train.compiling import CompiledOrEager
 
 
@@ -99,3 +101,95 @@ def test_training_hands_back_the_unet_without_the_gemm_convs(workdir, tiny_pipe,
     train(config(workdir), pipe=tiny_pipe)
     assert changed, "the tiny U-Net has frozen 3x3 convolutions the trainer should route"
     assert all("forward" not in layer.__dict__ for layer in tiny_pipe.unet.modules())
+
+
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("height, width", [(1, 1), (4, 4), (5, 7), (8, 8), (16, 12), (9, 16)])
+def test_a_winograd_3x3_conv_equals_the_direct_conv_forward_and_backward(m, height, width):
+    generator = torch.Generator().manual_seed(height * 100 + width * 10 + m)
+    layer = nn.Conv2d(24, 40, 3, padding=1).requires_grad_(False)
+    x = torch.randn(3, 24, height, width, generator=generator, requires_grad=True)
+    grad = torch.randn(3, 40, height, width, generator=generator)
+    direct = layer(x)
+    (direct_grad,) = torch.autograd.grad(direct, x, grad)
+
+    u = winograd.transform_weight(layer.weight, m)
+    assert u.shape == ((m + 2) ** 2, 40, 24)
+    y = winograd.convolve(x.detach(), u, m) + layer.bias.view(1, -1, 1, 1)
+    assert y.shape == direct.shape and y.is_contiguous()
+    torch.testing.assert_close(y, direct, rtol=1e-4, atol=1e-5)
+    u_grad = winograd.transform_weight(layer.weight, m, for_input_grad=True)
+    torch.testing.assert_close(winograd.convolve(grad, u_grad, m), direct_grad, rtol=1e-4, atol=1e-5)
+
+    through = winograd.conv3x3(x, layer.weight, layer.bias)  # the autograd path, tile size by area
+    (through_grad,) = torch.autograd.grad(through, x, grad)
+    torch.testing.assert_close(through, direct, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(through_grad, direct_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_the_winograd_tile_follows_the_image_area():
+    assert winograd.tile_size(8, 8) == 2 and winograd.tile_size(4, 4) == 2
+    assert winograd.tile_size(16, 16) == 4 and winograd.tile_size(8, 9) == 4
+    with pytest.raises(ValueError, match="must be 2 or 4"):
+        winograd.transform_weight(torch.zeros(1, 1, 3, 3), 3)
+
+
+def test_only_frozen_3x3_convs_with_enough_channels_go_winograd_and_uninstall_restores(monkeypatch):
+    monkeypatch.setattr(winograd, "MIN_PIXELS", 64)
+    model = nn.Sequential(
+        nn.Conv2d(64, 64, 3, padding=1),  # frozen below: changed
+        nn.Conv2d(64, 64, 3, padding=1, stride=2),  # strided: left alone
+        nn.Conv2d(64, 16, 3, padding=1),  # 16 output channels: left alone
+        nn.Conv2d(16, 64, 1),  # 1x1: left alone
+        nn.Conv2d(64, 64, 3, padding=1),  # trainable: left alone
+    )
+    model[:4].requires_grad_(False)
+    x = torch.randn(1, 64, 8, 8)
+    before = model(x)
+    fallen_back = []
+    changed = winograd.install(
+        model, fallback=lambda layer, x: fallen_back.append(x.shape) or layer._conv_forward(x, layer.weight, layer.bias)
+    )
+    assert changed == [model[0]]
+    assert not torch.equal(model[0](x), model[0]._conv_forward(x, model[0].weight, model[0].bias))  # Winograd's sums
+    torch.testing.assert_close(model(x), before, rtol=1e-4, atol=1e-5)
+    assert fallen_back == []
+    model[0](x[:, :, :4, :4])  # 16 pixels: below MIN_PIXELS, to the fallback
+    assert fallen_back == [(1, 64, 4, 4)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast: the layer's own convolution
+        assert torch.equal(model[0](x), nn.Conv2d.forward(model[0], x))
+    layer = model[0].double()  # float64: the layer's own convolution
+    assert torch.equal(layer(x.double()), nn.Conv2d.forward(layer, x.double()))
+    model.float()
+    winograd.uninstall(changed)
+    assert all("forward" not in layer.__dict__ for layer in model)
+    assert torch.equal(model(x), before)
+
+
+def test_training_through_winograd_convs_gives_the_same_lora_and_hands_back_the_unet(
+    workdir,  # noqa: F811
+    tiny_pipe,
+    monkeypatch,
+):
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 1)  # the tiny U-Net's convolutions are narrow
+    monkeypatch.setattr(winograd, "MIN_PIXELS", 1)  # and its images small
+    changed = []
+    original = winograd.install
+
+    def recording(model, **options):
+        changed.extend(original(model, **options))
+        return changed
+
+    monkeypatch.setattr(winograd, "install", recording)
+    fast = load_lora(train(config(workdir, "output.name=fast"), pipe=tiny_pipe).lora_path).weights
+    assert changed, "the tiny U-Net has frozen 3x3 convolutions the trainer should route"
+    assert all("forward" not in layer.__dict__ for layer in tiny_pipe.unet.modules())
+    overrides = ("output.name=plain", "training.winograd_convs=false", "training.small_conv_gemm=false")
+    plain = load_lora(train(config(workdir, *overrides), pipe=tiny_pipe).lora_path).weights
+    assert fast.keys() == plain.keys()
+    fast_deltas = torch.cat([fast[key].delta().flatten() for key in plain])
+    plain_deltas = torch.cat([plain[key].delta().flatten() for key in plain])
+    assert plain_deltas.norm() > 0  # training moved the LoRA off its zero start
+    # Adam divides by the gradient's size, so a rounding difference in a near-zero gradient moves a
+    # weight by a step's full size: compare the whole delta, not element by element
+    assert (fast_deltas - plain_deltas).norm() / plain_deltas.norm() < 1e-3

@@ -47,7 +47,7 @@ from sabun.lora.targets import pipeline_targets
 from sabun.lora.weights import LoRA
 from sabun.models.families import base_model_version, pipeline_family
 from sabun.models.load import load_pipeline
-from sabun.train import small_convs
+from sabun.train import small_convs, winograd
 from sabun.train.compiling import CompiledOrEager
 from sabun.train.config import TrainConfig, config_from_toml, to_dict, to_toml
 from sabun.train.model import (
@@ -121,6 +121,7 @@ class Run:
         self.config, self.accelerator = config, accelerator
         self.device = accelerator.device
         self.gemm_convs: list[nn.Conv2d] = []  # the U-Net's layers small_convs changed
+        self.winograd_convs: list[nn.Conv2d] = []  # and those winograd changed
         self.main = accelerator.is_main_process
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         self.started_at = time.time()
@@ -184,8 +185,12 @@ class Run:
             if self.weight_dtype != torch.float32:  # torch's own `to`: diffusers' warns on every dtype cast
                 nn.Module.to(module, dtype=self.weight_dtype)
         self.plain.to(self.device, self.weight_dtype)
-        if cfg.training.small_conv_gemm and self.device.type == "cpu":
-            self.gemm_convs = small_convs.install(self.unet)  # undone in close()
+        if self.device.type == "cpu":  # undone in close()
+            small = small_convs.forward if cfg.training.small_conv_gemm else nn.Conv2d.forward
+            if cfg.training.winograd_convs:  # small images go on to `small`
+                self.winograd_convs = winograd.install(self.unet, fallback=small)
+            if cfg.training.small_conv_gemm:
+                self.gemm_convs = small_convs.install(self.unet)  # the layers winograd left (few channels)
         if cfg.training.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
             if self.train_text_encoder:
@@ -635,7 +640,8 @@ class Run:
         if self.network is not None:
             self.network.detach()
         small_convs.uninstall(self.gemm_convs)
-        self.gemm_convs = []
+        winograd.uninstall(self.winograd_convs)
+        self.gemm_convs, self.winograd_convs = [], []
         if self.plain:
             self.plain.swap()
         self.plain = None
