@@ -7,7 +7,8 @@ one matrix product) and as `winograd.conv3x3` (F(2x2, 3x3) at 8x8 and below, F(4
 and checks each against the direct result. Rates are in GFLOP/s of the direct convolution's
 arithmetic (2 x 9 x C_in x C_out per output pixel, twice for the two passes), so a rate above the
 CPU's peak means less arithmetic was done. With `--step`, also the U-Net's forward and backward
-(the step's compute, LoRA attached) with and without the Winograd layers, interleaved.
+(the step's compute, LoRA attached) with and without the Winograd layers as the trainer routes them
+(only calls on winograd.MIN_PIXELS or more go Winograd), interleaved.
 
 Uses the random-weight SD 1.5 folder that bench_train.py builds (run it first, or pass --model).
 

@@ -181,7 +181,9 @@ def test_training_through_winograd_convs_gives_the_same_lora_and_hands_back_the_
         return changed
 
     monkeypatch.setattr(winograd, "install", recording)
-    fast = load_lora(train(config(workdir, "output.name=fast"), pipe=tiny_pipe).lora_path).weights
+    fast = load_lora(
+        train(config(workdir, "output.name=fast", "training.winograd_convs=true"), pipe=tiny_pipe).lora_path
+    ).weights
     assert changed, "the tiny U-Net has frozen 3x3 convolutions the trainer should route"
     assert all("forward" not in layer.__dict__ for layer in tiny_pipe.unet.modules())
     overrides = ("output.name=plain", "training.winograd_convs=false", "training.small_conv_gemm=false")

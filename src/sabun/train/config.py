@@ -273,7 +273,7 @@ class TrainingConfig:
     min_timestep: int = 0  # train on timesteps in [min_timestep, max_timestep) only (sd-scripts' options)
     max_timestep: int | None = None  # default: the model's num_train_timesteps (1000)
     device: str = "auto"  # `auto` (GPU when there is one) or `cpu`
-    winograd_convs: bool = True  # CPU: frozen 3x3 convs on large images by Winograd's algorithm (faster; benchmarks.md)
+    winograd_convs: bool = False  # CPU: frozen 3x3 convs on large images by Winograd's algorithm (benchmarks.md)
     small_conv_gemm: bool = True  # CPU: frozen 3x3 convs at 8x8 and below as one GEMM (faster; benchmarks.md)
     compile: bool = False  # torch.compile the U-Net (inductor); eager if it fails; no gain on CPUs measured
 

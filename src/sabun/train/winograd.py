@@ -7,10 +7,13 @@ Algorithms for Convolutional Neural Networks", 2015). The tiles and the weight a
 by small fixed matrices (the transforms); the rest is (m+2)^2 independent matrix products of
 (C_out x C_in) by (C_in x tiles), which MKL runs near the CPU's peak.
 
-oneDNN, which torch uses for convolutions on the CPU, has no Winograd path on CPUs without AVX-512
-and runs the SD U-Net's convolutions at 60-150 GFLOP/s of direct arithmetic in a 256 px step;
-`python benchmarks/bench_convs.py` times both on every 3x3 layer shape of that step (forward and
-backward to the input: 1.1-3.8x faster here, see docs/benchmarks.md).
+oneDNN, which torch uses for convolutions on the CPU, has no Winograd path on CPUs without AVX-512.
+`python benchmarks/bench_convs.py` times both on every 3x3 layer shape of an SD 1.5 step at 256 px,
+batch 4 (docs/benchmarks.md). On a 2-core Zen 3, with the weight transformed once beforehand, it ran
+1.1-3.8x faster than the direct kernel; but each call must transform the weight twice (forward,
+backward), which is memory-bound: with that, Winograd won only at 32x32 (0.54-0.63x the direct time
+for 640 and more input channels, 1.01x at 320) and lost at 8x8 and below (1.2-1.8x). So only calls
+with many output pixels take it (`MIN_PIXELS`); the rest go on to a fallback.
 
 The weights are frozen (a LoRA on a layer keeps the base weight frozen), so the backward needs only
 the gradient to the input: the same convolution with the kernel flipped and its channels swapped,
@@ -36,9 +39,9 @@ SMALL_AREA = 64
 # Below this many channels on either side the matrix products are too thin to beat oneDNN.
 MIN_CHANNELS = 64
 # The weight's transforms (one for the forward, one for the backward) cost about as much per call
-# as the (m+2)^2 products on few pixels: 1280->1280 at 8x8, batch 4 took 298 ms against 223 direct,
-# 640->640 at 16x16 154 against 134, 320->320 at 32x32 80 against 149. So only calls with at least
-# this many output pixels (batch x height x width) go Winograd; the rest go to the fallback.
+# as the (m+2)^2 products on few pixels (bench_convs.py: 1280->1280 at 8x8, batch 4, 322 ms against
+# 259 direct; 640->320 at 32x32 125 against 232). Only calls with at least this many output pixels
+# (batch x height x width) go Winograd; the rest go to the fallback.
 MIN_PIXELS = 4096
 
 
