@@ -22,6 +22,11 @@ Uses the random-weight SD 1.5 folder that bench_train.py builds (run it first, o
 
     python benchmarks/step_floor.py
     python benchmarks/step_floor.py --skip-layers     # the peak and the best kernel rates only
+    python benchmarks/step_floor.py --precision bf16  # the trainer's bf16: frozen weights in bf16, autocast
+
+In bf16 the peak is the best of the CPU's bf16 instructions, each measured the same way: AVX-512's
+vdpbf16ps and, on CPUs with AMX, the tile product tdpbf16ps (a 16x32 by 32x16 matrix product per
+instruction), which oneDNN uses for bf16 matmuls and convolutions.
 """
 
 from __future__ import annotations
@@ -60,7 +65,9 @@ def theoretical_peak(seconds: float = 1.0) -> dict | None:
     flags = cpu_flags()
     binary = Path(tempfile.mkdtemp(prefix="cpu-peak-")) / "cpu_peak"
     subprocess.run([compiler, "-O2", "-o", str(binary), str(HERE / "cpu_peak.c")], check=True)
-    extra = (["avx512"] if "avx512f" in flags else []) + (["bf16"] if "avx512_bf16" in flags else [])
+    extra = [
+        name for flag, name in (("avx512f", "avx512"), ("avx512_bf16", "bf16"), ("amx_bf16", "amx")) if flag in flags
+    ]
     cores = len(os.sched_getaffinity(0))
     runs = [
         subprocess.Popen([str(binary), str(seconds), *extra], stdout=subprocess.PIPE, text=True) for _ in range(cores)
@@ -82,11 +89,21 @@ def theoretical_peak(seconds: float = 1.0) -> dict | None:
         "fp32_gflops": units * width * 2 * clock * cores,
         "fp32_gflops_measured": per_ns * width * 2 * cores,  # the FMA loop's own rate, all cores
         "bf16_gflops": None,
+        "bf16_instruction": None,
     }
-    if "dpbf16_512_per_ns" in mean:
+    # bf16: the instruction loops' own rates, all cores at once. Not rounded to whole units per cycle
+    # as the FMAs are: vdpbf16ps retires about one every two cycles on some cores, a tile product
+    # one every 16 or more.
+    bf16 = {
         # vdpbf16ps: 16 fp32 lanes, each adding two bf16 products: 64 flops per instruction
-        dp_units = round(mean["dpbf16_512_per_ns"] / clock)
-        peak["bf16_gflops"] = dp_units * 64 * clock * cores
+        "vdpbf16ps": mean.get("dpbf16_512_per_ns", 0) * 64 * cores,
+        # tdpbf16ps: (16 x 32) @ (32 x 16), 16 * 16 * 32 multiply-adds
+        "AMX tdpbf16ps": mean.get("tdpbf16ps_per_ns", 0) * 16 * 16 * 32 * 2 * cores,
+    }
+    best = max(bf16, key=bf16.get)
+    if bf16[best] > 0:
+        peak["bf16_gflops"], peak["bf16_instruction"] = bf16[best], best
+        peak["bf16_gflops_by_instruction"] = {k: v for k, v in bf16.items() if v > 0}
     return peak
 
 
@@ -97,15 +114,17 @@ def best_rate(op, flops: float, dtype: torch.dtype, repeats: int = 5) -> float:
 
 
 def peak_rate(dtype: torch.dtype) -> tuple[float, str]:
-    """The best GFLOP/s over shapes the SD 1.5 step runs most (its FF matmuls, 320- and 640-channel 3x3 convs)."""
+    """The best GFLOP/s over shapes the SD 1.5 step runs most (its FF matmuls, 320- and 640-channel 3x3 convs).
+
+    The tensors are made in `dtype`, so no cast is timed."""
     generator = torch.Generator().manual_seed(0)
     rates = {}
     for m, k, n in [(4096, 320, 2560), (4096, 1280, 320), (1024, 640, 5120), (4096, 1280, 1280)]:
-        a, b = torch.randn(m, k, generator=generator), torch.randn(k, n, generator=generator)
+        a, b = torch.randn(m, k, generator=generator).to(dtype), torch.randn(k, n, generator=generator).to(dtype)
         rates[f"matmul {m}x{k}x{n}"] = best_rate(lambda a=a, b=b: a @ b, 2 * m * k * n, dtype)
     for channels, side in [(320, 32), (640, 16)]:
-        x = torch.randn(4, channels, side, side, generator=generator)
-        w = torch.randn(channels, channels, 3, 3, generator=generator)
+        x = torch.randn(4, channels, side, side, generator=generator).to(dtype)
+        w = torch.randn(channels, channels, 3, 3, generator=generator).to(dtype)
         flops = 2 * 4 * side * side * channels * channels * 9
         rates[f"conv3x3 {channels}ch {side}x{side}"] = best_rate(
             lambda x=x, w=w: F.conv2d(x, w, padding=1), flops, dtype
@@ -158,17 +177,21 @@ def step_flops(pipe, text, inputs) -> dict[str, float]:
     return parts
 
 
-def step_seconds(pipe, text, inputs, repeats: int) -> float:
-    """The step's compute as the trainer runs it: text encoder and U-Net forward, one backward."""
+def step_seconds(pipe, text, inputs, repeats: int, dtype: torch.dtype = torch.float32) -> float:
+    """The step's compute as the trainer runs it: text encoder and U-Net forward, one backward
+    (in bf16: the frozen weights already in bf16, the LoRA's fp32, under autocast)."""
+    latents = inputs["latents"].to(dtype)
 
     def step():
-        context = text.encode(inputs["ids"])[0]
-        pipe.unet(inputs["latents"], inputs["timesteps"], context).sample.pow(2).mean().backward()
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            context = text.encode(inputs["ids"])[0]
+            out = pipe.unet(latents, inputs["timesteps"], context.to(dtype)).sample
+        out.float().pow(2).mean().backward()
 
     return timed(step, repeats)
 
 
-def step_ops(pipe, text, network, inputs) -> collections.Counter:
+def step_ops(pipe, text, network, inputs, dtype: torch.dtype = torch.float32) -> collections.Counter:
     """Every convolution, linear layer and attention call of one step, by shape, with its count."""
     calls = collections.Counter()
     hooks = []
@@ -194,9 +217,9 @@ def step_ops(pipe, text, network, inputs) -> collections.Counter:
 
     F.scaled_dot_product_attention = attention
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
             context = text.encode(inputs["ids"])[0]
-            pipe.unet(inputs["latents"], inputs["timesteps"], context)
+            pipe.unet(inputs["latents"].to(dtype), inputs["timesteps"], context.to(dtype))
     finally:
         F.scaled_dot_product_attention = original
         for handle in hooks:
@@ -204,21 +227,22 @@ def step_ops(pipe, text, network, inputs) -> collections.Counter:
     return calls
 
 
-def op_rate(key: tuple, repeats: int) -> tuple[float, float]:
-    """(GFLOP, seconds) of one op's forward and backward at its shape, timed alone."""
+def op_rate(key: tuple, repeats: int, dtype: torch.dtype = torch.float32) -> tuple[float, float]:
+    """(GFLOP, seconds) of one op's forward and backward at its shape, timed alone, in `dtype`."""
     generator = torch.Generator().manual_seed(0)
     kind = key[0]
+
+    def randn(shape, requires_grad):
+        return torch.randn(shape, generator=generator).to(dtype).requires_grad_(requires_grad)
+
     if kind == "attention":
-        q = torch.randn(key[1], generator=generator, requires_grad=True)
-        k = torch.randn(key[2], generator=generator, requires_grad=True)
-        v = torch.randn(key[2], generator=generator, requires_grad=True)
+        q, k, v = randn(key[1], True), randn(key[2], True), randn(key[2], True)
 
         def run():
             F.scaled_dot_product_attention(q, k, v, is_causal=key[3]).sum().backward()
 
     else:
-        x = torch.randn(key[1], generator=generator, requires_grad=True)
-        w = torch.randn(key[2], generator=generator, requires_grad=key[-1])
+        x, w = randn(key[1], True), randn(key[2], key[-1])
         if kind == "conv":
             _, _, _, stride, padding, _ = key
 
@@ -226,7 +250,7 @@ def op_rate(key: tuple, repeats: int) -> tuple[float, float]:
                 F.conv2d(x, w, None, stride, padding).sum().backward()
 
         else:
-            bias = torch.randn(key[2][0], generator=generator) if key[3] else None
+            bias = randn(key[2][0], False) if key[3] else None
 
             def run():
                 F.linear(x, w, bias).sum().backward()
@@ -248,8 +272,12 @@ def main() -> None:
     parser.add_argument("--model", default=str(Path(tempfile.gettempdir()) / "sabun-bench-models" / "sd15"))
     parser.add_argument("--repeats", type=int, default=2, help="timed repeats of the step and of each layer")
     parser.add_argument("--skip-layers", action="store_true", help="skip the shape-by-shape timing (the slow part)")
+    parser.add_argument(
+        "--precision", choices=["fp32", "bf16"], default="fp32", help="the step's and the layers' precision"
+    )
     args = parser.parse_args()
     threads = torch.get_num_threads()
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.precision]
 
     peak = theoretical_peak()
     if peak is None:
@@ -264,11 +292,13 @@ def main() -> None:
             f"  theoretical fp32 peak: {peak['fma_units']} x {peak['vector_lanes_fp32']} x 2 x {peak['clock_ghz']:.2f} GHz x "
             f"{peak['cores']} = {peak['fp32_gflops']:.0f} GFLOP/s (the FMA loop itself: {peak['fp32_gflops_measured']:.0f})"
         )
-        print(
-            "  theoretical bf16 peak: "
-            + (f"{peak['bf16_gflops']:.0f} GFLOP/s (vdpbf16ps)" if peak["bf16_gflops"] else
-               "none: this CPU has no bf16 arithmetic (no avx512_bf16 / amx_bf16); bf16 runs emulated")
-        )  # fmt: skip
+        if peak["bf16_gflops"]:
+            loops = ", ".join(f"{k} {v:.0f}" for k, v in peak["bf16_gflops_by_instruction"].items())
+            print(f"  bf16 peak: {peak['bf16_gflops']:.0f} GFLOP/s (the instruction loops, all cores: {loops})")
+        else:
+            print("  bf16 peak: none: this CPU has no bf16 arithmetic (no avx512_bf16 / amx_bf16); bf16 runs emulated")
+    if dtype == torch.bfloat16 and not cpu_flags() & {"avx512_bf16", "amx_bf16"}:
+        raise SystemExit("--precision bf16: this CPU has no bf16 arithmetic; its bf16 kernels run emulated, far slower")
 
     pipe, text, network, inputs = load_step(args.model)
     parts = step_flops(pipe, text, inputs)
@@ -280,20 +310,29 @@ def main() -> None:
     print(f"{'step, latents cached':28s} {cached:8.1f} GFLOP")
     print(f"{'step, latents encoded':28s} {uncached:8.1f} GFLOP")
 
-    measured = step_seconds(pipe, text, inputs, args.repeats)
-    print(f"\nthe step's compute, measured: {measured:.2f} s ({cached / measured:.0f} GFLOP/s, {threads} threads)")
+    if dtype != torch.float32:  # as the trainer does: frozen weights in bf16, the LoRA in fp32
+        for module in (pipe.unet, *text.encoders):
+            torch.nn.Module.to(module, dtype=dtype)
+    measured = step_seconds(pipe, text, inputs, args.repeats, dtype)
+    print(
+        f"\nthe step's compute, measured: {measured:.2f} s ({cached / measured:.0f} GFLOP/s, {args.precision}, {threads} threads)"
+    )
     rows = [("step as run", measured)]
-    if peak is not None:
+    if peak is not None and dtype == torch.float32:
         rows.append((f"theoretical fp32 peak, {peak['fp32_gflops']:.0f} GFLOP/s", cached / peak["fp32_gflops"]))
-    rate, where = peak_rate(torch.float32)
+    if peak is not None and dtype == torch.bfloat16:
+        rows.append(
+            (f"bf16 peak ({peak['bf16_instruction']}), {peak['bf16_gflops']:.0f} GFLOP/s", cached / peak["bf16_gflops"])
+        )
+    rate, where = peak_rate(dtype)
     rows.append((f"best kernel rate, {rate:.0f} GFLOP/s ({where})", cached / rate))
 
     if not args.skip_layers:
-        ops = step_ops(pipe, text, network, inputs)
+        ops = step_ops(pipe, text, network, inputs, dtype)
         print(f"\n{len(ops)} distinct op shapes; each timed alone, forward + backward (GFLOP/s):")
         total_time, total_flops, lines = 0.0, 0.0, []
         for key, count in ops.items():
-            gflop, seconds = op_rate(key, args.repeats)
+            gflop, seconds = op_rate(key, args.repeats, dtype)
             total_time += count * seconds
             total_flops += count * gflop
             lines.append(
@@ -312,12 +351,13 @@ def main() -> None:
     print(f"\n{'the step, latents cached':58s} {'s/step':>7s}  step's efficiency")
     for label, seconds in rows:
         print(f"  {label:56s} {seconds:7.2f}  {seconds / measured:6.0%}")
-    if cpu_flags() & {"avx512_bf16", "amx_bf16"}:
+    if dtype == torch.float32 and cpu_flags() & {"avx512_bf16", "amx_bf16"}:
         bf16_rate, bf16_where = peak_rate(torch.bfloat16)
         print(
             f"\nbf16 (autocast): best kernel rate {bf16_rate:.0f} GFLOP/s ({bf16_where}): {cached / bf16_rate:.2f} s/step of arithmetic"
         )
-    else:
+        print("  (the whole bf16 step, layer by layer: --precision bf16)")
+    elif dtype == torch.float32:
         print("\nbf16: this CPU has no bf16 arithmetic, so bf16 kernels run emulated, far slower than fp32; not timed")
     del network
 

@@ -68,6 +68,38 @@ def test_a_3x3_conv_as_one_gemm_equals_the_direct_conv_forward_and_backward(side
     torch.testing.assert_close(gemm_grad, direct_grad, rtol=1e-5, atol=1e-5)
 
 
+def test_in_bf16_the_gemm_conv_matches_the_direct_bf16_conv_and_takes_autocast_s_fp32_inputs(monkeypatch):
+    calls = []
+    gemm = small_convs.conv3x3_as_gemm
+    monkeypatch.setattr(small_convs, "conv3x3_as_gemm", lambda x, *args: calls.append(x.dtype) or gemm(x, *args))
+    generator = torch.Generator().manual_seed(3)
+    layer = nn.Conv2d(32, 16, 3, padding=1).requires_grad_(False).to(torch.bfloat16)
+    changed = small_convs.install(layer)
+    assert changed == [layer]
+    x = torch.randn(2, 32, 4, 4, generator=generator)
+    direct = nn.Conv2d.forward(layer, x.bfloat16())
+    routed = layer(x.bfloat16())
+    assert routed.dtype == torch.bfloat16 and calls == [torch.bfloat16]
+    torch.testing.assert_close(routed.float(), direct.float(), rtol=2e-2, atol=2e-2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # fp32 input, cast as the convolution would be
+        x_grad = x.clone().requires_grad_()
+        out = layer(x_grad)
+        reference = nn.Conv2d.forward(layer, x)
+    assert out.dtype == reference.dtype == torch.bfloat16 and calls == [torch.bfloat16] * 2
+    torch.testing.assert_close(out.float(), reference.float(), rtol=2e-2, atol=2e-2)
+    out.float().sum().backward()
+    assert x_grad.grad.dtype == torch.float32 and x_grad.grad.abs().sum() > 0
+    with pytest.raises(RuntimeError):  # no autocast: an fp32 input to bf16 weights fails as it would unrouted
+        layer(x)
+    layer.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # fp32 weights under autocast: the layer's own
+        assert torch.equal(layer(x), nn.Conv2d.forward(layer, x))
+    assert len(calls) == 2
+    layer.double()  # float64: the layer's own
+    assert torch.equal(layer(x.double()), nn.Conv2d.forward(layer, x.double())) and len(calls) == 2
+    small_convs.uninstall(changed)
+
+
 def test_only_small_frozen_3x3_convs_change_and_uninstall_restores_the_model():
     model = nn.Sequential(
         nn.Conv2d(16, 8, 3, padding=1),  # frozen below: changed
@@ -80,7 +112,7 @@ def test_only_small_frozen_3x3_convs_change_and_uninstall_restores_the_model():
     before = model(x)
     changed = small_convs.install(model)
     assert changed == [model[0]]
-    assert small_convs.picks_gemm(x, model[0])  # 8x8 with twice the output's channels
+    assert small_convs.picks_gemm(x, model[0])  # 8x8 with more channels in than out
     assert not small_convs.picks_gemm(torch.randn(1, 8, 8, 8), model[3])  # 8x8, as many channels: direct
     assert not small_convs.picks_gemm(torch.randn(1, 16, 32, 32), model[0])  # large: direct
     torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-6)

@@ -9,6 +9,12 @@ lists each layer's rate; docs/benchmarks.md has the measurements). The weights a
 backward is one more GEMM and a fold. The sum runs in another order than the direct convolution's,
 so results agree to float rounding (about 1e-6 relative), not bit for bit.
 
+In bf16 (the trainer's `mixed_precision = "bf16"`: bf16 weights, autocast) the gap is wider on CPUs
+with AMX, whose tile products oneDNN's GEMM uses: at 4x4 the direct convolution runs the
+2560->1280 layers at 132 GFLOP/s forward and backward, the GEMM at 584; at 8x8 with 1920 or 2560
+input channels 440-470 against 735-740 (and the GEMM is slower again from 16x16 on: 557 against
+1,578 at 1280 channels).
+
 Only layers that are frozen, 3x3, stride 1, padding 1, and only on inputs the rule below picks are
 changed; every other call is the layer's own forward. `uninstall` restores the modules exactly.
 """
@@ -19,15 +25,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Where the GEMM beat oneDNN's direct convolution (forward + backward to the input, fp32, batch 4):
-# at 4x4 always (2560->1280: 41 -> 74 GFLOP/s; 1280->1280: 31 -> 75), at 8x8 only when the input
-# has at least twice the output's channels (2560->1280: 74 -> 94-99; 1280->1280: 129 -> 105, slower).
+# Where the GEMM beat oneDNN's direct convolution (forward + backward to the input, batch 4): at 4x4
+# always (fp32, AVX2: 2560->1280 41 -> 74 GFLOP/s, 1280->1280 31 -> 75; bf16, AMX: 132 -> 584,
+# 292 -> 618), at 8x8 only when the input has more channels than the output (fp32, AVX2:
+# 2560->1280 74 -> 94-99, but 1280->1280 129 -> 105, slower; bf16, AMX: 2560->1280 439 -> 735,
+# 1920->1280 467 -> 740, 1280->1280 868 -> 815, slower).
 SMALL_AREA, MEDIUM_AREA = 16, 64
 
 
 def picks_gemm(x: torch.Tensor, layer: nn.Conv2d) -> bool:
     area = x.shape[-2] * x.shape[-1]
-    return area <= SMALL_AREA or (area <= MEDIUM_AREA and layer.in_channels >= 2 * layer.out_channels)
+    return area <= SMALL_AREA or (area <= MEDIUM_AREA and layer.in_channels > layer.out_channels)
 
 
 def conv3x3_as_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -52,14 +60,25 @@ def eligible(layer: nn.Module) -> bool:
     )
 
 
+def input_dtype(x: torch.Tensor, layer: nn.Conv2d) -> torch.dtype | None:
+    """The dtype the convolution runs in, as `F.conv2d` would pick it, where the GEMM handles it.
+
+    Without autocast: fp32 or bf16 weights and input alike. Under CPU autocast to bf16 (which casts
+    a convolution's inputs to bf16): bf16 weights, the input in fp32 or bf16. None for anything
+    else, which goes to the layer's own forward."""
+    weight = layer.weight.dtype
+    if torch.is_autocast_enabled("cpu"):
+        autocast_bf16 = torch.get_autocast_dtype("cpu") == torch.bfloat16
+        bf16 = weight == torch.bfloat16 and autocast_bf16 and x.dtype in (torch.float32, torch.bfloat16)
+        return torch.bfloat16 if bf16 else None
+    return weight if weight == x.dtype and weight in (torch.float32, torch.bfloat16) else None
+
+
 def forward(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    if (
-        x.dim() == 4
-        and x.device.type == "cpu"
-        and x.dtype == layer.weight.dtype == torch.float32
-        and picks_gemm(x, layer)
-    ):
-        return conv3x3_as_gemm(x, layer.weight, layer.bias)
+    if x.dim() == 4 and x.device.type == "cpu" and picks_gemm(x, layer):
+        dtype = input_dtype(x, layer)
+        if dtype is not None:
+            return conv3x3_as_gemm(x.to(dtype), layer.weight, layer.bias)
     return nn.Conv2d.forward(layer, x)
 
 
