@@ -10,10 +10,15 @@ CPU's peak means less arithmetic was done. With `--step`, also the U-Net's forwa
 (the step's compute, LoRA attached) with and without the Winograd layers as the trainer routes them
 (only calls on winograd.MIN_PIXELS or more go Winograd), interleaved.
 
+`--precision bf16` times the trainer's bf16 (bf16 weights and activations): direct and GEMM only
+(Winograd's transforms lose too much in bf16, so winograd.py takes fp32 only), and `--step` then
+sets the U-Net with and without the small-conv GEMM as the trainer routes it (small_convs.picks_gemm).
+
 Uses the random-weight SD 1.5 folder that bench_train.py builds (run it first, or pass --model).
 
     python benchmarks/bench_convs.py
     python benchmarks/bench_convs.py --step --rounds 3
+    python benchmarks/bench_convs.py --precision bf16 --step --rounds 3
 """
 
 from __future__ import annotations
@@ -47,42 +52,49 @@ def conv_shapes(pipe, inputs) -> collections.Counter:
     return shapes
 
 
-def time_shape(shape: tuple, batch: int, repeats: int) -> dict[str, float]:
+def time_shape(shape: tuple, batch: int, repeats: int, dtype: torch.dtype = torch.float32) -> dict[str, float]:
     in_channels, out_channels, height, width = shape
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, in_channels, height, width, generator=generator, requires_grad=True)
-    weight = torch.randn(out_channels, in_channels, 3, 3, generator=generator) / (9 * in_channels) ** 0.5
-    grad = torch.randn(batch, out_channels, height, width, generator=generator)
+    x = torch.randn(batch, in_channels, height, width, generator=generator).to(dtype).requires_grad_()
+    weight = (torch.randn(out_channels, in_channels, 3, 3, generator=generator) / (9 * in_channels) ** 0.5).to(dtype)
+    grad = torch.randn(batch, out_channels, height, width, generator=generator).to(dtype)
     ways = {
         "direct": lambda: F.conv2d(x, weight, None, padding=1),
         "gemm": lambda: small_convs.conv3x3_as_gemm(x, weight, None),
-        "winograd": lambda: winograd.conv3x3(x, weight, None),
     }
+    if dtype == torch.float32:
+        ways["winograd"] = lambda: winograd.conv3x3(x, weight, None)
+    tolerance = 1e-4 if dtype == torch.float32 else 3e-2  # bf16 keeps 8 bits of mantissa
     reference = [t.detach() for t in (ways["direct"](), *torch.autograd.grad(ways["direct"](), x, grad))]
     seconds = {}
     for name, way in ways.items():
         out = way()
         for got, want in zip((out, *torch.autograd.grad(out, x, grad)), reference, strict=True):
-            error = ((got - want).abs().max() / want.abs().max()).item()
-            if error > 1e-4:
+            error = ((got - want).float().abs().max() / want.float().abs().max()).item()
+            if error > tolerance:
                 raise SystemExit(f"{name} convolution at {shape}: relative error {error:.1e}")
         seconds[name] = timed(lambda way=way: torch.autograd.grad(way(), x, grad), repeats)
     return seconds
 
 
-def step_rounds(pipe, text, inputs, rounds: int) -> list[tuple[float, float]]:
-    """(seconds without, seconds with) the Winograd layers, for the U-Net's forward and backward."""
-    context = text.encode(inputs["ids"])[0].detach()
+def step_rounds(pipe, text, inputs, rounds: int, dtype: torch.dtype = torch.float32) -> list[tuple[float, float]]:
+    """(seconds without, seconds with) the Winograd layers (bf16: the small-conv GEMM), for the
+    U-Net's forward and backward."""
+    context = text.encode(inputs["ids"])[0].detach().to(dtype)
+    latents = inputs["latents"].to(dtype)
+    lever = winograd if dtype == torch.float32 else small_convs
 
     def step():
-        pipe.unet(inputs["latents"], inputs["timesteps"], context).sample.pow(2).mean().backward()
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            out = pipe.unet(latents, inputs["timesteps"], context).sample
+        out.float().pow(2).mean().backward()
 
     pairs = []
     for _ in range(rounds):
         plain = timed(step, 1)
-        changed = winograd.install(pipe.unet)
+        changed = lever.install(pipe.unet)
         fast = timed(step, 1)
-        winograd.uninstall(changed)
+        lever.uninstall(changed)
         pairs.append((plain, fast))
     return pairs
 
@@ -93,34 +105,39 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats of each shape (the best is kept)")
     parser.add_argument("--step", action="store_true", help="also time the U-Net step with and without Winograd")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of --step")
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     args = parser.parse_args()
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.precision]
 
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, batch 4, 256 px")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.precision}, batch 4, 256 px")
     pipe, text, _network, inputs = load_step(args.model)
     shapes = conv_shapes(pipe, inputs)
     totals = collections.Counter()
-    print(
-        "| convolution (forward + backward to the input) | calls | direct | one GEMM | Winograd | Winograd / direct |"
-    )
-    print("|---|---|---|---|---|---|")
+    ways = ["direct", "one GEMM"] + (["Winograd"] if dtype == torch.float32 else [])
+    ratios = [f"{way} / direct" for way in ways[1:]]
+    print(f"| convolution (forward + backward to the input) | calls | {' | '.join(ways + ratios)} |")
+    print("|---|---|" + "---|" * (len(ways) + len(ratios)))
     for shape, calls in sorted(shapes.items(), key=lambda item: (-item[0][2], item[0][:2])):
         in_channels, out_channels, height, width = shape
-        seconds = time_shape(shape, 4, args.repeats)
+        seconds = time_shape(shape, 4, args.repeats, dtype)
         gflop = 2 * 2 * 9 * in_channels * out_channels * height * width * 4 / 1e9
         cells = [f"{gflop / s:.0f} GFLOP/s ({1e3 * s:.1f} ms)" for s in seconds.values()]
+        cells += [f"{s / seconds['direct']:.2f}" for name, s in seconds.items() if name != "direct"]
         totals.update({name: calls * s for name, s in seconds.items()})
-        ratio = seconds["winograd"] / seconds["direct"]
         name = f"{in_channels}->{out_channels} at {height}x{width}"
-        print(f"| {name} | {calls} | {' | '.join(cells)} | {ratio:.2f} |", flush=True)
-    print(
-        f"| all {sum(shapes.values())} calls | | {totals['direct']:.2f} s | {totals['gemm']:.2f} s | "
-        f"{totals['winograd']:.2f} s | {totals['winograd'] / totals['direct']:.2f} |"
-    )
+        print(f"| {name} | {calls} | {' | '.join(cells)} |", flush=True)
+    sums = [f"{s:.2f} s" for s in totals.values()] + [
+        f"{s / totals['direct']:.2f}" for n, s in totals.items() if n != "direct"
+    ]
+    print(f"| all {sum(shapes.values())} calls | | {' | '.join(sums)} |")
     if args.step:
-        pairs = step_rounds(pipe, text, inputs, args.rounds)
+        if dtype != torch.float32:  # as the trainer does: frozen weights in bf16, the LoRA in fp32
+            torch.nn.Module.to(pipe.unet, dtype=dtype)
+        pairs = step_rounds(pipe, text, inputs, args.rounds, dtype)
+        lever = "Winograd" if dtype == torch.float32 else "the small-conv GEMM"
         ratios = [fast / plain for plain, fast in pairs]
         for plain, fast in pairs:
-            print(f"U-Net fwd+bwd: without {plain:.2f} s, with Winograd {fast:.2f} s ({fast / plain:.3f})")
+            print(f"U-Net fwd+bwd: without {plain:.2f} s, with {lever} {fast:.2f} s ({fast / plain:.3f})")
         print(f"median ratio {statistics.median(ratios):.3f} (range {min(ratios):.3f}-{max(ratios):.3f})")
 
 
