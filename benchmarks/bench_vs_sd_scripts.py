@@ -63,6 +63,11 @@ def sd_scripts_child(sd_scripts: Path, argv: list[str], warmup: int) -> None:
     sys.argv = [str(sd_scripts / "train_network.py"), *argv]
     started = time.perf_counter()
     runpy.run_path(str(sd_scripts / "train_network.py"), run_name="__main__")
+    expected = int(argv[argv.index("--max_train_steps") + 1])
+    if len(ends) != expected:
+        sys.exit(
+            f"sd-scripts ran {len(ends)} optimizer steps, not the {expected} asked for: the timing would not compare"
+        )
     seconds = [b - a for a, b in zip(ends, ends[1:])]  # step i's time: from step i-1's end to its own
     measured = seconds[max(0, warmup - 1) :]  # the first step has no start mark; later warm-up steps are dropped
     if not measured:
@@ -179,6 +184,10 @@ def main() -> None:
         sys.exit(f"--sd-scripts {args.sd_scripts}: has no train_network.py; pass a folder with sd-scripts' source")
     if not args.python:
         sys.exit("--python: name the Python of an environment with sd-scripts' requirements")
+    if args.warmup < 1:
+        sys.exit("--warmup: at least 1 (sd-scripts' first step has no start mark, so both skip it)")
+    # the sd-scripts child runs in its own folder: every path absolute
+    args.sd_scripts, args.model_dir = str(Path(args.sd_scripts).resolve()), str(Path(args.model_dir).resolve())
 
     sys.path.insert(0, str(HERE))
     from bench_train import build_sd15_folder

@@ -81,19 +81,23 @@ def test_in_bf16_the_gemm_conv_matches_the_direct_bf16_conv_and_takes_autocast_s
     routed = layer(x.bfloat16())
     assert routed.dtype == torch.bfloat16 and calls == [torch.bfloat16]
     torch.testing.assert_close(routed.float(), direct.float(), rtol=2e-2, atol=2e-2)
+    grad = torch.randn(2, 16, 4, 4, generator=generator)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # fp32 input, cast as the convolution would be
-        x_grad = x.clone().requires_grad_()
-        out = layer(x_grad)
-        reference = nn.Conv2d.forward(layer, x)
+        x_routed, x_direct = x.clone().requires_grad_(), x.clone().requires_grad_()
+        out = layer(x_routed)
+        reference = nn.Conv2d.forward(layer, x_direct)
     assert out.dtype == reference.dtype == torch.bfloat16 and calls == [torch.bfloat16] * 2
     torch.testing.assert_close(out.float(), reference.float(), rtol=2e-2, atol=2e-2)
-    out.float().sum().backward()
-    assert x_grad.grad.dtype == torch.float32 and x_grad.grad.abs().sum() > 0
+    out.backward(grad.bfloat16())
+    reference.backward(grad.bfloat16())
+    assert x_routed.grad.dtype == x_direct.grad.dtype == torch.float32  # autocast's cast, undone
+    torch.testing.assert_close(x_routed.grad, x_direct.grad, rtol=3e-2, atol=3e-2)
+    assert small_convs.picks_gemm(torch.randn(1, 32, 8, 8), layer)  # 8x8, more channels in than out: bf16 takes it
     with pytest.raises(RuntimeError):  # no autocast: an fp32 input to bf16 weights fails as it would unrouted
         layer(x)
     layer.float()
     with torch.autocast("cpu", dtype=torch.bfloat16):  # fp32 weights under autocast: the layer's own
-        assert torch.equal(layer(x), nn.Conv2d.forward(layer, x))
+        layer(x)
     assert len(calls) == 2
     layer.double()  # float64: the layer's own
     assert torch.equal(layer(x.double()), nn.Conv2d.forward(layer, x.double())) and len(calls) == 2
@@ -112,7 +116,10 @@ def test_only_small_frozen_3x3_convs_change_and_uninstall_restores_the_model():
     before = model(x)
     changed = small_convs.install(model)
     assert changed == [model[0]]
-    assert small_convs.picks_gemm(x, model[0])  # 8x8 with more channels in than out
+    assert small_convs.picks_gemm(x, model[0])  # 8x8 with twice the output's channels
+    narrow = nn.Conv2d(12, 8, 3, padding=1).requires_grad_(False)
+    assert not small_convs.picks_gemm(torch.randn(1, 12, 8, 8), narrow)  # fp32, 8x8, 1.5x the channels: direct
+    assert small_convs.picks_gemm(torch.randn(1, 12, 8, 8), narrow.bfloat16())  # bf16: the GEMM
     assert not small_convs.picks_gemm(torch.randn(1, 8, 8, 8), model[3])  # 8x8, as many channels: direct
     assert not small_convs.picks_gemm(torch.randn(1, 16, 32, 32), model[0])  # large: direct
     torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-6)

@@ -10,10 +10,13 @@ backward is one more GEMM and a fold. The sum runs in another order than the dir
 so results agree to float rounding (about 1e-6 relative), not bit for bit.
 
 In bf16 (the trainer's `mixed_precision = "bf16"`: bf16 weights, autocast) the gap is wider on CPUs
-with AMX, whose tile products oneDNN's GEMM uses: at 4x4 the direct convolution runs the
-2560->1280 layers at 132 GFLOP/s forward and backward, the GEMM at 584; at 8x8 with 1920 or 2560
-input channels 440-470 against 735-740 (and the GEMM is slower again from 16x16 on: 557 against
-1,578 at 1280 channels).
+with AMX, whose tile products oneDNN's GEMM uses (`python benchmarks/bench_convs.py --precision
+bf16`): at 4x4 the direct convolution runs the 2560->1280 layers at 115 GFLOP/s forward and
+backward, the GEMM at 563; at 8x8 with 1920 or 2560 input channels the direct kernel reaches
+416-418, the GEMM 666-670 (and from 16x16 on the direct kernel is faster again: 1,453 against the
+GEMM's 519 at 1280 channels). In bf16 the input gradient's fold adds the 9 overlapping
+contributions in bf16, so it agrees with the direct convolution's to bf16 rounding (about 1e-2
+relative), like any bf16 result.
 
 Only layers that are frozen, 3x3, stride 1, padding 1, and only on inputs the rule below picks are
 changed; every other call is the layer's own forward. `uninstall` restores the modules exactly.
@@ -25,17 +28,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Where the GEMM beat oneDNN's direct convolution (forward + backward to the input, batch 4): at 4x4
-# always (fp32, AVX2: 2560->1280 41 -> 74 GFLOP/s, 1280->1280 31 -> 75; bf16, AMX: 132 -> 584,
-# 292 -> 618), at 8x8 only when the input has more channels than the output (fp32, AVX2:
-# 2560->1280 74 -> 94-99, but 1280->1280 129 -> 105, slower; bf16, AMX: 2560->1280 439 -> 735,
-# 1920->1280 467 -> 740, 1280->1280 868 -> 815, slower).
+# Where the GEMM beat oneDNN's direct convolution (forward + backward to the input, batch 4,
+# direct -> GEMM GFLOP/s): at 4x4 always (fp32, AVX2: 2560->1280 41 -> 74, 1280->1280 31 -> 75;
+# bf16, AMX: 115 -> 563, 225 -> 542). At 8x8 only with more input channels than output, by how many
+# as measured: fp32 on AVX2 2560->1280 74 -> 94-99 but 1280->1280 129 -> 105, slower (1920->1280
+# unmeasured there, so fp32 keeps to twice the channels); bf16 on AMX 2560->1280 416 -> 666 and
+# 1920->1280 418 -> 670, but 1280->1280 732 -> 710.
 SMALL_AREA, MEDIUM_AREA = 16, 64
 
 
 def picks_gemm(x: torch.Tensor, layer: nn.Conv2d) -> bool:
     area = x.shape[-2] * x.shape[-1]
-    return area <= SMALL_AREA or (area <= MEDIUM_AREA and layer.in_channels > layer.out_channels)
+    if area <= SMALL_AREA:
+        return True
+    wide = (
+        layer.in_channels > layer.out_channels
+        if layer.weight.dtype == torch.bfloat16
+        else layer.in_channels >= 2 * layer.out_channels
+    )
+    return area <= MEDIUM_AREA and wide
 
 
 def conv3x3_as_gemm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
