@@ -43,6 +43,7 @@ def test_the_measured_clock_and_fma_rate_are_those_of_a_real_core(cpu_peak):
     clock = max(values["clock_ghz"], values["clock_ghz_after"])  # a preempted window reads low, not high
     fmas_per_cycle = values["fma256_per_ns"] / clock
     assert 0.25 < fmas_per_cycle < 4.5, f"{fmas_per_cycle:.2f} 256-bit FMAs per cycle: not a real core's 1-4 units"
-    if "amx" in extra and "tdpbf16ps_per_ns" in values:  # 16,384 flops each; one per 16 cycles at best, with room for a noisy clock window
+    # AMX: 16,384 flops a tile product, one per 16 cycles at best (the bound leaves room for a noisy clock window)
+    if "amx" in extra and "tdpbf16ps_per_ns" in values:
         per_cycle = values["tdpbf16ps_per_ns"] / clock
         assert 0.005 < per_cycle < 1 / 8, f"{per_cycle:.3f} tile products per cycle"
