@@ -355,6 +355,7 @@ def test_copy_machine_inputs_are_checked_before_the_first_stage(tmp_path, change
         ({"cross_attention_16": "yes"}, "cross_attention_16: must be true or false"),
         ({"snapshot_every": -1}, "snapshot_every: must be a whole number >= 0"),
         ({"export_weights": "best"}, "export_weights: must be `ema` or `raw`, got 'best'"),
+        ({"init_from": "toy"}, "init_from: 'toy''s U-Net reads its own VAE's latents; set vae_from=toy too"),
     ],
 )
 def test_pretrain_options_are_checked_before_anything_is_written(tmp_path, change, named):

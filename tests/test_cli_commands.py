@@ -221,6 +221,24 @@ def test_toyworld_pretrain_the_first_recipe_with_the_shipped_vae(tmp_path, capsy
     assert "snapshot" in pretrain_stages(run)
 
 
+def test_toyworld_pretrain_continues_from_the_shipped_model(tmp_path, capsys):
+    """`init_from=toy` starts the diffusion stage from the shipped U-Net and text encoder (and, with
+    vae_from=toy, its VAE): at a vanishing learning rate the exported model is the shipped one."""
+    run = tmp_path / "pretrain"
+    sets = ["vae_from=toy", "init_from=toy", "lr=1e-12", "warmup=0"]
+    sabun(capsys, "toyworld", "pretrain", "--out", run, *PRETRAIN, *[arg for s in sets for arg in ("--set", s)])
+    for name, file in (("unet", "diffusion_pytorch_model.safetensors"), ("text_encoder", "model.safetensors")):
+        shipped = load_file(shipped_toy_model() / name / file)
+        written = load_file(run / "model" / name / file)
+        assert shipped.keys() == written.keys()
+        assert all(torch.allclose(shipped[k], written[k], atol=1e-6) for k in shipped), name
+    fresh = tmp_path / "fresh"  # the same run from random weights is another model
+    sabun(capsys, "toyworld", "pretrain", "--out", fresh, *PRETRAIN, "--set", "vae_from=toy", "--set", "lr=1e-12")
+    shipped = load_file(shipped_toy_model() / "unet" / "diffusion_pytorch_model.safetensors")
+    written = load_file(fresh / "model" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert not all(torch.allclose(shipped[k], written[k], atol=1e-3) for k in shipped)
+
+
 def test_toyworld_check_on_the_shipped_toy_model(tmp_path, capsys):
     check = tmp_path / "check"
     out, _ = sabun(capsys, "toyworld", "check", "--out", check, "--count", "2", "--three-d-count", "1",

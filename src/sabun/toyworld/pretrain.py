@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 from sabun.errors import SabunError
@@ -64,6 +65,7 @@ class PretrainConfig:
     vae_crop: int = 32  # the VAE trains on random crops (it is convolutional; 4x cheaper than 64 px)
     vae_lr: float = 2e-3  # vAE learning rate (AdamW, warm-up + cosine)
     kl_weight: float = 1e-6  # small: the latent must keep colour exactly, not be a good prior
+    init_from: str = ""  # start the U-Net and text encoder from this model's weights (`toy` or a toy model folder; needs vae_from = the same)
     prediction_type: str = "v_prediction"  # what the U-Net predicts: v_prediction (SD 2.x 768) or epsilon (SD 1.x)
     zero_terminal_snr: bool = True  # rescale SD's betas so the last timestep is pure noise (needs v_prediction)
     cross_attention_16: bool = False  # cross-attention also at the U-Net's 16x16 level
@@ -115,6 +117,12 @@ class PretrainConfig:
             f"must be a whole number from 0 to 4294967295 (2**32 - 1), got {self.seed!r}",
         )
         check(isinstance(self.vae_from, str), "vae_from", f"must be a model folder or `toy`, got {self.vae_from!r}")
+        check(isinstance(self.init_from, str), "init_from", f"must be a model folder or `toy`, got {self.init_from!r}")
+        check(
+            not self.init_from or self.vae_from == self.init_from,
+            "init_from",
+            f"{self.init_from!r}'s U-Net reads its own VAE's latents; set vae_from={self.init_from} too",
+        )
         count(self.vae_steps, "--vae-steps")
         count(self.vae_batch, "vae_batch")
         count(self.vae_crop, "vae_crop", 8, IMAGE_SIZE)
@@ -248,6 +256,24 @@ def vae_of(model: str) -> dict:
             f"{vae_dir}: its VAE has another {', '.join(differ)} than the toy model's; vae_from needs the same VAE"
         )
     return vae.state_dict()
+
+
+def weights_of(model: str, pipe) -> None:
+    """Load a toy model folder's U-Net and text-encoder weights into `pipe` (`toy`: the shipped
+    model), refusing a model of another shape."""
+    folder = shipped_model_dir() if model == "toy" else Path(model)
+    for name in ("unet", "text_encoder"):
+        files = sorted((folder / name).glob("*.safetensors"))
+        if not files:
+            raise SabunError(f"{folder / name}: no .safetensors weights; init_from takes `toy` or a toy model folder")
+        state = {k: v for f in files for k, v in load_file(f).items()}
+        try:
+            getattr(pipe, name).load_state_dict(state)
+        except RuntimeError as error:
+            first = str(error).splitlines()[0]
+            raise SabunError(
+                f"{folder / name}: does not fit this run's {name} ({first}); init_from needs a model made with the same architecture settings"
+            ) from None
 
 
 def _as_list(value):
@@ -449,8 +475,10 @@ def pretrain(out: Path, config: PretrainConfig = PretrainConfig(), stages: tuple
     latents = torch.load(latents_path, weights_only=True)
     pipe.vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
 
-    trainer = DiffusionTrainer(pipe, latents, metas, config)
     checkpoint = out / "diffusion_checkpoint.pt"
+    if config.init_from and not checkpoint.exists():  # a resumed run has them in its checkpoint
+        weights_of(config.init_from, pipe)
+    trainer = DiffusionTrainer(pipe, latents, metas, config)  # the EMA starts from the weights as loaded
     if checkpoint.exists():
         trainer.load(torch.load(checkpoint, weights_only=False))  # our own file, written above
     if "diffusion" in stages and trainer.step < config.steps:
