@@ -55,6 +55,12 @@ def cpu_flags() -> set[str]:
     return set(line.partition(":")[2].split())
 
 
+def cpu_peak_arguments(flags: set[str]) -> list[str]:
+    """Which of cpu_peak.c's optional measurements (avx512, bf16, amx) this CPU's flags allow."""
+    pairs = (("avx512f", "avx512"), ("avx512_bf16", "bf16"), ("amx_bf16", "amx"))
+    return [name for flag, name in pairs if flag in flags]
+
+
 def theoretical_peak(seconds: float = 1.0) -> dict | None:
     """The CPU's fp32 (and bf16) peak from measured clock and FMA throughput, all cores at once.
 
@@ -70,9 +76,7 @@ def theoretical_peak(seconds: float = 1.0) -> dict | None:
     if built.returncode:  # e.g. not an x86 CPU, or a compiler without AVX intrinsics
         print(f"cpu_peak.c did not build ({built.stderr.strip()[:300]}); the theoretical peak is not measured")
         return None
-    extra = [
-        name for flag, name in (("avx512f", "avx512"), ("avx512_bf16", "bf16"), ("amx_bf16", "amx")) if flag in flags
-    ]
+    extra = cpu_peak_arguments(flags)
     cores = len(os.sched_getaffinity(0))
     runs = [
         subprocess.Popen([str(binary), str(seconds), *extra], stdout=subprocess.PIPE, text=True) for _ in range(cores)

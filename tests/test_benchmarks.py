@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-SOURCE = Path(__file__).resolve().parents[1] / "benchmarks" / "cpu_peak.c"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+SOURCE = BENCHMARKS / "cpu_peak.c"
+sys.path.insert(0, str(BENCHMARKS))
+import step_floor  # noqa: E402  (beside cpu_peak.c: the flags it reads, the arguments it passes)
 
 
 @pytest.fixture(scope="module")
@@ -25,16 +29,8 @@ def cpu_peak(tmp_path_factory) -> Path:
     return binary
 
 
-def cpu_flags() -> set[str]:
-    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    return set(next((line for line in lines if line.startswith("flags")), "").partition(":")[2].split())
-
-
 def test_the_measured_clock_and_fma_rate_are_those_of_a_real_core(cpu_peak):
-    flags = cpu_flags()
-    extra = [
-        name for flag, name in (("avx512f", "avx512"), ("avx512_bf16", "bf16"), ("amx_bf16", "amx")) if flag in flags
-    ]
+    extra = step_floor.cpu_peak_arguments(step_floor.cpu_flags())
     out = subprocess.run([str(cpu_peak), "0.05", *extra], capture_output=True, text=True, check=True).stdout
     values = {key: float(value) for key, value in (line.split() for line in out.splitlines())}
     assert {"clock_ghz", "fma256_per_ns", "clock_ghz_after"} <= values.keys()
